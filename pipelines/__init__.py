@@ -1,0 +1,2 @@
+"""The jobs people run (featurize, train, tune, register, screen, submit and
+the end-to-end run), their CLI, Ray wiring and MLflow tracking/registry."""
