@@ -1,0 +1,60 @@
+"""RDKit standardization: parse, sanitize, keep the largest fragment, and
+write the canonical SMILES. A row that cannot become a molecule gets a reason
+instead of an exception, so it can be quarantined with the others."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from rdkit import Chem, rdBase
+
+
+class Standardized(NamedTuple):
+    """Either (mol, canonical smiles, None) or (None, None, reason)."""
+
+    mol: Chem.Mol | None
+    smiles: str | None
+    reason: str | None
+
+
+def standardize_smiles(raw: str | None) -> Standardized:
+    """Standardize one SMILES string (see :func:`standardize_mol`)."""
+    if raw is None or not raw.strip():
+        return Standardized(None, None, "empty SMILES")
+    with rdBase.BlockLogs():  # RDKit would print one stderr line per bad row
+        mol = Chem.MolFromSmiles(raw.strip(), sanitize=False)
+    if mol is None:
+        return Standardized(None, None, "unparsable SMILES")
+    return standardize_mol(mol)
+
+
+def standardize_molblock(raw: str | None) -> Standardized:
+    """Standardize one SDF record's mol block (see :func:`standardize_mol`)."""
+    if raw is None or not raw.strip():
+        return Standardized(None, None, "empty mol block")
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromMolBlock(raw, sanitize=False)
+    if mol is None:
+        return Standardized(None, None, "unparsable mol block")
+    return standardize_mol(mol)
+
+
+def standardize_mol(mol: Chem.Mol) -> Standardized:
+    """Sanitize ``mol`` (in place), keep its largest fragment (salts and
+    solvents are not the active species; ties go to the fragment written
+    first) and return it with its canonical SMILES."""
+    try:
+        with rdBase.BlockLogs():
+            Chem.SanitizeMol(mol)
+    except Exception as error:  # RDKit raises several unrelated types here
+        return Standardized(None, None, f"sanitization failed: {_first_line(error)}")
+    if mol.GetNumAtoms() == 0:
+        return Standardized(None, None, "no atoms")
+    fragments = Chem.GetMolFrags(mol, asMols=True)
+    if len(fragments) > 1:
+        mol = max(fragments, key=lambda fragment: fragment.GetNumHeavyAtoms())
+    return Standardized(mol, Chem.MolToSmiles(mol), None)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

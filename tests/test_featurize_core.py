@@ -1,0 +1,98 @@
+"""Spec, standardization, fingerprints and tensor unpacking against RDKit and
+numpy's own reference implementations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
+
+from featurize.errors import SpecMismatchError
+from featurize.fingerprints import fingerprint_matrix, pack_bits, unpack_bits
+from featurize.spec import FingerprintSpec
+from featurize.standardize import standardize_smiles
+from featurize.tensors import labels_to_tensors, unpack_fingerprints
+
+
+def test_spec_json_round_trip_and_width() -> None:
+    for spec in (FingerprintSpec(), FingerprintSpec(radius=3, n_bits=1000, counts=True),
+                 FingerprintSpec(kind="imported", n_bits=1024, source="deepchem ECFP4")):
+        assert FingerprintSpec.from_json(spec.to_json()) == spec
+    assert FingerprintSpec().n_bytes == 256
+    assert FingerprintSpec(n_bits=1001).n_bytes == 126
+    assert FingerprintSpec(n_bits=64, counts=True).n_bytes == 64
+
+
+def test_spec_mismatch_names_both_specs() -> None:
+    model, data = FingerprintSpec(), FingerprintSpec(n_bits=1024)
+    with pytest.raises(SpecMismatchError, match="n_bits") as error:
+        model.check_compatible(data, what="library", expected="model")
+    assert "2048 bits" in str(error.value) and "1024 bits" in str(error.value)
+    model.check_compatible(FingerprintSpec(rdkit_version="2020.09.1"))  # warns only
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("", "empty SMILES"), ("   ", "empty SMILES"), (None, "empty SMILES"),
+    ("C1CC(", "unparsable SMILES"), ("not a smiles", "unparsable SMILES"),
+    ("CN(=O)(=O)=O", "sanitization failed: Explicit valence"),
+    ("c1cccc1", "sanitization failed: Can't kekulize"),
+])
+def test_bad_smiles_get_reasons(raw: str | None, reason: str) -> None:
+    result = standardize_smiles(raw)
+    assert result.mol is None and result.smiles is None
+    assert result.reason.startswith(reason)
+
+
+def test_standardize_keeps_largest_fragment_canonical() -> None:
+    result = standardize_smiles("[Na+].[O-]C(=O)c1ccccc1.O")
+    assert result.reason is None
+    assert result.smiles == Chem.MolToSmiles(Chem.MolFromSmiles("[O-]C(=O)c1ccccc1"))
+    assert standardize_smiles("OCC").smiles == standardize_smiles("C(O)C").smiles == "CCO"
+
+
+@pytest.mark.parametrize("counts", [False, True])
+@pytest.mark.parametrize(("radius", "n_bits"), [(2, 2048), (3, 1000)])
+def test_fingerprints_equal_rdkit_reference(nci_smiles: list[str], counts: bool,
+                                            radius: int, n_bits: int) -> None:
+    spec = FingerprintSpec(radius=radius, n_bits=n_bits, counts=counts)
+    standardized = [standardize_smiles(s) for s in nci_smiles[:300]]
+    mols = [item.mol for item in standardized if item.mol is not None]
+    stored = fingerprint_matrix(mols, spec)
+    assert stored.shape == (len(mols), spec.n_bytes) and stored.dtype == np.uint8
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    for row, item in zip(stored, (i for i in standardized if i.mol is not None)):
+        reference_mol = Chem.MolFromSmiles(item.smiles)  # from the stored canonical SMILES
+        if counts:
+            expected = np.minimum(generator.GetCountFingerprintAsNumPy(reference_mol), 255)
+            np.testing.assert_array_equal(row, expected)
+        else:
+            expected_on = list(generator.GetFingerprint(reference_mol).GetOnBits())
+            got = unpack_bits(row[None], n_bits)[0]
+            assert np.flatnonzero(got).tolist() == expected_on
+
+
+def test_pack_unpack_matches_numpy() -> None:
+    bits = np.random.default_rng(0).integers(0, 2, (7, 1001), dtype=np.uint8)
+    packed = pack_bits(bits)
+    np.testing.assert_array_equal(unpack_bits(packed, 1001), bits)
+    # the torch unpacker agrees with np.unpackbits in the same bit order
+    unpacked = unpack_fingerprints(torch.from_numpy(packed), 1001)
+    assert unpacked.dtype == torch.float32 and unpacked.shape == (7, 1001)
+    np.testing.assert_array_equal(unpacked.numpy(),
+                                  np.unpackbits(packed, axis=1, count=1001, bitorder="little"))
+
+
+def test_unpack_counts_and_spec_checks() -> None:
+    counts = np.array([[0, 3, 255]], dtype=np.uint8)
+    out = unpack_fingerprints(torch.from_numpy(counts), FingerprintSpec(n_bits=3, counts=True))
+    assert out.tolist() == [[0.0, 3.0, 255.0]]
+    with pytest.raises(ValueError, match="needs 256"):
+        unpack_fingerprints(torch.zeros(2, 128, dtype=torch.uint8), FingerprintSpec())
+
+
+def test_labels_to_tensors_masks_missing() -> None:
+    labels, mask = labels_to_tensors(np.array([[1, 0, -1], [-1, -1, 1]], dtype=np.int8))
+    assert labels.dtype == torch.float32 and mask.dtype == torch.bool
+    assert labels.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
