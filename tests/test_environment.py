@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # A requirement "name[extras]==version" (PEP 508 subset used by both files).
-PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;]+)\s*$")
+PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)(?:\[([^\]]*)\])?\s*==\s*([^\s;]+)\s*$")
 
 
 def _normalize(name: str) -> str:
@@ -19,14 +19,16 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pins(requirements: list[str], source: str) -> dict[str, str]:
-    pins: dict[str, str] = {}
+def _pins(requirements: list[str], source: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (version, extras): the extras matter too (ray's decide what gets installed)."""
+    pins: dict[str, tuple[str, frozenset[str]]] = {}
     for requirement in requirements:
         match = PIN.match(requirement)
         assert match, f"{source}: {requirement!r} is not an exact pin (name==version)"
         name = _normalize(match.group(1))
         assert name not in pins, f"{source}: {name} is listed twice"
-        pins[name] = match.group(2)
+        extras = frozenset(extra.strip() for extra in (match.group(2) or "").split(",") if extra.strip())
+        pins[name] = (match.group(3), extras)
     return pins
 
 
