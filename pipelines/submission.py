@@ -1,0 +1,143 @@
+"""Send any pipeline job to a Ray cluster through Ray's Job Submission API.
+
+The equivalent of ``ray job submit --working-dir . -- python -m pipelines
+<job> ...``, as library code the ``submit`` job (and schedulers calling it)
+use: the project folder is uploaded as the job's ``working_dir`` (minus the
+virtual environment, runs and data), optionally with the project's exact pins
+as the job's pip environment, and the entrypoint is the same CLI people run
+locally. Inside the job Ray sets ``RAY_ADDRESS``, so the job's own
+``ray.init()`` joins the cluster it was sent to.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pipelines.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Never uploaded with the code: environments, outputs and data are large and
+# machine-specific (gitignore syntax, relative to the working dir). Ray also
+# honours the project's .gitignore; these hold when the folder is no checkout.
+WORKING_DIR_EXCLUDES: tuple[str, ...] = (
+    ".venv/", ".git/", "runs/", "data/", "mlruns/", "mlruns.db", "*.parquet",
+    "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/",
+)
+
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """What became of one submission: its id and, when waited for, its end."""
+
+    submission_id: str
+    status: str
+    message: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+
+def project_pins(pyproject: Path) -> list[str]:
+    """The exact runtime pins of pyproject.toml's ``[project].dependencies``.
+
+    These are what scripts/bootstrap.sh installs locally, so a job that ships
+    them as its pip runtime env runs the same versions on the cluster.
+    """
+    if not pyproject.is_file():
+        raise UserError(f"--pip-pins needs {pyproject}, which does not exist")
+    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    loose = [requirement for requirement in dependencies if "==" not in requirement]
+    if loose:
+        raise UserError(f"{pyproject}: not exact pins (name==version): {loose}")
+    return list(dependencies)
+
+
+def build_entrypoint(job_args: Sequence[str]) -> str:
+    """The shell command the cluster runs: the same CLI as locally."""
+    if not job_args:
+        raise UserError("nothing to submit: give the job after '--', e.g. -- screen --model ...")
+    if job_args[0] == "submit":
+        raise UserError("a submitted job cannot be 'submit' itself")
+    return shlex.join(["python", "-m", "pipelines", *job_args])
+
+
+def build_runtime_env(
+    working_dir: Path,
+    pip_requirements: Sequence[str] | None = None,
+    env_vars: Mapping[str, str] | None = None,
+) -> dict[str, object]:
+    """A Ray runtime_env: code as working_dir, optional pip pins and env vars."""
+    if not working_dir.is_dir():
+        raise UserError(f"--working-dir {working_dir} is not a folder")
+    runtime_env: dict[str, object] = {
+        "working_dir": str(working_dir.resolve()),
+        "excludes": list(WORKING_DIR_EXCLUDES),
+    }
+    if pip_requirements:
+        runtime_env["pip"] = list(pip_requirements)
+    if env_vars:
+        runtime_env["env_vars"] = dict(env_vars)
+    return runtime_env
+
+
+def parse_env_vars(assignments: Sequence[str]) -> dict[str, str]:
+    """``NAME=VALUE`` strings (the repeatable --env flag) -> a mapping."""
+    env_vars = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise UserError(f"--env {assignment!r}: expected NAME=VALUE")
+        env_vars[name] = value
+    return env_vars
+
+
+def connect(address: str):
+    """A JobSubmissionClient for the dashboard at ``address`` (http://HOST:8265)."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise UserError(f"no Ray Job Submission server answers at {address}: {error}") from error
+
+
+def submit_job(
+    address: str,
+    job_args: Sequence[str],
+    runtime_env: Mapping[str, object],
+    wait: bool = True,
+    log_stream: TextIO = sys.stdout,
+    poll_seconds: float = 1.0,
+) -> SubmittedJob:
+    """Submit ``python -m pipelines <job_args>``; with ``wait``, stream its logs
+    to ``log_stream`` until it ends and return its final status."""
+    client = connect(address)
+    entrypoint = build_entrypoint(job_args)
+    submission_id = client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env))
+    logger.info("submitted %s to %s as %s", entrypoint, address, submission_id)
+    if not wait:
+        status = str(client.get_job_status(submission_id))
+        return SubmittedJob(submission_id, status)
+    asyncio.run(_stream_logs(client, submission_id, log_stream))
+    # The log stream closes when the driver exits; the status may lag a moment.
+    while (status := str(client.get_job_status(submission_id))) not in TERMINAL_STATUSES:
+        time.sleep(poll_seconds)
+    return SubmittedJob(submission_id, status, client.get_job_info(submission_id).message)
+
+
+async def _stream_logs(client, submission_id: str, log_stream: TextIO) -> None:
+    async for chunk in client.tail_job_logs(submission_id):
+        log_stream.write(chunk)
+        log_stream.flush()
