@@ -1,0 +1,252 @@
+"""MAML-MTL outer losses, computed exactly and batched over all tasks.
+
+Aoki et al. (2021), Sec. 3.2, with the batch split as in the reference code:
+the first rows (a share p) are the inner part, the rest the outer part.
+
+    theta'_k = theta - beta * grad_theta L_k^in(theta)       (every parameter)
+    L        = mean_k L_k^out(theta'_k)
+
+First order treats theta'_k as a constant in grad_theta L; second order
+differentiates through the inner step. Done naively this is 2K + 1 passes and
+K copies of the weights. The mixture path below needs neither:
+
+* Task k's inner loss reaches only gate k, tower k and the shared experts.
+  One backward of sum_k L_k^in therefore gives every gate and tower its own
+  task's inner gradient, and dL_k/d f^k for all k at once.
+* The experts are the only weights shared by tasks. For the expert output
+  a_e, dL_k/da_e = g^k_e(x) * dL_k/df^k, so the per-task gradient at each
+  expert layer's pre-activation, Delta_k = dL_k/dz (`[E, K, B_in, h]`),
+  follows by a batched backward through the layers. The inner step of a
+  dense layer z = x W + b is rank-B_in: at theta'_k the outer rows give
+      x_o W'_k + b'_k = x_o W + b - beta * ((x_o x_in^T) Delta_k + 1 sum_rows Delta_k),
+  a `[B_out, B_in]` Gram product per task instead of a `d x h` weight copy.
+  For deeper layers x_o is task k's own (perturbed) outer activation and
+  x_in the unperturbed inner activation.
+* The outer pass runs for all K tasks at once on `[E, K, B_out, h]` tensors
+  and one backward gives the outer gradient: with the inner quantities
+  detached it is the first-order gradient (each layer being affine in its
+  weights, d/dW of x W'_k is the gradient at theta'_k), kept in the graph it
+  is the exact second-order one.
+
+Dropout: one mask per row and unit is drawn for the inner rows and one for
+the outer rows, and all tasks share them (a per-task loop would draw a new
+mask per task; each task's loss sees the same distribution either way).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from models.losses import masked_bce_per_task
+from models.networks.base import MultiTaskModel
+from models.networks.mixture import MixtureOfExpertsModel
+
+AutocastFactory = Callable[[], AbstractContextManager]
+
+
+def inner_row_count(batch_size: int, inner_fraction: float) -> int:
+    """Rows of the inner part: round(p * B), keeping at least one row on each side."""
+    if batch_size < 2:
+        raise ValueError(f"MAML-MTL needs a batch of at least 2 rows (inner and outer), got {batch_size}")
+    return min(max(round(inner_fraction * batch_size), 1), batch_size - 1)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Inner and outer rows of a batch, restricted to the tasks in play."""
+
+    x_in: Tensor
+    labels_in: Tensor
+    mask_in: Tensor
+    x_out: Tensor
+    labels_out: Tensor
+    mask_out: Tensor
+
+
+def maml_outer_losses(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor, *,
+                      inner_lr: float, inner_fraction: float = 0.8, second_order: bool = False,
+                      pos_weight: float | None = None, tasks: Tensor | None = None,
+                      autocast: AutocastFactory | None = None) -> Tensor:
+    """Per-task outer losses L_k^out(theta'_k) `[K']`, differentiable w.r.t. the
+    model's parameters (first- or second-order as asked).
+
+    tasks: optional sorted task indices taking part (K' of them); default all.
+    autocast: a factory of the context to run forward computations in.
+    """
+    n_in = inner_row_count(x.shape[0], inner_fraction)
+    if tasks is not None:
+        labels, mask = labels[:, tasks], mask[:, tasks]
+    split = _Split(x[:n_in], labels[:n_in], mask[:n_in], x[n_in:], labels[n_in:], mask[n_in:])
+    context = autocast or contextlib.nullcontext
+    if isinstance(model, MixtureOfExpertsModel):
+        return _mixture_outer_losses(model, split, inner_lr, second_order, pos_weight, tasks, context)
+    if getattr(model, "task_separable", False):
+        return _separable_outer_losses(model, split, inner_lr, second_order, pos_weight, tasks, context)
+    raise TypeError(f"MAML-MTL has no path for {type(model).__name__}: it needs a mixture-of-experts "
+                    "model or a task-separable one")
+
+
+def _separable_outer_losses(model: MultiTaskModel, split: _Split, inner_lr: float, second_order: bool,
+                            pos_weight: float | None, tasks: Tensor | None,
+                            autocast: AutocastFactory) -> Tensor:
+    """Models whose every parameter belongs to one task (single-task nets).
+
+    Task k's inner loss reaches only its own slice of each parameter, so one
+    backward of sum_k L_k^in gives each slice its own task's gradient and a
+    single updated parameter set holds theta'_k for every task at once.
+    """
+    params = dict(model.named_parameters())
+    with autocast():
+        logits_in = _select(model(split.x_in), tasks)
+    inner = masked_bce_per_task(logits_in, split.labels_in, split.mask_in, pos_weight)
+    grads = torch.autograd.grad(inner.sum(), list(params.values()), create_graph=second_order)
+    updated = {name: p - inner_lr * _constant_unless(g, second_order)
+               for (name, p), g in zip(params.items(), grads)}
+    with autocast():
+        logits_out = _select(functional_call(model, updated, (split.x_out,)), tasks)
+    return masked_bce_per_task(logits_out, split.labels_out, split.mask_out, pos_weight)
+
+
+@dataclass
+class _InnerPass:
+    """What the inner pass of a mixture model leaves for the outer pass."""
+
+    layer_inputs: list[Tensor]   # input of each expert layer: x_in [B, d], then [E, B, h]
+    pre_activations: list[Tensor]  # z of each expert layer [E, B, h]
+    dropout_masks: list[Tensor | None]
+    mixture_weights: Tensor | None  # g^k_e(x_in) [B, K, E]
+    grad_mixture: Tensor           # dL_k/df^k [K, B, h]
+    towers: dict[str, Tensor]      # theta'_k of the towers (stacked over tasks)
+    gates: dict[str, Tensor]       # theta'_k of the gates (stacked over tasks)
+
+
+def _mixture_outer_losses(model: MixtureOfExpertsModel, split: _Split, inner_lr: float,
+                          second_order: bool, pos_weight: float | None, tasks: Tensor | None,
+                          autocast: AutocastFactory) -> Tensor:
+    """The low-rank exact path for MMoEEx, MMoE and shared bottom (module docstring)."""
+    inner = _mixture_inner_pass(model, split, inner_lr, second_order, pos_weight, tasks, autocast)
+    with autocast():
+        deltas = _expert_deltas(model, inner, second_order)
+        expert_out = _perturbed_expert_outputs(model, split, inner, deltas, inner_lr, second_order)
+        weights = (functional_call(model.gates, inner.gates, (split.x_out, tasks))
+                   if model.gates is not None else None)
+        mixed = model.mix(weights, expert_out, inner.grad_mixture.shape[0])
+        logits = functional_call(model.towers, inner.towers, (mixed, tasks)).transpose(0, 1)
+    return masked_bce_per_task(logits, split.labels_out, split.mask_out, pos_weight)
+
+
+def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: float,
+                        second_order: bool, pos_weight: float | None, tasks: Tensor | None,
+                        autocast: AutocastFactory) -> _InnerPass:
+    """Forward on the inner rows and ONE backward of sum_k L_k^in."""
+    experts = model.experts
+    dropout = experts.dropout if model.training else 0.0
+    layer_inputs, pre_activations, masks = [], [], []
+    with autocast():
+        # First order needs no graph through the experts: their per-task
+        # gradients are built by hand (_expert_deltas) and held constant.
+        with torch.set_grad_enabled(second_order):
+            h = split.x_in
+            for layer in experts.layers:
+                z = layer(h)
+                drop = _dropout_mask(z.shape, dropout, z)
+                layer_inputs.append(h)
+                pre_activations.append(z)
+                masks.append(drop)
+                h = experts.activation.fn(z) if drop is None else experts.activation.fn(z) * drop
+        if not second_order:
+            h = h.requires_grad_()  # so dL/df^k exists even without gates
+        weights = model.gates(split.x_in, tasks) if model.gates is not None else None
+        n_tasks = split.labels_in.shape[1]
+        mixed = model.mix(weights, h, n_tasks)
+        logits = model.towers(mixed, tasks).transpose(0, 1)
+    losses = masked_bce_per_task(logits, split.labels_in, split.mask_in, pos_weight)
+    tower_params = dict(model.towers.named_parameters())
+    gate_params = dict(model.gates.named_parameters()) if model.gates is not None else {}
+    grads = torch.autograd.grad(losses.sum(), [mixed, *tower_params.values(), *gate_params.values()],
+                                create_graph=second_order)
+    grads = [_constant_unless(g, second_order) for g in grads]
+    tower_grads = grads[1:1 + len(tower_params)]
+    gate_grads = grads[1 + len(tower_params):]
+    return _InnerPass(
+        layer_inputs=layer_inputs, pre_activations=pre_activations, dropout_masks=masks,
+        mixture_weights=None if weights is None else _constant_unless(weights, second_order),
+        grad_mixture=grads[0],
+        towers={n: p - inner_lr * g for (n, p), g in zip(tower_params.items(), tower_grads)},
+        gates={n: p - inner_lr * g for (n, p), g in zip(gate_params.items(), gate_grads)},
+    )
+
+
+def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order: bool) -> list[Tensor]:
+    """Delta_k at every expert layer's pre-activation: dL_k^in/dz, `[E, K, B_in, h]`.
+
+    Starts from dL_k/da_e = g^k_e * dL_k/df^k and back-propagates through the
+    layers batched over experts (bmm) and tasks (rows of the bmm).
+    """
+    experts = model.experts
+    grad = inner.grad_mixture.unsqueeze(0)  # [1, K, B, h]
+    if inner.mixture_weights is not None:
+        grad = inner.mixture_weights.permute(2, 1, 0).unsqueeze(-1) * grad  # [E, K, B, h]
+    deltas: list[Tensor] = [grad] * len(experts.layers)
+    for index in reversed(range(len(experts.layers))):
+        local = experts.activation.derivative(inner.pre_activations[index])
+        if inner.dropout_masks[index] is not None:
+            local = local * inner.dropout_masks[index]
+        grad = grad * local.unsqueeze(1)
+        deltas[index] = grad
+        if index > 0:
+            weight = _constant_unless(experts.layers[index].weight, second_order)
+            n_experts, n_tasks, n_rows, width = grad.shape
+            grad = torch.bmm(grad.reshape(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
+            grad = grad.view(n_experts, n_tasks, n_rows, -1)
+    return deltas
+
+
+def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner: _InnerPass,
+                              deltas: list[Tensor], inner_lr: float, second_order: bool) -> Tensor:
+    """Expert outputs on the outer rows at each task's theta'_k: `[E, K, B_out, h]`."""
+    experts = model.experts
+    dropout = experts.dropout if model.training else 0.0
+    h: Tensor | None = None
+    for index, layer in enumerate(experts.layers):
+        delta = deltas[index]
+        n_experts, n_tasks = delta.shape[:2]
+        bias_shift = delta.sum(dim=2, keepdim=True)
+        if index == 0:
+            # x_o x_in^T is the same for every expert and task.
+            gram = split.x_out @ split.x_in.transpose(0, 1)
+            z = layer(split.x_out).unsqueeze(1) - inner_lr * (
+                torch.einsum("oi,ekih->ekoh", gram, delta) + bias_shift)
+        else:
+            inner_in = _constant_unless(inner.layer_inputs[index], second_order)
+            rows = h.shape[2]
+            flat = h.reshape(n_experts, n_tasks * rows, -1)
+            base = torch.bmm(flat, layer.weight).view(n_experts, n_tasks, rows, -1)
+            gram = torch.bmm(flat, inner_in.transpose(1, 2)).view(n_experts, n_tasks, rows, -1)
+            z = base + layer.bias[:, None, None, :] - inner_lr * (gram @ delta + bias_shift)
+        drop = _dropout_mask((n_experts, 1, *z.shape[2:]), dropout, z)
+        h = experts.activation.fn(z) if drop is None else experts.activation.fn(z) * drop
+    return h
+
+
+def _dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, like: Tensor) -> Tensor | None:
+    """Inverted-dropout multipliers (0 or 1/(1-p)); None when p = 0."""
+    if p == 0.0:
+        return None
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p)
+    return keep / (1.0 - p)
+
+
+def _constant_unless(value: Tensor, second_order: bool) -> Tensor:
+    """First order holds the inner step's quantities constant (detached)."""
+    return value if second_order else value.detach()
+
+
+def _select(logits: Tensor, tasks: Tensor | None) -> Tensor:
+    return logits if tasks is None else logits[:, tasks]

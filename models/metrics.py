@@ -1,0 +1,98 @@
+"""Per-task ranking metrics over non-missing labels, and the paper's Delta.
+
+Average precision and ROC-AUC are written in numpy (no scikit-learn in the
+hot path of evaluation, and their definitions are explicit here); tests
+compare them with scikit-learn. Tasks whose present labels are all one class
+have neither metric: they get NaN and are counted in `n_skipped`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """Per-task `ap` and `roc_auc` (`float64[K]`, NaN = skipped) and their means
+    over the tasks that have both classes."""
+
+    ap: np.ndarray
+    roc_auc: np.ndarray
+    n_skipped: int
+    mean_ap: float
+    mean_roc_auc: float
+
+
+def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """AP = sum_n (R_n - R_{n-1}) P_n over distinct score thresholds, high to
+    low (the step-wise area under the precision-recall curve, no interpolation,
+    ties broken as one threshold: scikit-learn's definition)."""
+    tps, fps = _cumulative_counts(y_true, y_score)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic: the probability that a random
+    positive outscores a random negative, ties counting one half (average ranks)."""
+    positives = y_true.astype(bool)
+    n_pos = int(positives.sum())
+    n_neg = positives.size - n_pos
+    order = np.argsort(y_score, kind="mergesort")
+    sorted_scores = y_score[order]
+    # Average rank (1-based) of each run of tied scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], sorted_scores.size]
+    run_ranks = (starts + ends + 1) / 2.0
+    ranks = np.empty(sorted_scores.size)
+    ranks[order] = np.repeat(run_ranks, ends - starts)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _cumulative_counts(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives above each distinct threshold, scores descending."""
+    order = np.argsort(-y_score, kind="mergesort")
+    scores, truth = y_score[order], y_true[order].astype(np.float64)
+    last_of_run = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
+    tps = np.cumsum(truth)[last_of_run]
+    fps = (last_of_run + 1) - tps
+    return tps, fps
+
+
+def evaluate_tasks(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) -> TaskMetrics:
+    """Per-task AP and ROC-AUC of `y_score` (`[N, K]`, any monotone score: logits
+    or probabilities) against `y_true` (`[N, K]`, 0/1) where `mask` is True."""
+    y_true, y_score, mask = np.asarray(y_true), np.asarray(y_score, dtype=np.float64), np.asarray(mask, bool)
+    if not y_true.shape == y_score.shape == mask.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true {y_true.shape}, y_score {y_score.shape} and mask {mask.shape} "
+                         "must be the same [N, K] shape")
+    n_tasks = y_true.shape[1]
+    ap = np.full(n_tasks, np.nan)
+    auc = np.full(n_tasks, np.nan)
+    for task in range(n_tasks):
+        present = mask[:, task]
+        truth = y_true[present, task] > 0
+        if truth.all() or not truth.any():
+            continue
+        scores = y_score[present, task]
+        ap[task] = average_precision(truth, scores)
+        auc[task] = roc_auc(truth, scores)
+    scored = ~np.isnan(ap)
+    return TaskMetrics(ap=ap, roc_auc=auc, n_skipped=int(n_tasks - scored.sum()),
+                       mean_ap=float(ap[scored].mean()) if scored.any() else float("nan"),
+                       mean_roc_auc=float(auc[scored].mean()) if scored.any() else float("nan"))
+
+
+def delta_vs_reference(values: np.ndarray, reference_values: np.ndarray) -> float:
+    """Delta in percent: mean over tasks of (M_k - M_ref_k) / M_ref_k * 100
+    (Aoki et al. 2021, Tables 2-4, after Maninis et al. 2019; higher metrics
+    are better, so no sign flip). Tasks where either value is NaN are left out."""
+    values, reference_values = np.asarray(values, float), np.asarray(reference_values, float)
+    if values.shape != reference_values.shape:
+        raise ValueError(f"values {values.shape} and reference_values {reference_values.shape} differ in shape")
+    usable = ~(np.isnan(values) | np.isnan(reference_values))
+    if not usable.any():
+        raise ValueError("no task has both a value and a reference value")
+    return float(np.mean((values[usable] - reference_values[usable]) / reference_values[usable]) * 100.0)
