@@ -187,52 +187,66 @@ def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order
     """Delta_k at every expert layer's pre-activation: dL_k^in/dz, `[E, K, B_in, h]`.
 
     Starts from dL_k/da_e = g^k_e * dL_k/df^k and back-propagates through the
-    layers batched over experts (bmm) and tasks (rows of the bmm).
+    layers batched over experts (bmm) and tasks (rows of the bmm). These are
+    the largest tensors of the step (K * E * B_in * h), so each is allocated
+    once and scaled in place where autograd allows (first order).
     """
     experts = model.experts
-    grad = inner.grad_mixture.unsqueeze(0)  # [1, K, B, h]
-    if inner.mixture_weights is not None:
-        grad = inner.mixture_weights.permute(2, 1, 0).unsqueeze(-1) * grad  # [E, K, B, h]
-    deltas: list[Tensor] = [grad] * len(experts.layers)
-    for index in reversed(range(len(experts.layers))):
+    n_layers = len(experts.layers)
+    deltas: list[Tensor] = []
+    for index in reversed(range(n_layers)):
         local = experts.activation.derivative(inner.pre_activations[index])
         if inner.dropout_masks[index] is not None:
             local = local * inner.dropout_masks[index]
-        grad = grad * local.unsqueeze(1)
-        deltas[index] = grad
-        if index > 0:
-            weight = _constant_unless(experts.layers[index].weight, second_order)
-            n_experts, n_tasks, n_rows, width = grad.shape
-            grad = torch.bmm(grad.reshape(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
-            grad = grad.view(n_experts, n_tasks, n_rows, -1)
-    return deltas
+        if index == n_layers - 1:
+            grad = inner.grad_mixture.unsqueeze(0) * local.unsqueeze(1)
+            if inner.mixture_weights is not None:
+                grad = _scale(grad, inner.mixture_weights.permute(2, 1, 0).unsqueeze(-1), second_order)
+        else:
+            above = deltas[-1]
+            weight = _constant_unless(experts.layers[index + 1].weight, second_order)
+            n_experts, n_tasks, n_rows, width = above.shape
+            grad = torch.bmm(above.view(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
+            grad = _scale(grad.view(n_experts, n_tasks, n_rows, -1), local.unsqueeze(1), second_order)
+        deltas.append(grad)
+    return deltas[::-1]
 
 
 def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner: _InnerPass,
                               deltas: list[Tensor], inner_lr: float, second_order: bool) -> Tensor:
-    """Expert outputs on the outer rows at each task's theta'_k: `[E, K, B_out, h]`."""
+    """Expert outputs on the outer rows at each task's theta'_k: `[E, K, B_out, h]`.
+
+    z_k = x_o W + b - beta * (x_o x_in^T + 1 1^T) Delta_k: the bias update
+    (the row sum of Delta_k) rides along as a constant input feature 1.
+    """
     experts = model.experts
     dropout = experts.dropout if model.training else 0.0
-    h: Tensor | None = None
+    h = split.x_out
     for index, layer in enumerate(experts.layers):
         delta = deltas[index]
-        n_experts, n_tasks = delta.shape[:2]
-        bias_shift = delta.sum(dim=2, keepdim=True)
+        n_experts, n_tasks, n_inner, width = delta.shape
         if index == 0:
             # x_o x_in^T is the same for every expert and task.
-            gram = split.x_out @ split.x_in.transpose(0, 1)
-            z = layer(split.x_out).unsqueeze(1) - inner_lr * (
-                torch.einsum("oi,ekih->ekoh", gram, delta) + bias_shift)
+            gram = (split.x_out @ split.x_in.transpose(0, 1) + 1.0) * -inner_lr
+            z = torch.matmul(gram, delta).add_(layer(split.x_out).unsqueeze(1))
         else:
             inner_in = _constant_unless(inner.layer_inputs[index], second_order)
-            rows = h.shape[2]
-            flat = h.reshape(n_experts, n_tasks * rows, -1)
-            base = torch.bmm(flat, layer.weight).view(n_experts, n_tasks, rows, -1)
-            gram = torch.bmm(flat, inner_in.transpose(1, 2)).view(n_experts, n_tasks, rows, -1)
-            z = base + layer.bias[:, None, None, :] - inner_lr * (gram @ delta + bias_shift)
+            n_outer = h.shape[2]
+            flat = h.reshape(n_experts, n_tasks * n_outer, -1)
+            gram = (torch.bmm(flat, inner_in.transpose(1, 2)) + 1.0) * -inner_lr
+            base = torch.baddbmm(layer.bias.unsqueeze(1), flat, layer.weight)
+            z = torch.baddbmm(base.view(n_experts * n_tasks, n_outer, width),
+                              gram.view(n_experts * n_tasks, n_outer, n_inner),
+                              delta.reshape(n_experts * n_tasks, n_inner, width))
+            z = z.view(n_experts, n_tasks, n_outer, width)
         drop = _dropout_mask((n_experts, 1, *z.shape[2:]), dropout, z)
         h = experts.activation.fn(z) if drop is None else experts.activation.fn(z) * drop
     return h
+
+
+def _scale(value: Tensor, factor: Tensor, second_order: bool) -> Tensor:
+    """value * factor, in place when no graph needs the unscaled value (first order)."""
+    return value * factor if second_order else value.mul_(factor)
 
 
 def _dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, like: Tensor) -> Tensor | None:

@@ -1,0 +1,160 @@
+"""Time one training step: plain multi-task, fast exact MAML-MTL, reference loop.
+
+    python benchmarks/maml_step.py                  # CPU, the issue-3 table
+    python benchmarks/maml_step.py --device cuda    # same table on a GPU
+
+Median wall time per step for K tasks, d features, batch B and E experts of
+one and of two hidden layers, with the ratios the targets are stated in
+(fast >= 30x faster than the reference loop; fast <= 3x the plain step with
+one-hidden-layer experts, <= 8x with two) and the peak memory of each step
+(torch.cuda.max_memory_allocated on CUDA; peak resident-set growth, sampled,
+on CPU). The reference loop is slow: it is timed over --reference-reps runs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.config import ModelConfig  # noqa: E402
+from models.factory import build_model  # noqa: E402
+from models.steps import StepConfig, build_step  # noqa: E402
+from pipelines.summary import format_table  # noqa: E402
+from tests.maml_reference import reference_maml_step  # noqa: E402
+
+log = logging.getLogger("maml_step")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MiB, for CPU or CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = _rss_bytes()
+            self._peak = self._base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _rss_bytes())
+        self.peak_mib = (peak - self._base) / 2**20
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def time_step(run: Callable[[], object], device: torch.device, reps: int) -> tuple[float, float]:
+    """Median seconds over `reps` runs after one warm-up, and peak MiB of one run."""
+    run()
+    with PeakMemory(device) as memory:
+        run()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), memory.peak_mib
+
+
+def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]) -> dict[str, object]:
+    device = torch.device(args.device)
+    config = ModelConfig(n_features=args.features, n_tasks=args.tasks, n_experts=n_experts,
+                         expert_hidden=hidden, alpha=0.5, seed=0)
+    model = build_model(config).to(device).train()
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand(args.batch, args.features, generator=generator) < 0.03).float().to(device)
+    labels = (torch.rand(args.batch, args.tasks, generator=generator) < 0.02).float().to(device)
+    mask = (torch.rand(args.batch, args.tasks, generator=generator) < 0.5).to(device)
+    autocast = "bfloat16" if args.bf16 else None
+    plain = build_step(StepConfig(optimizer="plain", autocast=autocast))
+    fast = build_step(StepConfig(optimizer="maml-mtl", inner_lr=0.05, autocast=autocast))
+
+    log.info("E=%d hidden=%s: plain step", n_experts, hidden)
+    plain_s, plain_mib = time_step(lambda: plain(model, x, labels, mask), device, args.reps)
+    log.info("E=%d hidden=%s: fast MAML-MTL", n_experts, hidden)
+    fast_s, fast_mib = time_step(lambda: fast(model, x, labels, mask), device, args.reps)
+    row: dict[str, object] = {
+        "E": n_experts, "expert layers": "x".join(map(str, hidden)),
+        "plain s": plain_s, "fast s": fast_s, "fast/plain": fast_s / plain_s,
+    }
+    if args.reference_reps > 0:
+        log.info("E=%d hidden=%s: reference loop (%d tasks)", n_experts, hidden, args.tasks)
+        ref_s, ref_mib = time_step(lambda: reference_maml_step(model, x, labels, mask, inner_lr=0.05),
+                                   device, args.reference_reps)
+        row |= {"reference s": ref_s, "ref/fast": ref_s / fast_s}
+    row |= {"plain MiB": plain_mib, "fast MiB": fast_mib}
+    if args.reference_reps > 0:
+        row["reference MiB"] = ref_mib
+    return row
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--tasks", type=int, default=128)
+    parser.add_argument("--features", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--experts", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--hidden", nargs="+", default=["256", "256,256"],
+                        help="expert layer widths, one comma-separated list per case")
+    parser.add_argument("--reps", type=int, default=5, help="timed runs of plain and fast steps")
+    parser.add_argument("--reference-reps", type=int, default=1,
+                        help="timed runs of the reference loop (0 skips it)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for plain and fast steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return parser.parse_args()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = [bench_case(args, n_experts, tuple(int(w) for w in hidden.split(",")))
+            for hidden in args.hidden for n_experts in args.experts]
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
+        f"CPU, {torch.get_num_threads()} threads")
+    print(format_table(rows, title=(
+        f"One training step, K={args.tasks}, d={args.features}, batch {args.batch}, "
+        f"{device_name}, torch {torch.__version__}{', bf16 autocast' if args.bf16 else ''} "
+        f"(median of {args.reps}; reference: median of {args.reference_reps})")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
