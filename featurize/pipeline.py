@@ -1,0 +1,376 @@
+"""``featurize_file``: the one featurization function, in-process or on Ray Data.
+
+Two passes, whatever the backend:
+
+1. Stage: the source streams Arrow batches; :func:`featurize_batch`
+   standardizes, fingerprints and encodes labels for each batch, keeping
+   every row (accepted or with a reject reason) in a staging Parquet. The
+   in-process backend runs it in a loop; the Ray backend ships the same
+   batches (written once to Parquet by the driver) through
+   ``read_parquet -> map_batches(featurize_batch) -> write_parquet`` with one
+   CPU per task, streaming with bounded memory.
+2. Finish (driver, cheap): from the small ``_row``/``mol_id``/``reason``/
+   ``scaffold`` columns only, reject duplicate ids and assign splits; then
+   stream the staged rows once more, in source order, into the atomic
+   :class:`featurize.dataset.DatasetWriter`.
+
+Since both backends share pass 2 and the per-batch function, they write the
+same bytes. accepted + rejected == input rows is checked on commit.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from featurize.dataset import (DEFAULT_ROWS_PER_SHARD, REJECTS_FILE, DatasetInfo,
+                               DatasetWriter, find_finished)
+from featurize.fingerprints import fingerprint_matrix
+from featurize.sources import LibrarySource, TaskSelection
+from featurize.spec import FingerprintSpec
+from featurize.splits import (DEFAULT_FRACTIONS, SPLIT_METHODS, check_fractions, random_split,
+                              scaffold_smiles, scaffold_split, split_names)
+from featurize.standardize import standardize_molblock, standardize_smiles
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "local", "ray"]
+BACKENDS = ("auto", "local", "ray")
+#: Inputs at least this large (bytes on disk) go to Ray under backend="auto".
+AUTO_RAY_MIN_BYTES = 32 * 2**20
+#: Rows per Ray Data block: small enough to keep every CPU busy on 50k
+#: molecules, large enough that task overhead stays under a few percent.
+RAY_BLOCK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class FeaturizeSummary:
+    """What a featurization did (the CLI prints it as a table)."""
+
+    input_rows: int
+    accepted: int
+    rejected: int
+    shards: int
+    out_dir: Path
+    elapsed_s: float
+    skipped_existing: bool
+    backend: str
+    split_counts: dict[str, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.out_dir / REJECTS_FILE
+
+    @classmethod
+    def from_info(cls, info: DatasetInfo, *, elapsed_s: float, skipped_existing: bool,
+                  backend: str) -> FeaturizeSummary:
+        reasons = pq.read_table(info.rejects_path, columns=["reason"])["reason"]
+        counts = {item["values"]: item["counts"] for item in pc.value_counts(
+            _reason_kind(reasons)).to_pylist()} if len(reasons) else {}
+        return cls(input_rows=info.input_rows, accepted=info.accepted, rejected=info.rejected,
+                   shards=len(info.shards), out_dir=info.path, elapsed_s=elapsed_s,
+                   skipped_existing=skipped_existing, backend=backend,
+                   split_counts=info.split_counts,
+                   reject_reasons=dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+
+
+def _reason_kind(reasons: pa.ChunkedArray) -> pa.ChunkedArray:
+    """"sanitization failed: Explicit valence for atom # 3..." -> "sanitization failed"."""
+    return pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(reasons, ":"), 0))
+
+
+# -- pass 1: one batch ---------------------------------------------------------------
+def featurize_batch(batch: pa.Table, *, spec: FingerprintSpec, tasks: Sequence[str],
+                    kind: Literal["smiles", "molblock"], with_scaffold: bool) -> pa.Table:
+    """Standardize, fingerprint and encode labels for one source batch.
+
+    Returns every input row (``_row``, ``mol_id``, ``raw``, ``smiles``, ``fp``
+    as fixed_size_binary (zeros for rejects), int8 task columns, ``scaffold``
+    if asked, and ``reason``: null for accepted rows). Runs on Ray workers:
+    pure function of its arguments, one cached RDKit generator per process.
+    """
+    n_rows = batch.num_rows
+    standardize = standardize_molblock if kind == "molblock" else standardize_smiles
+    labels, label_reasons = encode_labels(batch, tasks)
+    ids = batch["mol_id"].to_pylist()
+    reasons: list[str | None] = [None] * n_rows
+    smiles: list[str | None] = [None] * n_rows
+    scaffolds: list[str | None] = [None] * n_rows
+    accepted: list[int] = []
+    mols = []
+    for index, raw in enumerate(batch["raw"].to_pylist()):
+        if ids[index] is None:
+            reasons[index] = "empty id"
+            continue
+        result = standardize(raw)
+        reasons[index] = result.reason or label_reasons[index]
+        if reasons[index] is None:
+            smiles[index] = result.smiles
+            if with_scaffold:
+                scaffolds[index] = scaffold_smiles(result.mol)
+            accepted.append(index)
+            mols.append(result.mol)
+    fp = np.zeros((n_rows, spec.n_bytes), dtype=np.uint8)
+    if mols:
+        fp[accepted] = fingerprint_matrix(mols, spec)
+    columns = {
+        "_row": batch["_row"],
+        "mol_id": batch["mol_id"],
+        "raw": batch["raw"],
+        "smiles": pa.array(smiles, pa.string()),
+        "fp": pa.FixedSizeBinaryArray.from_buffers(pa.binary(spec.n_bytes), n_rows,
+                                                   [None, pa.py_buffer(fp.tobytes())]),
+        **{task: labels[:, k] for k, task in enumerate(tasks)},
+    }
+    if with_scaffold:
+        columns["scaffold"] = pa.array(scaffolds, pa.string())
+    columns["reason"] = pa.array(reasons, pa.string())
+    return pa.table(columns)
+
+
+def encode_labels(batch: pa.Table, tasks: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
+    """float task columns -> int8 ``[n, K]`` (1, 0, -1 missing) and, per row,
+    the first value that is neither 0, 1 nor missing (a reject reason)."""
+    labels = np.full((batch.num_rows, len(tasks)), -1, dtype=np.int8)
+    reasons: list[str | None] = [None] * batch.num_rows
+    for k, task in enumerate(tasks):
+        values = batch[task].to_numpy(zero_copy_only=False).astype(np.float64)
+        present = ~np.isnan(values)
+        labels[present, k] = values[present].astype(np.int8)
+        for index in np.flatnonzero(present & (values != 0) & (values != 1)):
+            reasons[index] = reasons[index] or f"label {task}={values[index]:g} is not 0 or 1"
+    return labels, reasons
+
+
+# -- pass 1: backends ----------------------------------------------------------------
+def _stage_local(source: LibrarySource, staged: Path, options: _Options,
+                 progress: bool) -> list[Path]:
+    path = staged / "part-000000.parquet"
+    staged.mkdir()
+    writer = None
+    with tqdm(desc="featurize", unit=" mol", disable=not progress, smoothing=0.1) as bar:
+        for batch in source.iter_batches():
+            table = featurize_batch(batch, **options.batch_kwargs())
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            bar.update(batch.num_rows)
+    writer.close()
+    return [path]
+
+
+def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus: int | None,
+               address: str | None) -> list[Path]:
+    import ray
+
+    raw_dir, staged = scratch / "raw", scratch / "staged"
+    raw_dir.mkdir()
+    raw_files = []
+    for index, batch in enumerate(source.iter_batches(RAY_BLOCK_ROWS)):
+        raw_files.append(str(raw_dir / f"part-{index:06d}.parquet"))
+        pq.write_table(batch, raw_files[-1])
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=num_cpus if address == "local" else None,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        with _ray_data_limits(num_cpus):
+            # One block per raw file: Ray would otherwise fuse small files
+            # into one read task and featurize them on a single CPU.
+            (ray.data.read_parquet(raw_files, override_num_blocks=len(raw_files))
+             .map_batches(featurize_batch, batch_format="pyarrow", batch_size=None,
+                          num_cpus=1, fn_kwargs=options.batch_kwargs())
+             .write_parquet(str(staged)))
+    finally:
+        if started_here:
+            ray.shutdown()
+    return _in_source_order(sorted(staged.glob("*.parquet")))
+
+
+@contextlib.contextmanager
+def _ray_data_limits(num_cpus: int | None) -> Iterator[None]:
+    """Keep blocks in source order and use at most ``num_cpus`` CPUs, for this
+    pipeline only (the DataContext is restored afterwards)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved_order = context.execution_options.preserve_order
+    saved_limits = context.execution_options.resource_limits
+    context.execution_options.preserve_order = True
+    if num_cpus:
+        context.execution_options.resource_limits = \
+            saved_limits.copy(cpu=num_cpus) if hasattr(saved_limits, "copy") else \
+            ray.data.ExecutionResources(cpu=num_cpus)
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order = saved_order
+        context.execution_options.resource_limits = saved_limits
+
+
+def _in_source_order(files: list[Path]) -> list[Path]:
+    """Staged files ordered by their first source row; each must hold a
+    sorted, non-overlapping run of rows (what preserve_order guarantees)."""
+    runs = []
+    for path in files:
+        rows = pq.read_table(path, columns=["_row"])["_row"].to_numpy()
+        if len(rows):
+            if np.any(np.diff(rows) <= 0):
+                raise RuntimeError(f"{path}: staged rows are out of order")
+            runs.append((int(rows[0]), int(rows[-1]), path))
+    runs.sort()
+    for (_, last, _), (first, _, path) in zip(runs, runs[1:]):
+        if first <= last:
+            raise RuntimeError(f"{path}: staged rows overlap another file")
+    return [path for _, _, path in runs]
+
+
+# -- pass 2 --------------------------------------------------------------------------
+def _finish(staged_files: list[Path], writer: DatasetWriter, options: _Options) -> int:
+    """Reject duplicate ids, assign splits and write the dataset in source
+    order; returns the number of input rows."""
+    key_columns = ["_row", "mol_id", "reason", *(["scaffold"] if options.split == "scaffold"
+                                                 else [])]
+    keys = pa.concat_tables([pq.read_table(path, columns=key_columns) for path in staged_files])
+    rows = keys["_row"].to_numpy()
+    if not np.array_equal(rows, np.arange(len(rows))):
+        raise RuntimeError("staged rows do not cover the input exactly once")
+    accepted = keys["reason"].is_null().to_numpy(zero_copy_only=False)
+    duplicate = np.zeros(len(rows), dtype=bool)
+    duplicate[accepted] = pd.Series(keys["mol_id"].to_numpy(zero_copy_only=False)[accepted]
+                                    ).duplicated(keep="first").to_numpy()
+    keep = accepted & ~duplicate
+    codes = _split_codes(keys, keep, options)
+    split_of_row = np.full(len(rows), -1, dtype=np.int8)
+    if codes is not None:
+        split_of_row[keep] = codes
+    del keys
+
+    for path in staged_files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+            table = pa.Table.from_batches([batch])
+            batch_rows = table["_row"].to_numpy()
+            batch_keep = keep[batch_rows]
+            features = table.filter(batch_keep)
+            if codes is not None:
+                features = features.append_column(
+                    "split", pa.array(split_names(split_of_row[batch_rows][batch_keep]), pa.string()))
+            writer.write_features(features)
+            rejected = table.filter(~batch_keep)
+            reasons = np.where(duplicate[rejected["_row"].to_numpy()], "duplicate id",
+                               rejected["reason"].to_numpy(zero_copy_only=False))
+            writer.write_rejects(pa.table({"row": rejected["_row"], "raw": rejected["raw"],
+                                           "mol_id": rejected["mol_id"],
+                                           "reason": pa.array(reasons, pa.string())}))
+    return len(rows)
+
+
+def _split_codes(keys: pa.Table, keep: np.ndarray, options: _Options) -> np.ndarray | None:
+    if options.split == "random":
+        return random_split(int(keep.sum()), options.fractions, options.seed)
+    if options.split == "scaffold":
+        scaffolds = keys["scaffold"].to_numpy(zero_copy_only=False)[keep]
+        return scaffold_split(scaffolds, options.fractions)
+    return None
+
+
+# -- entry point ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Options:
+    spec: FingerprintSpec
+    tasks: list[str]
+    kind: Literal["smiles", "molblock"]
+    split: str
+    fractions: tuple[float, float, float]
+    seed: int
+    rows_per_shard: int
+
+    def batch_kwargs(self) -> dict[str, object]:
+        return {"spec": self.spec, "tasks": self.tasks, "kind": self.kind,
+                "with_scaffold": self.split == "scaffold"}
+
+    def manifest(self, source: LibrarySource) -> dict[str, object]:
+        """What must match for a re-run to be a no-op (backend and CPUs do
+        not change the output, so they are not here)."""
+        options = asdict(self)
+        options["spec"] = {k: v for k, v in asdict(self.spec).items()}
+        options.update(smiles_col=source.smiles_col, id_col=source.id_col)
+        if self.split == "scaffold":
+            options.pop("seed")  # the scaffold split is deterministic
+        return options
+
+
+def featurize_file(input_path: str | os.PathLike[str] | LibrarySource,
+                   out_dir: str | os.PathLike[str], *,
+                   spec: FingerprintSpec | None = None, smiles_col: str = "smiles",
+                   id_col: str | None = None, tasks: TaskSelection = "auto",
+                   split: str = "none", fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                   seed: int = 0, backend: Backend = "auto", num_cpus: int | None = None,
+                   address: str | None = None, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+                   overwrite: bool = False, progress: bool = True) -> FeaturizeSummary:
+    """Featurize a molecule file into a fingerprint dataset at ``out_dir``.
+
+    ``input_path``: a .csv/.csv.gz/.parquet/.smi/.sdf file (read with
+    ``smiles_col``/``id_col``/``tasks``, see :class:`LibrarySource`) or a
+    ready :class:`LibrarySource` (PCBA: :func:`featurize.sources.pcba_source`).
+    ``split``: "none", "random" (seeded) or "scaffold" (Bemis-Murcko).
+    ``backend``: "local" (this process), "ray" (Ray Data; ``address`` or
+    RAY_ADDRESS picks the cluster, ``num_cpus`` caps the CPUs it uses) or
+    "auto" (Ray for an address or inputs of 32 MiB or more).
+    A finished dataset made from the same input and options is left as it is
+    (``skipped_existing`` in the summary).
+    """
+    started = time.perf_counter()
+    source = (input_path if isinstance(input_path, LibrarySource)
+              else LibrarySource(Path(input_path), smiles_col=smiles_col, id_col=id_col,
+                                 tasks=tasks))
+    if split not in SPLIT_METHODS:
+        raise ValueError(f"split must be one of {SPLIT_METHODS}, got {split!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    options = _Options(spec=spec or FingerprintSpec(), tasks=source.task_names(),
+                       kind=source.kind, split=split, fractions=check_fractions(fractions),
+                       seed=seed, rows_per_shard=rows_per_shard)
+    identity = source.identity()
+    chosen = _choose_backend(backend, source, address)
+    finished = find_finished(out_dir, identity, options.manifest(source), overwrite=overwrite)
+    if finished is not None:
+        logger.info("%s already holds this dataset (same input and options): nothing to do",
+                    out_dir)
+        return FeaturizeSummary.from_info(finished, elapsed_s=time.perf_counter() - started,
+                                          skipped_existing=True, backend="none")
+
+    with DatasetWriter(out_dir, options.spec, options.tasks, with_split=split != "none",
+                       rows_per_shard=rows_per_shard) as writer:
+        logger.info("featurizing %s (%s backend) into %s", source.path, chosen, out_dir)
+        if chosen == "ray":
+            staged = _stage_ray(source, writer.scratch_dir, options, num_cpus, address)
+        else:
+            staged = _stage_local(source, writer.scratch_dir / "staged", options, progress)
+        input_rows = _finish(staged, writer, options)
+        info = writer.commit(input_rows=input_rows, input_identity=identity,
+                             options=options.manifest(source), overwrite=overwrite)
+    return FeaturizeSummary.from_info(info, elapsed_s=time.perf_counter() - started,
+                                      skipped_existing=False, backend=chosen)
+
+
+def _choose_backend(backend: Backend, source: LibrarySource, address: str | None) -> str:
+    if backend != "auto":
+        return backend
+    if address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    return "ray" if source.path.stat().st_size >= AUTO_RAY_MIN_BYTES else "local"

@@ -1,0 +1,369 @@
+"""Readers of raw inputs, streamed as Arrow batches.
+
+Every reader yields batches with the same columns, whatever the format:
+``_row`` (int64, the record's 0-based position in the source: data row of a
+table, non-blank line of a .smi, record of an .sdf), ``raw`` (the SMILES, or
+the mol block for .sdf), ``mol_id`` (string; kept from the id column or
+generated from the position as MOL000001...; null where the id cell is
+empty) and one float64 column per task (null = missing label). Memory stays
+bounded by one batch, so libraries larger than RAM stream through.
+
+PCBA-128: the MoleculeNet file and its 128 task names are those DeepChem's
+``load_pcba`` uses, read from DeepChem's own source (importing deepchem costs
+seconds and prints noise, so the module is parsed, not imported).
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pyarrow.types as patypes
+
+from featurize.errors import InputDataError
+
+logger = logging.getLogger(__name__)
+
+BATCH_ROWS = 8192
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+SUFFIXES = (*TABLE_SUFFIXES, ".smi", ".smi.gz", ".sdf", ".sdf.gz")
+TaskSelection = Literal["auto"] | Sequence[str] | None
+
+
+def generated_ids(rows: np.ndarray) -> pa.Array:
+    """Ids for inputs without an id column, from the source position."""
+    return pa.array([f"MOL{row + 1:06d}" for row in rows.tolist()], pa.string())
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    raise InputDataError(f"{path}: unknown input format; expected one of {', '.join(SUFFIXES)}")
+
+
+@dataclass(frozen=True)
+class LibrarySource:
+    """A molecule file and how to read it.
+
+    ``tasks``: "auto" takes every numeric column that is not the SMILES or id
+    column as a task (.csv/.parquet; .smi/.sdf have none); None reads no
+    labels (an unlabeled screening library); a list names the task columns.
+    ``id_col`` None generates ids; for .sdf it names a data field (``_Name``
+    is the title line).
+    """
+
+    path: Path
+    smiles_col: str = "smiles"
+    id_col: str | None = None
+    tasks: TaskSelection = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if not self.path.is_file():
+            raise FileNotFoundError(f"input file not found: {self.path}")
+        suffix_of(self.path)  # fail early on an unknown format
+
+    @property
+    def kind(self) -> Literal["smiles", "molblock"]:
+        """What the ``raw`` column holds."""
+        return "molblock" if suffix_of(self.path).startswith(".sdf") else "smiles"
+
+    def task_names(self) -> list[str]:
+        """The task columns this source yields, in order."""
+        if self.tasks is None or suffix_of(self.path) not in TABLE_SUFFIXES:
+            if self.tasks not in (None, "auto"):
+                raise InputDataError(f"{self.path}: .smi/.sdf inputs carry no label columns, "
+                                     f"but tasks {list(self.tasks)} were asked for")
+            return []
+        schema = self._table_schema()
+        self._require_columns(schema)
+        if self.tasks == "auto":
+            skipped = [f.name for f in schema if f.name not in self._key_columns()
+                       and not _is_numeric(f.type)]
+            if skipped:
+                logger.info("%s: ignoring non-numeric columns %s", self.path, skipped)
+            return [f.name for f in schema if f.name not in self._key_columns()
+                    and _is_numeric(f.type)]
+        missing = [task for task in self.tasks if task not in schema.names]
+        if missing:
+            raise InputDataError(f"{self.path}: task columns not found: {missing[:5]}"
+                                 f"{' ...' if len(missing) > 5 else ''}")
+        return list(self.tasks)
+
+    def iter_batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+        """Stream the input as tables of ``_row, raw, mol_id, <tasks...>``."""
+        suffix = suffix_of(self.path)
+        if suffix in TABLE_SUFFIXES:
+            yield from self._iter_table(self.task_names(), batch_rows)
+        elif suffix.startswith(".smi"):
+            yield from _chunks(self._iter_smi(), batch_rows)
+        else:
+            yield from _chunks(self._iter_sdf(), batch_rows)
+
+    # -- tables --------------------------------------------------------------------
+    def _key_columns(self) -> set[str]:
+        return {self.smiles_col, *([self.id_col] if self.id_col else [])}
+
+    def _require_columns(self, schema: pa.Schema) -> None:
+        for role, column in (("SMILES", self.smiles_col), ("id", self.id_col)):
+            if column and column not in schema.names:
+                raise InputDataError(f"{self.path}: no {role} column {column!r} "
+                                     f"(columns: {', '.join(schema.names[:12])}"
+                                     f"{' ...' if len(schema.names) > 12 else ''})")
+
+    def _table_schema(self) -> pa.Schema:
+        if suffix_of(self.path) == ".parquet":
+            return pq.read_schema(self.path)
+        # Type inference on the first block only decides which columns are numeric.
+        reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=1 << 20))
+        return reader.schema
+
+    def _iter_table(self, tasks: list[str], batch_rows: int) -> Iterator[pa.Table]:
+        columns = [self.smiles_col, *([self.id_col] if self.id_col else []), *tasks]
+        if suffix_of(self.path) == ".parquet":
+            batches = pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows,
+                                                            columns=columns)
+        else:
+            types = {self.smiles_col: pa.string(), **({self.id_col: pa.string()} if self.id_col
+                                                     else {}), **dict.fromkeys(tasks, pa.float64())}
+            batches = pacsv.open_csv(
+                self.path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                convert_options=pacsv.ConvertOptions(column_types=types, include_columns=columns,
+                                                     strings_can_be_null=False))
+        start = 0
+        try:
+            for batch in _rebatch(batches, batch_rows):
+                rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
+                start += batch.num_rows
+                ids = (batch.column(self.id_col).cast(pa.string()) if self.id_col
+                       else generated_ids(rows))
+                yield pa.table({
+                    "_row": rows,
+                    "raw": batch.column(self.smiles_col).cast(pa.string()),
+                    "mol_id": _empty_to_null(ids),
+                    **{task: batch.column(task).cast(pa.float64()) for task in tasks},
+                })
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise InputDataError(f"{self.path}: cannot read the table near data row {start}: "
+                                 f"{error}") from error
+
+    # -- .smi and .sdf ------------------------------------------------------------
+    def _iter_smi(self) -> Iterator[tuple[str, str | None]]:
+        with _open_text(self.path) as handle:
+            for line in handle:
+                fields = line.split(maxsplit=1)
+                if fields:
+                    yield fields[0], fields[1].strip() if len(fields) > 1 else None
+
+    def _iter_sdf(self) -> Iterator[tuple[str, str | None]]:
+        """Records split on ``$$$$`` as text (the raw text goes to the rejects
+        file and travels to Ray workers; RDKit parses it there)."""
+        with _open_text(self.path) as handle:
+            lines: list[str] = []
+            for line in handle:
+                if line.startswith("$$$$"):
+                    yield self._sdf_record(lines)
+                    lines = []
+                else:
+                    lines.append(line)
+            if any(line.strip() for line in lines):
+                yield self._sdf_record(lines)
+
+    def _sdf_record(self, lines: list[str]) -> tuple[str, str | None]:
+        end = next((i for i, line in enumerate(lines) if line.startswith("M  END")), len(lines) - 1)
+        molblock = "".join(lines[:end + 1])
+        if self.id_col is None:
+            return molblock, None
+        if self.id_col == "_Name":
+            return molblock, lines[0].strip() if lines else ""
+        for i, line in enumerate(lines[end + 1:], start=end + 1):
+            if line.startswith(">") and f"<{self.id_col}>" in line and i + 1 < len(lines):
+                return molblock, lines[i + 1].strip()
+        return molblock, ""
+
+    def identity(self) -> dict[str, object]:
+        """What makes a re-run a no-op: the same bytes at the same path."""
+        return {"path": str(self.path.resolve()), "size": self.path.stat().st_size,
+                "sha256": file_sha256(self.path)}
+
+
+def _chunks(records: Iterator[tuple[str, str | None]], batch_rows: int) -> Iterator[pa.Table]:
+    start = 0
+    raws: list[str] = []
+    ids: list[str | None] = []
+    for raw, mol_id in records:
+        raws.append(raw)
+        ids.append(mol_id)
+        if len(raws) == batch_rows:
+            yield _record_table(start, raws, ids)
+            start += len(raws)
+            raws, ids = [], []
+    if raws or start == 0:
+        yield _record_table(start, raws, ids)
+
+
+def _record_table(start: int, raws: list[str], ids: list[str | None]) -> pa.Table:
+    rows = np.arange(start, start + len(raws), dtype=np.int64)
+    generated = generated_ids(rows).to_pylist()
+    return pa.table({
+        "_row": rows,
+        "raw": pa.array(raws, pa.string()),
+        "mol_id": pa.array([(given or None) if given is not None else auto
+                            for given, auto in zip(ids, generated)], pa.string()),
+    })
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``batch_rows`` rows (the last may be shorter), so
+    batch boundaries do not depend on the reader's block size."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in batches:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows < batch_rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        offset = 0
+        while table.num_rows - offset >= batch_rows:
+            yield table.slice(offset, batch_rows)
+            offset += batch_rows
+        rest = table.slice(offset)
+        pending, pending_rows = rest.to_batches(), rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending)
+
+
+def _empty_to_null(ids: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Blank ids become null (rejected later as "empty id")."""
+    blank = pc.equal(pc.utf8_trim_whitespace(ids), "")
+    return pc.if_else(blank, pa.scalar(None, pa.string()), ids)
+
+
+def _is_numeric(data_type: pa.DataType) -> bool:
+    return (patypes.is_integer(data_type) or patypes.is_floating(data_type)
+            or patypes.is_boolean(data_type) or patypes.is_null(data_type))
+
+
+def _open_text(path: Path) -> IO[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- PCBA-128 ------------------------------------------------------------------------
+PCBA_EXPECTED_ROWS = 439_863
+PCBA_DEFAULT_CACHE = Path.home() / ".cache" / "pcba-mmoeex"
+
+
+@dataclass(frozen=True)
+class PcbaReference:
+    """Where DeepChem's ``load_pcba`` gets PCBA-128, and its task names."""
+
+    url: str
+    file_name: str
+    tasks: tuple[str, ...]
+
+
+@lru_cache(maxsize=1)
+def pcba_reference() -> PcbaReference:
+    """URL, file name and the 128 task names, read from the installed
+    DeepChem's ``molnet/load_function/pcba_datasets.py``."""
+    spec = importlib.util.find_spec("deepchem")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputDataError("deepchem is not installed; it supplies the PCBA-128 URL and tasks")
+    source_path = (Path(spec.submodule_search_locations[0]) / "molnet" / "load_function"
+                   / "pcba_datasets.py")
+    tree = ast.parse(source_path.read_text())
+    constants: dict[str, object] = {}
+    file_name = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id in ("PCBA_URL", "PCBA_TASKS"):
+            constants[node.targets[0].id] = ast.literal_eval(node.value)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_PCBALoader" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            file_name = node.args[0].value
+    if set(constants) != {"PCBA_URL", "PCBA_TASKS"} or file_name is None:
+        raise InputDataError(f"{source_path}: could not find PCBA_URL, PCBA_TASKS and the "
+                             "load_pcba file name (DeepChem changed?)")
+    return PcbaReference(url=str(constants["PCBA_URL"]) % file_name, file_name=file_name,
+                         tasks=tuple(constants["PCBA_TASKS"]))
+
+
+def check_pcba_file(path: Path, *, expected_rows: int = PCBA_EXPECTED_ROWS,
+                    tolerance: float = 0.01) -> None:
+    """Raise :class:`InputDataError` unless ``path`` looks like MoleculeNet's
+    PCBA-128: a smiles column, the 128 DeepChem task columns, and a row count
+    within ``tolerance`` of ``expected_rows``."""
+    tasks = pcba_reference().tasks
+    path = Path(path)
+    try:
+        header = pacsv.open_csv(path).schema.names
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InputDataError(f"{path}: not a readable PCBA CSV: {error}") from error
+    if "smiles" not in header:
+        raise InputDataError(f"{path}: PCBA file has no 'smiles' column")
+    missing = [task for task in tasks if task not in header]
+    if missing:
+        raise InputDataError(f"{path}: PCBA file lacks {len(missing)} of the {len(tasks)} "
+                             f"task columns (first: {', '.join(missing[:3])})")
+    rows = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        include_columns=["smiles"])).num_rows
+    if abs(rows - expected_rows) > tolerance * expected_rows:
+        raise InputDataError(f"{path}: PCBA file has {rows:,} rows, expected about "
+                             f"{expected_rows:,}; the download may be truncated")
+
+
+def fetch_pcba(cache_dir: Path | None = None) -> Path:
+    """The checked PCBA-128 file, downloaded into ``cache_dir`` on first use
+    (to a .part file renamed when complete, so an interrupted download is
+    never mistaken for the data)."""
+    reference = pcba_reference()
+    cache_dir = Path(cache_dir or os.environ.get("PCBA_CACHE_DIR", PCBA_DEFAULT_CACHE))
+    target = cache_dir / reference.file_name
+    if not target.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        logger.info("downloading PCBA-128 from %s to %s", reference.url, target)
+        try:
+            with urllib.request.urlopen(reference.url, timeout=60) as response, \
+                    open(partial, "wb") as handle:
+                shutil.copyfileobj(response, handle, length=1 << 20)
+        except OSError as error:
+            raise InputDataError(f"cannot download PCBA-128 from {reference.url}: {error}; "
+                                 "download it yourself and pass --pcba-path") from error
+        partial.rename(target)
+    check_pcba_file(target)
+    return target
+
+
+def pcba_source(path: Path, *, expected_rows: int = PCBA_EXPECTED_ROWS) -> LibrarySource:
+    """A checked PCBA-128 CSV as a source: its ids and the 128 DeepChem tasks."""
+    check_pcba_file(path, expected_rows=expected_rows)
+    return LibrarySource(path, smiles_col="smiles", id_col="mol_id",
+                         tasks=list(pcba_reference().tasks))

@@ -1,0 +1,141 @@
+"""featurize_file end to end: real RDKit, real Parquet, real local Ray."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
+
+from featurize.dataset import read_dataset_info, read_shard_metadata
+from featurize.fingerprints import unpack_bits
+from featurize.pipeline import featurize_file
+from featurize.reader import read_all
+from featurize.sources import pcba_reference, pcba_source
+from featurize.spec import SPEC_METADATA_KEY, TASKS_METADATA_KEY, FingerprintSpec
+from featurize.splits import scaffold_smiles
+
+BAD_ROWS = [("", "m-empty", "empty SMILES"), ("C1CC(", "m-unparsable", "unparsable SMILES"),
+            ("c1cccc1", "m-kekulize", "sanitization failed"), ("CCO", "", "empty id")]
+
+
+@pytest.fixture()
+def library_csv(tmp_path: Path, nci_smiles: list[str]) -> Path:
+    """300 real NCI molecules with two labels, the bad rows above and a duplicate id."""
+    smiles = nci_smiles[:300]
+    rows = [(s, f"nci-{i}", i % 2 if i % 5 else None, None if i % 3 else 1) for i, s in
+            enumerate(smiles)]
+    rows[10:10] = [(raw, mol_id, 0, 0) for raw, mol_id, _ in BAD_ROWS]
+    rows.append(("CCCC", "nci-7", 1, 1))  # duplicate id: the second occurrence is rejected
+    rows.append(("CCN", "bad-label", 2, 0))
+    path = tmp_path / "library.csv"
+    pa.table({"smiles": [r[0] for r in rows], "id": [r[1] for r in rows],
+              "assay_a": [r[2] for r in rows], "assay_b": [r[3] for r in rows]}
+             ).to_pandas().to_csv(path, index=False)
+    return path
+
+
+def test_every_row_is_accounted_for(library_csv: Path, tmp_path: Path) -> None:
+    summary = featurize_file(library_csv, tmp_path / "ds", id_col="id", split="random",
+                             progress=False)
+    assert summary.input_rows == 306
+    assert summary.accepted + summary.rejected == summary.input_rows
+    rejects = pq.read_table(summary.rejects_path).to_pylist()
+    by_id = {r["mol_id"]: r for r in rejects}
+    for raw, mol_id, reason in BAD_ROWS:
+        row = by_id[mol_id or None]
+        assert row["raw"] == raw and row["reason"].startswith(reason)
+    assert by_id["nci-7"]["reason"] == "duplicate id" and by_id["nci-7"]["raw"] == "CCCC"
+    assert by_id["bad-label"]["reason"] == "label assay_a=2 is not 0 or 1"
+    assert [r["row"] for r in rejects] == sorted(r["row"] for r in rejects)
+    assert by_id["m-empty"]["row"] == 10
+    info = read_dataset_info(tmp_path / "ds")
+    assert (info.input_rows, info.accepted, info.rejected) == (306, summary.accepted, len(rejects))
+    assert sum(info.split_counts.values()) == info.accepted
+
+
+def test_round_trip_equals_rdkit(library_csv: Path, tmp_path: Path) -> None:
+    spec = FingerprintSpec(radius=3, n_bits=1024)
+    featurize_file(library_csv, tmp_path / "ds", id_col="id", spec=spec, progress=False)
+    info = read_dataset_info(tmp_path / "ds")
+    schema = pq.read_schema(info.shards[0])
+    assert SPEC_METADATA_KEY in schema.metadata and TASKS_METADATA_KEY in schema.metadata
+    assert read_shard_metadata(info.shards[0]) == (spec, ["assay_a", "assay_b"])
+    assert schema.field("fp").type == pa.binary(128)
+    data = read_all(info)
+    assert len(set(data.mol_id)) == len(data.mol_id) == info.accepted
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=3, fpSize=1024)
+    bits = unpack_bits(data.fp, 1024)
+    for smiles, row in zip(data.smiles, bits):
+        expected = generator.GetFingerprintAsNumPy(Chem.MolFromSmiles(smiles))
+        np.testing.assert_array_equal(row, expected)
+    source = pacsv.read_csv(library_csv).to_pandas().drop_duplicates("id").set_index("id")
+    for mol_id, labels in zip(data.mol_id[:50], data.labels[:50]):
+        expected = [-1 if v is None or v != v else int(v)
+                    for v in source.loc[mol_id, ["assay_a", "assay_b"]].tolist()]
+        assert labels.tolist() == expected
+
+
+def test_scaffold_split_and_rerun_noop(library_csv: Path, tmp_path: Path) -> None:
+    first = featurize_file(library_csv, tmp_path / "ds", id_col="id", split="scaffold",
+                           progress=False)
+    assert not first.skipped_existing
+    table = pq.read_table(read_dataset_info(tmp_path / "ds").shards)
+    scaffolds = [scaffold_smiles(Chem.MolFromSmiles(s)) for s in table["smiles"].to_pylist()]
+    splits_of: dict[str, set[str]] = {}
+    for scaffold, split in zip(scaffolds, table["split"].to_pylist()):
+        splits_of.setdefault(scaffold, set()).add(split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    mtime = (tmp_path / "ds" / "manifest.json").stat().st_mtime_ns
+    again = featurize_file(library_csv, tmp_path / "ds", id_col="id", split="scaffold",
+                           progress=False)
+    assert again.skipped_existing and again.accepted == first.accepted
+    assert (tmp_path / "ds" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_unlabeled_sdf_library(tmp_path: Path, nci_smiles: list[str]) -> None:
+    writer = Chem.SDWriter(str(tmp_path / "lib.sdf"))
+    for smiles in nci_smiles[:40]:
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is not None:
+            writer.write(mol)
+    writer.close()
+    summary = featurize_file(tmp_path / "lib.sdf", tmp_path / "ds", progress=False,
+                             rows_per_shard=10)
+    assert summary.shards == (summary.accepted + 9) // 10 and summary.rejected == 0
+    data = read_all(tmp_path / "ds")
+    assert data.labels is None and data.fp.shape == (summary.accepted, 256)
+
+
+def test_small_pcba_shaped_file(tmp_path: Path) -> None:
+    tasks = list(pcba_reference().tasks)
+    columns = {task: [1.0, 0.0, None] * 20 for task in tasks}
+    columns.update(mol_id=[f"CID{i}" for i in range(60)],
+                   smiles=["CCO" + "C" * i for i in range(60)])
+    with gzip.open(tmp_path / "pcba.csv.gz", "wt") as handle:
+        handle.write(pa.table(columns).to_pandas().to_csv(index=False))
+    summary = featurize_file(pcba_source(tmp_path / "pcba.csv.gz", expected_rows=60),
+                             tmp_path / "ds", progress=False)
+    info = read_dataset_info(tmp_path / "ds")
+    assert summary.accepted == 60 and info.tasks == tasks
+    assert read_all(info).labels[:3, :2].tolist() == [[1, 1], [0, 0], [-1, -1]]
+
+
+@pytest.mark.slow
+def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path,
+                                        tmp_path: Path) -> None:
+    kwargs = dict(id_col="id", split="scaffold", rows_per_shard=100, progress=False)
+    local = featurize_file(library_csv, tmp_path / "local", backend="local", **kwargs)
+    ray = featurize_file(library_csv, tmp_path / "ray", backend="ray", num_cpus=2, **kwargs)
+    assert (ray.input_rows, ray.accepted, ray.rejected) == \
+        (local.input_rows, local.accepted, local.rejected)
+    names = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.parquet"))
+    assert names == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*.parquet"))
+    assert len(names) == (local.accepted + 99) // 100 + 1  # feature shards + rejects
+    for name in names:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
