@@ -54,3 +54,25 @@ def pcba_subset_dir() -> Path:
     if not (SHARED_PCBA_SUBSET / "tasks.csv").exists():
         pytest.skip(f"real PCBA subset not found at {SHARED_PCBA_SUBSET}")
     return SHARED_PCBA_SUBSET
+
+
+@pytest.fixture(scope="session")
+def panel_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A raw 2,000-molecule, 128-task panel CSV (seed 0) with its 5 injected bad rows."""
+    from featurize.panel import write_panel_csv
+
+    path = tmp_path_factory.mktemp("panel") / "panel.csv"
+    write_panel_csv(path, 2000, n_tasks=128, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def panel_dataset(panel_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``panel_csv`` featurized in-process (Morgan radius 2, 2048 bits), scaffold
+    split; its 5 bad rows are in rejects.parquet."""
+    from featurize.pipeline import featurize_file
+
+    out_dir = tmp_path_factory.mktemp("panel_dataset") / "dataset"
+    featurize_file(panel_csv, out_dir, id_col="mol_id", split="scaffold", backend="local",
+                   progress=False)
+    return out_dir
