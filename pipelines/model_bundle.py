@@ -1,0 +1,83 @@
+"""A trained model on disk: everything scoring needs, nothing training needs.
+
+Layout of a bundle directory (what the MLflow pyfunc carries, and what the
+training job logs for the best epoch)::
+
+    model.safetensors       the weights (safetensors: no pickle, mmap-able)
+    model_config.json       models.config.ModelConfig.to_dict()
+    fingerprint_spec.json   featurize.spec.FingerprintSpec.to_json()
+    tasks.json              task (assay) names, in output column order
+
+The spec and task names travel with the weights so that screening can refuse
+a library featurized another way, and so output columns are named by assay.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from featurize.spec import FingerprintSpec
+from models.config import ModelConfig
+from models.factory import build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+SPEC_FILE = "fingerprint_spec.json"
+TASKS_FILE = "tasks.json"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A model with the fingerprint spec and task names it was trained on."""
+
+    model: torch.nn.Module
+    spec: FingerprintSpec
+    tasks: list[str]
+
+    def __post_init__(self) -> None:
+        config: ModelConfig = self.model.config
+        if config.n_tasks != len(self.tasks):
+            raise ValueError(f"model has {config.n_tasks} outputs but {len(self.tasks)} task names")
+        if config.n_features != self.spec.n_bits:
+            raise ValueError(f"model takes {config.n_features} features but the fingerprint "
+                             f"spec has {self.spec.n_bits} bits ({self.spec.describe()})")
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the bundle into ``directory`` (created) and return it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.model.config.to_dict(), indent=2))
+        (directory / SPEC_FILE).write_text(self.spec.to_json())
+        (directory / TASKS_FILE).write_text(json.dumps(list(self.tasks)))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str],
+             device: torch.device | str = "cpu") -> ModelBundle:
+        """Rebuild the model from its config and load the weights (eval mode)."""
+        directory = Path(directory)
+        missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE, SPEC_FILE, TASKS_FILE)
+                   if not (directory / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: not a model bundle, missing {', '.join(missing)}")
+        config = ModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        model = build_model(config)
+        load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
+        model.to(device).eval()
+        return cls(model=model, spec=FingerprintSpec.from_json((directory / SPEC_FILE).read_text()),
+                   tasks=list(json.loads((directory / TASKS_FILE).read_text())))
+
+
+def bundle_from_state(config: ModelConfig, state_dict: dict[str, torch.Tensor],
+                      spec: FingerprintSpec, tasks: Sequence[str]) -> ModelBundle:
+    """A bundle from a training checkpoint's state dict (on CPU, eval mode)."""
+    model = build_model(config)
+    model.load_state_dict(state_dict)
+    return ModelBundle(model=model.eval(), spec=spec, tasks=list(tasks))

@@ -1,0 +1,143 @@
+"""The registered model: SMILES in, one probability per assay out.
+
+Two ways in, one scoring code path (:class:`Scorer`):
+
+- :class:`PcbaPyfuncModel`, the MLflow pyfunc. Any MLflow client
+  (``mlflow.pyfunc.load_model``, ``mlflow models predict``/``serve``) sends a
+  table with a ``smiles`` column and gets one float column per task (named by
+  assay) plus ``error``. SMILES are featurized inside ``predict`` with
+  featurize/'s own standardization and fingerprint code, so the features equal
+  the training features. A SMILES that cannot be featurized gets NaN scores
+  and its reason in ``error``; the batch never fails because of one row.
+- :func:`load_scorer`, for screening: the same model with ``score_packed``
+  to score fingerprints already featurized (the Parquet ``fp`` column)
+  without going back to SMILES, on a chosen device (GPU actors in Ray Data).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from featurize.fingerprints import fingerprint_matrix
+from featurize.spec import FingerprintSpec
+from featurize.standardize import standardize_smiles
+from featurize.tensors import unpack_fingerprints
+from pipelines.model_bundle import ModelBundle
+
+SMILES_COLUMN = "smiles"
+ERROR_COLUMN = "error"
+#: Key of the bundle directory in the pyfunc's MLflow artifacts.
+BUNDLE_ARTIFACT = "bundle"
+
+
+def resolve_device(device: torch.device | str = "auto") -> torch.device:
+    """"auto" is the first CUDA device where there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Scorer:
+    """A trained model ready to score: ``spec``, ``tasks``, ``score_packed``,
+    ``score_smiles``. Cheap to call from many threads' worth of batches; build
+    one per process (e.g. in a Ray Data actor's ``__init__``)."""
+
+    def __init__(self, bundle: ModelBundle, device: torch.device | str = "auto",
+                 batch_size: int = 8192) -> None:
+        self.device = resolve_device(device)
+        self.model = bundle.model.to(self.device).eval()
+        self.spec: FingerprintSpec = bundle.spec
+        self.tasks: list[str] = list(bundle.tasks)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_bundle(cls, directory: str | os.PathLike[str],
+                    device: torch.device | str = "auto") -> Scorer:
+        return cls(ModelBundle.load(directory, resolve_device(device)), device)
+
+    @torch.inference_mode()
+    def score_packed(self, fp: np.ndarray) -> np.ndarray:
+        """Packed fingerprints ``uint8[N, spec.n_bytes]`` -> probabilities
+        ``float32[N, K]``. Only packed bytes cross to the device."""
+        fp = np.asarray(fp)
+        if fp.dtype != np.uint8 or fp.ndim != 2 or fp.shape[1] != self.spec.n_bytes:
+            raise ValueError(f"expected packed fingerprints uint8[N, {self.spec.n_bytes}] "
+                             f"({self.spec.describe()}), got {fp.dtype}{list(fp.shape)}")
+        out = np.empty((len(fp), len(self.tasks)), dtype=np.float32)
+        for start in range(0, len(fp), self.batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
+            x = unpack_fingerprints(chunk.to(self.device, non_blocking=True), self.spec)
+            out[start:start + len(chunk)] = torch.sigmoid(self.model(x)).float().cpu().numpy()
+        return out
+
+    def featurize_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
+        """Packed fingerprints of the SMILES that featurize (rows in input
+        order, failures left out) and one error per input (None where fine)."""
+        if self.spec.kind != "morgan":
+            reason = (f"model uses {self.spec.describe()} fingerprints, which cannot be "
+                      "computed from SMILES; score its packed fingerprints instead")
+            return np.zeros((0, self.spec.n_bytes), np.uint8), [reason] * len(smiles)
+        mols, errors = [], []
+        for raw in smiles:
+            standardized = standardize_smiles(raw if isinstance(raw, str) else None)
+            errors.append(standardized.reason)
+            if standardized.mol is not None:
+                mols.append(standardized.mol)
+        if not mols:
+            return np.zeros((0, self.spec.n_bytes), np.uint8), errors
+        return fingerprint_matrix(mols, self.spec), errors
+
+    def score_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
+        """``float32[N, K]`` probabilities (NaN rows where a SMILES failed)
+        and the per-row error (None where it scored)."""
+        fp, errors = self.featurize_smiles(smiles)
+        probs = np.full((len(errors), len(self.tasks)), np.nan, dtype=np.float32)
+        ok = np.array([error is None for error in errors], dtype=bool)
+        if ok.any():
+            probs[ok] = self.score_packed(fp)
+        return probs, errors
+
+
+class PcbaPyfuncModel(PythonModel):
+    """MLflow pyfunc around :class:`Scorer` (logged from code, see
+    pipelines/pyfunc_entry.py). ``model_config={"device": ...}`` at load time
+    picks the device (default "auto")."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        device = (context.model_config or {}).get("device", "auto")
+        self.scorer = Scorer.from_bundle(context.artifacts[BUNDLE_ARTIFACT], device)
+
+    def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if SMILES_COLUMN not in model_input.columns:
+            raise ValueError(f"input needs a {SMILES_COLUMN!r} column, got {list(model_input.columns)}")
+        probs, errors = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist())
+        out = pd.DataFrame(probs, columns=self.scorer.tasks, index=model_input.index)
+        out[ERROR_COLUMN] = pd.Series(errors, index=model_input.index, dtype=object)
+        return out
+
+
+def load_scorer(model_uri: str, device: torch.device | str = "auto") -> Scorer:
+    """The :class:`Scorer` of a logged or registered model
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/<model_id>``
+    or a local pyfunc directory), loaded through MLflow on ``device``."""
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(model_uri, model_config={"device": str(device)})
+    python_model = pyfunc.unwrap_python_model()
+    if not isinstance(python_model, PcbaPyfuncModel):
+        raise TypeError(f"{model_uri} is not a PCBA scoring model "
+                        f"(its python model is {type(python_model).__name__})")
+    return python_model.scorer
+
+
+def pyfunc_entry_path() -> Path:
+    """The models-from-code file MLflow executes to build the pyfunc."""
+    return Path(__file__).with_name("pyfunc_entry.py")

@@ -1,0 +1,126 @@
+"""Everything one training run needs, in one frozen record.
+
+A parameter travels in a straight line: CLI flag (pipelines/jobs/train.py)
+or Tune trial config -> :class:`TrainConfig` -> the Ray Train workers (as a
+plain dict) -> the module that uses it. The same record is logged to MLflow
+as the run's params.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from featurize.dataset import DatasetInfo
+from models.config import ModelConfig
+from models.steps import StepConfig
+from pipelines.tracking import DEFAULT_EXPERIMENT
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    data_dir: a featurized dataset with a train/valid(/test) split.
+    model / step: the network and the optimizer step (models/); the model's
+        n_features and n_tasks are taken from the dataset (:meth:`for_dataset`).
+    lr / weight_decay: Adam on the outer (MAML-MTL) or plain gradient.
+    batch_size: rows per step on each worker (the global batch is
+        batch_size * num_workers).
+    epochs / patience: at most `epochs`; stop after `patience` epochs without
+        a better validation mean AP (0 = never stop early).
+    seed: seeds data order, dropout and the MAML-MTL task sampling; with the
+        model seed, a run is reproducible for a given worker count on CPU.
+    num_workers / use_gpu / resources_per_worker: Ray Train ScalingConfig;
+        resources None = a share of the cluster's CPUs that leaves room for
+        the Ray Data readers (and one GPU per worker with use_gpu).
+    max_failures: worker failures survived by restarting from the last
+        checkpoint (Ray Train FailureConfig).
+    run_name / storage_path: Ray Train RunConfig name and storage; a re-run
+        with the same name and storage resumes from its latest checkpoint
+        (and continues the same MLflow run).
+    tracking_uri / experiment_name / mlflow_parent_run_id: where the MLflow
+        run goes; a Tune sweep nests one run per trial under its parent.
+    fail_at_epoch: TESTING KNOB. Raise in the rank-0 worker at the start of
+        this (0-based) epoch, once per run name (a marker file in the run's
+        storage folder records it), to exercise recovery. Never set it in
+        production.
+    """
+
+    data_dir: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    step: StepConfig = field(default_factory=StepConfig)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 512
+    epochs: int = 20
+    patience: int = 5
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    max_failures: int = 0
+    run_name: str | None = None
+    storage_path: str = "runs/ray"
+    tracking_uri: str | None = None
+    experiment_name: str = DEFAULT_EXPERIMENT
+    mlflow_parent_run_id: str | None = None
+    fail_at_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("batch_size", "epochs", "num_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.step.optimizer == "maml-mtl" and self.batch_size < 2:
+            problems.append("maml-mtl needs batch_size >= 2 (inner and outer rows)")
+        if self.patience < 0:
+            problems.append(f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
+        if self.max_failures < -1:
+            problems.append(f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.fail_at_epoch is not None and not 0 <= self.fail_at_epoch < self.epochs:
+            problems.append(f"fail_at_epoch must be in [0, epochs), got {self.fail_at_epoch}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def for_dataset(self, info: DatasetInfo) -> TrainConfig:
+        """This config with the model's input width and task count from the data."""
+        model = dataclasses.replace(self.model, n_features=info.spec.n_bits, n_tasks=info.n_tasks)
+        return dataclasses.replace(self, data_dir=str(Path(info.path).resolve()), model=model)
+
+    def with_run_name(self, run_name: str) -> TrainConfig:
+        return dataclasses.replace(self, run_name=run_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able; ``from_dict(to_dict())`` gives an equal config."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["model"] = self.model.to_dict()
+        out["step"] = self.step.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+        values = dict(values)
+        values["model"] = ModelConfig.from_dict(values.get("model", {}))
+        values["step"] = StepConfig.from_dict(values.get("step", {}))
+        return cls(**values)
+
+    def params(self) -> dict[str, Any]:
+        """Flat MLflow params (``model.n_experts``, ``step.inner_lr``, ...);
+        where the run goes (run name, storage, tracking) is left to tags."""
+        skip = {"model", "step", "run_name", "storage_path", "tracking_uri",
+                "experiment_name", "mlflow_parent_run_id", "fail_at_epoch"}
+        out = {name: value for name, value in self.to_dict().items() if name not in skip}
+        out.update({f"model.{key}": value for key, value in self.model.to_dict().items()})
+        out.update({f"step.{key}": value for key, value in self.step.to_dict().items()})
+        return out

@@ -1,0 +1,274 @@
+"""Ray Train wiring of a training run, and the whole run from data to MLflow.
+
+:func:`build_trainer` makes the ``TorchTrainer`` (datasets, scaling, failure
+and checkpoint policy); :func:`run_training` is the job: open or resume the
+MLflow run, fit, evaluate the best checkpoint on the test split, log
+everything and the SMILES-in pyfunc, optionally register it.
+
+Tuning reuses both: a Tune function trainable calls :func:`run_training`
+with ``callbacks=[ray.tune.integration.ray_train.TuneReportCallback()]`` and a
+per-trial ``run_name``/``mlflow_parent_run_id`` (Train V2 runs the
+TorchTrainer inside the trainable), so there is one training loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featurize.dataset import DatasetInfo, read_dataset_info
+from featurize.errors import InputDataError
+from models.factory import build_model
+from models.metrics import TaskMetrics
+from pipelines import tracking
+from pipelines.model_bundle import ModelBundle
+from pipelines.training.callbacks import MlflowEpochLogger
+from pipelines.training.config import TrainConfig
+from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle
+from pipelines.training.worker import TRAIN_SPLIT, VALID_SPLIT, restore_checkpoint, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+SCORE_METRIC = "valid_mean_ap"
+#: CPUs a Ray Data read task asks for: reading Parquet is I/O, and the
+#: training workers hold the cores.
+DATA_TASK_CPUS = 0.25
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a finished run produced and where it is."""
+
+    run_name: str
+    mlflow_run_id: str
+    resumed: bool
+    storage_dir: str
+    best_checkpoint: str
+    latest_checkpoint: str
+    epochs_completed: int
+    best_epoch: int
+    best_valid_mean_ap: float
+    stopped_early: bool
+    samples_per_s_per_worker: float
+    test: TaskMetrics | None
+    diversity: float | None
+    model_uri: str
+    registered_version: int | None = None
+
+
+def default_run_name() -> str:
+    return f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_config(config: TrainConfig) -> tuple[TrainConfig, DatasetInfo]:
+    """Resolve what a run must pin down before it starts: the dataset (and
+    the model's input/output widths from it), the run name, absolute storage
+    and tracking locations (Ray actors have other working directories)."""
+    info = read_dataset_info(config.data_dir)
+    if not info.has_labels:
+        raise InputDataError(f"{info.path}: dataset has no task labels to train on")
+    empty = [split for split in (TRAIN_SPLIT, VALID_SPLIT) if not info.split_counts.get(split)]
+    if empty:
+        raise InputDataError(f"{info.path}: the {' and '.join(empty)} split is empty or missing; "
+                             "featurize with --split random or --split scaffold")
+    config = config.for_dataset(info)
+    return dataclasses.replace(
+        config,
+        run_name=config.run_name or default_run_name(),
+        storage_path=str(Path(config.storage_path).resolve()),
+        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri),
+    ), info
+
+
+def worker_resources(config: TrainConfig, cluster_cpus: float) -> dict[str, float]:
+    """Per-worker resources: as configured, else an equal share of the
+    cluster's CPUs that leaves one CPU (or a worker's share, on a small
+    machine) for the Ray Data readers, plus one GPU each with ``use_gpu``."""
+    if config.resources_per_worker:
+        return dict(config.resources_per_worker)
+    workers = config.num_workers
+    cpus = (math.floor((cluster_cpus - 1) / workers) if cluster_cpus - 1 >= workers
+            else cluster_cpus / (workers + 1))
+    resources = {"CPU": float(cpus)}
+    if config.use_gpu:
+        resources["GPU"] = 1.0
+    return resources
+
+
+def build_train_dataset(info: DatasetInfo) -> Any:
+    """Ray Data dataset of the train split: only the fp and label columns
+    are read, the split filter is pushed into the Parquet scan, and Ray
+    Data's progress bars stay off (one line per epoch is logged instead)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    dataset = (ray.data.read_parquet([str(path) for path in info.shards],
+                                     columns=["fp", *info.tasks, "split"], num_cpus=DATA_TASK_CPUS)
+               .filter(expr=col("split") == TRAIN_SPLIT, num_cpus=DATA_TASK_CPUS))
+    dataset.context.enable_progress_bars = False
+    dataset.context.enable_operator_progress_bars = False
+    return dataset
+
+
+def build_trainer(config: TrainConfig, info: DatasetInfo | None = None, *,
+                  callbacks: Sequence[Any] = ()) -> Any:
+    """The ``TorchTrainer`` of a prepared config (see :func:`prepare_config`;
+    ``config.run_name`` and ``config.storage_path`` name its Ray storage, and
+    a trainer with the same name and storage resumes from its checkpoints).
+
+    The train split is sharded across workers by Ray Data
+    (``streaming_split``: equal rows each, in a fixed order for
+    reproducibility). The valid split is not sharded: every worker streams
+    all of it from the Parquet files with featurize's reader (no Ray Data
+    pipeline launch per epoch), so all workers compute the same validation
+    metrics and take the same early-stopping decision.
+    """
+    import ray
+    from ray.data import ExecutionOptions
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchTrainer
+
+    if config.run_name is None:
+        raise ValueError("build_trainer needs a prepared config (run_name is None); "
+                         "call prepare_config first")
+    info = info or read_dataset_info(config.data_dir)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": config.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu,
+            resources_per_worker=worker_resources(config, ray.cluster_resources().get("CPU", 1.0))),
+        run_config=RunConfig(
+            name=config.run_name,
+            storage_path=config.storage_path,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            # Keeps the best checkpoint by validation mean AP, and the latest
+            # (Ray never deletes the latest), which resumption starts from.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
+                                               checkpoint_score_order="max"),
+            callbacks=list(callbacks),
+            # Ray Train's per-report INFO lines repeat every metric; the
+            # workers log one line per epoch instead.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+        datasets={TRAIN_SPLIT: build_train_dataset(info)},
+        # preserve_order: the same rows reach the same worker in the same
+        # order every run (reproducible for a seed and worker count).
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+
+
+def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
+                 register_name: str | None = None, alias: str | None = None) -> TrainingResult:
+    """Train on Ray Train (Ray must be initialised, or a local instance is
+    started), track in MLflow, log the best model as a pyfunc and optionally
+    register it as ``register_name`` (with ``alias``)."""
+    import ray
+
+    from pipelines.registry import log_scoring_model, register_model
+
+    if not ray.is_initialized():
+        ray.init()
+    config, info = prepare_config(config)
+    uri = config.tracking_uri
+    run_id, resumed = tracking.start_run(uri, config.experiment_name, config.run_name,
+                                         parent_run_id=config.mlflow_parent_run_id)
+    logger.info("%s MLflow run %s (%s), Ray run %s in %s", "resuming" if resumed else "started",
+                run_id, uri, config.run_name, config.storage_path)
+    try:
+        tracking.log_params(uri, run_id, {**config.params(), **tracking.dataset_identity(info),
+                                          "fingerprint_spec": info.spec.to_json()})
+        tracking.set_tags(uri, run_id, tracking.system_info())
+        trainer = build_trainer(config, info, callbacks=[MlflowEpochLogger(uri, run_id), *callbacks])
+        fit = trainer.fit()
+        best, latest, last_metrics = _checkpoints(fit)
+        bundle = _load_bundle(config, info, best)
+        evaluation = evaluate_bundle(bundle, info) if info.split_counts.get("test") else None
+        _log_run_end(uri, run_id, config, info, last_metrics, evaluation)
+        model_uri = log_scoring_model(uri, run_id, bundle)
+    except BaseException:
+        tracking.finish_run(uri, run_id, status="FAILED")
+        raise
+    tracking.finish_run(uri, run_id)
+    version = register_model(run_id, register_name, alias=alias, tracking_uri=uri) \
+        if register_name else None
+    return TrainingResult(
+        run_name=config.run_name, mlflow_run_id=run_id, resumed=resumed, storage_dir=fit.path,
+        best_checkpoint=best.path, latest_checkpoint=latest.path,
+        epochs_completed=int(last_metrics["epoch"]) + 1, best_epoch=int(last_metrics["best_epoch"]),
+        best_valid_mean_ap=float(last_metrics["best_valid_mean_ap"]),
+        stopped_early=bool(last_metrics["stopped_early"]),
+        samples_per_s_per_worker=float(last_metrics["train_samples_per_s"]),
+        test=None if evaluation is None else evaluation.metrics,
+        diversity=None if evaluation is None else evaluation.diversity,
+        model_uri=model_uri, registered_version=version)
+
+
+def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(best checkpoint, latest checkpoint, latest metrics) of a finished fit;
+    the best is the loop's best epoch (ties in the score resolved as the loop
+    resolved them)."""
+    if fit.checkpoint is None or not fit.metrics:
+        raise RuntimeError(f"training run at {fit.path} reported no checkpoint")
+    best_epoch = fit.metrics["best_epoch"]
+    by_epoch = {metrics["epoch"]: checkpoint for checkpoint, metrics in fit.best_checkpoints}
+    best = by_epoch.get(best_epoch) or fit.get_best_checkpoint(SCORE_METRIC, "max") or fit.checkpoint
+    return best, fit.checkpoint, fit.metrics
+
+
+def _load_bundle(config: TrainConfig, info: DatasetInfo, checkpoint: Any) -> ModelBundle:
+    model = build_model(config.model)
+    restore_checkpoint(checkpoint, model, None)
+    return ModelBundle(model=model.eval(), spec=info.spec, tasks=list(info.tasks))
+
+
+def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
+                 last_metrics: dict[str, Any], evaluation: FinalEvaluation | None) -> None:
+    """Final metrics and artifacts: test means + per-task table, diversity
+    score + heatmap, gate usage plot, exclusive-expert assignment, config,
+    fingerprint spec and dataset identity."""
+    summary = {"epochs_completed": int(last_metrics["epoch"]) + 1,
+               "best_epoch": last_metrics["best_epoch"],
+               "best_valid_mean_ap": last_metrics["best_valid_mean_ap"],
+               "stopped_early": last_metrics["stopped_early"]}
+    tracking.log_json(uri, run_id, config.to_dict(), "config/train_config.json")
+    tracking.log_json(uri, run_id, {**tracking.dataset_identity(info), "tasks": info.tasks,
+                                    "fingerprint_spec": info.spec.to_json()},
+                      "config/dataset.json")
+    if evaluation is not None:
+        test = evaluation.metrics
+        summary.update({"test_mean_ap": test.mean_ap, "test_mean_roc_auc": test.mean_roc_auc,
+                        "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
+        tracking.log_table_csv(uri, run_id, [
+            {"task": task, "ap": ap, "roc_auc": auc}
+            for task, ap, auc in zip(info.tasks, test.ap, test.roc_auc)], "test/per_task_metrics.csv")
+        exclusive = {f"expert_{expert}": info.tasks[task]
+                     for expert, task in evaluation.exclusive_expert_task.items()}
+        tracking.log_json(uri, run_id, {"exclusivity": config.model.exclusivity,
+                                        "expert_task": exclusive}, "experts/exclusive_experts.json")
+        if evaluation.distance_matrix is not None:
+            summary["diversity_score"] = evaluation.diversity
+            tracking.log_json(uri, run_id, np.round(evaluation.distance_matrix, 6).tolist(),
+                              "experts/distance_matrix.json")
+            tracking.log_figure(uri, run_id, tracking.diversity_heatmap(
+                evaluation.distance_matrix, evaluation.diversity, config.model.architecture),
+                "experts/diversity_heatmap.png")
+        if evaluation.gate_usage is not None:
+            tracking.log_figure(uri, run_id, tracking.gate_usage_plot(
+                evaluation.gate_usage, info.tasks, evaluation.exclusive_expert_task),
+                "experts/gate_usage.png")
+    tracking.log_metrics(uri, run_id, summary, step=summary["epochs_completed"])
