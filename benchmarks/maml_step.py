@@ -74,9 +74,12 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-def time_step(run: Callable[[], object], device: torch.device, reps: int) -> tuple[float, float]:
-    """Median seconds over `reps` runs after one warm-up, and peak MiB of one run."""
-    run()
+def time_step(run: Callable[[], object], device: torch.device, reps: int,
+              warmup: bool = True) -> tuple[float, float]:
+    """Median seconds over `reps` runs, and peak MiB of one run (which, without
+    `warmup`, is also the warm-up: used for the slow reference loop)."""
+    if warmup:
+        run()
     with PeakMemory(device) as memory:
         run()
     times = []
@@ -115,7 +118,7 @@ def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]
     if args.reference_reps > 0:
         log.info("E=%d hidden=%s: reference loop (%d tasks)", n_experts, hidden, args.tasks)
         ref_s, ref_mib = time_step(lambda: reference_maml_step(model, x, labels, mask, inner_lr=0.05),
-                                   device, args.reference_reps)
+                                   device, args.reference_reps, warmup=False)
         row |= {"reference s": ref_s, "ref/fast": ref_s / fast_s}
     row |= {"plain MiB": plain_mib, "fast MiB": fast_mib}
     if args.reference_reps > 0:

@@ -19,14 +19,16 @@ class ExpertDistanceAccumulator:
         self.n_samples = 0
 
     def update(self, expert_outputs: torch.Tensor | np.ndarray) -> None:
-        """Add a batch: sum_n ||f_i - f_j||^2 = sum(|f_i|^2) + sum(|f_j|^2) - 2 <f_i, f_j>."""
+        """Add a batch's sum_n ||f_i(x_n) - f_j(x_n)||^2 for every pair of experts.
+
+        Differences are taken directly (not via |a|^2 + |b|^2 - 2ab, which
+        cancels catastrophically when experts are nearly identical)."""
         flat = torch.as_tensor(expert_outputs).detach().to("cpu", torch.float64)
         if flat.dim() != 3:
             raise ValueError(f"expert outputs must be [E, B, h], got {tuple(flat.shape)}")
         self.n_samples += flat.shape[1]
         flat = flat.reshape(flat.shape[0], -1)
-        norms = flat.square().sum(dim=1)
-        squared = (norms[:, None] + norms[None, :] - 2.0 * flat @ flat.T).numpy()
+        squared = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist").square().numpy()
         if self._squared is None:
             self._squared = np.zeros_like(squared)
         elif self._squared.shape != squared.shape:
@@ -37,8 +39,7 @@ class ExpertDistanceAccumulator:
         """The scaled D `[E, E]` (all zeros if every expert agrees everywhere)."""
         if self._squared is None:
             raise ValueError("no expert outputs were accumulated")
-        distances = np.sqrt(np.clip(self._squared, 0.0, None))
-        np.fill_diagonal(distances, 0.0)
+        distances = np.sqrt(self._squared)
         largest = distances.max()
         return distances / largest if largest > 0 else distances
 

@@ -1,0 +1,118 @@
+"""Masked loss, ranking metrics against scikit-learn, Delta, expert diversity."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from models.diversity import ExpertDistanceAccumulator, diversity_score, expert_distance_matrix
+from models.losses import masked_bce_per_task
+from models.metrics import delta_vs_reference, evaluate_tasks
+
+
+def test_masked_bce_matches_a_per_task_loop() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, generator=generator, dtype=torch.float64)
+    labels = (torch.rand(12, 4, generator=generator) < 0.4).double()
+    mask = torch.rand(12, 4, generator=generator) < 0.6
+    got = masked_bce_per_task(logits, labels, mask, pos_weight=5.0)
+    for task in range(4):
+        rows = mask[:, task]
+        x, y = logits[rows, task], labels[rows, task]
+        expected = -(5.0 * y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).mean()
+        torch.testing.assert_close(got[task], expected)
+
+
+def test_masked_labels_change_nothing() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(10, 3, generator=generator, requires_grad=True)
+    labels = (torch.rand(10, 3, generator=generator) < 0.5).float()
+    mask = torch.rand(10, 3, generator=generator) < 0.5
+    first = masked_bce_per_task(logits, labels, mask)
+    (grad_first,) = torch.autograd.grad(first.sum(), logits)
+    flipped = torch.where(mask, labels, 1 - labels)
+    flipped[~mask] = -1  # the int8 missing code must be harmless too
+    second = masked_bce_per_task(logits, flipped, mask)
+    (grad_second,) = torch.autograd.grad(second.sum(), logits)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(grad_first, grad_second, rtol=0, atol=0)
+    assert (grad_first[~mask] == 0).all()
+
+
+def test_task_without_labels_gives_zero_and_no_gradient() -> None:
+    logits = torch.randn(6, 2, requires_grad=True)
+    mask = torch.tensor([[True, False]] * 6)
+    losses = masked_bce_per_task(logits, torch.ones(6, 2), mask)
+    (grad,) = torch.autograd.grad(losses.sum(), logits)
+    assert losses[1] == 0 and (grad[:, 1] == 0).all() and losses[0] > 0
+
+
+def test_masked_bce_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="same"):
+        masked_bce_per_task(torch.zeros(3, 2), torch.zeros(3, 3), torch.ones(3, 2, dtype=torch.bool))
+
+
+def test_metrics_match_scikit_learn_with_ties_and_missing_labels() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 400, 7
+    y_true = (rng.random((n, k)) < 0.15).astype(np.int8)
+    y_score = np.round(rng.normal(size=(n, k)) + y_true, 1)  # rounding makes many ties
+    mask = rng.random((n, k)) < 0.7
+    y_true[:, 5] = 0                      # single class: skipped
+    mask[:, 6] = False
+    mask[:3, 6] = True                    # three labels, one class at most: skipped
+    y_true[:3, 6] = 1
+    result = evaluate_tasks(y_true, y_score, mask)
+    assert result.n_skipped == 2
+    assert np.isnan(result.ap[5:]).all() and np.isnan(result.roc_auc[5:]).all()
+    for task in range(5):
+        rows = mask[:, task]
+        assert result.ap[task] == pytest.approx(average_precision_score(y_true[rows, task], y_score[rows, task]),
+                                                abs=1e-12)
+        assert result.roc_auc[task] == pytest.approx(roc_auc_score(y_true[rows, task], y_score[rows, task]),
+                                                     abs=1e-12)
+    assert result.mean_ap == pytest.approx(np.mean(result.ap[:5]))
+    assert result.mean_roc_auc == pytest.approx(np.mean(result.roc_auc[:5]))
+
+
+def test_perfect_and_reversed_rankings() -> None:
+    y = np.array([[0], [0], [1], [1]])
+    mask = np.ones_like(y, dtype=bool)
+    perfect = evaluate_tasks(y, np.array([[0.1], [0.2], [0.8], [0.9]]), mask)
+    reversed_ = evaluate_tasks(y, np.array([[0.9], [0.8], [0.2], [0.1]]), mask)
+    assert perfect.ap[0] == 1.0 and perfect.roc_auc[0] == 1.0
+    assert reversed_.roc_auc[0] == 0.0 and reversed_.ap[0] == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def test_delta_vs_reference_is_the_mean_relative_change_in_percent() -> None:
+    values = np.array([0.80, 0.60, np.nan, 0.50])
+    reference = np.array([0.50, 0.60, 0.70, 1.00])
+    # (+60 % + 0 % - 50 %) / 3, the NaN task left out
+    assert delta_vs_reference(values, reference) == pytest.approx(10.0 / 3)
+
+
+def test_distance_matrix_on_hand_made_experts() -> None:
+    # Expert 0 outputs zeros, expert 1 ones, expert 2 twos; N = 4 samples, h = 1.
+    outputs = torch.stack([torch.full((4, 1), float(v)) for v in (0, 1, 2)])
+    distances = expert_distance_matrix(outputs)
+    # d_01 = d_12 = sqrt(4 * 1) = 2, d_02 = sqrt(4 * 4) = 4; scaled by 4.
+    expected = np.array([[0, 0.5, 1.0], [0.5, 0, 0.5], [1.0, 0.5, 0]])
+    np.testing.assert_allclose(distances, expected)
+    assert diversity_score(distances) == pytest.approx(expected.mean())
+
+
+def test_identical_experts_have_zero_diversity() -> None:
+    outputs = torch.randn(1, 5, 3).expand(4, 5, 3)
+    assert diversity_score(expert_distance_matrix(outputs)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_streaming_accumulator_equals_one_shot() -> None:
+    outputs = torch.randn(5, 30, 6)
+    accumulator = ExpertDistanceAccumulator()
+    for batch in outputs.split(7, dim=1):
+        accumulator.update(batch)
+    assert accumulator.n_samples == 30
+    np.testing.assert_allclose(accumulator.distance_matrix(), expert_distance_matrix(outputs), atol=1e-12)
+    brute = torch.cdist(outputs.reshape(5, -1).double(), outputs.reshape(5, -1).double()).numpy()
+    np.testing.assert_allclose(accumulator.distance_matrix(), brute / brute.max(), atol=1e-12)

@@ -1,0 +1,169 @@
+"""Networks: shapes, batching against per-expert loops, exclusivity, config and state round trips."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.activations import ACTIVATIONS
+from models.config import ModelConfig
+from models.factory import build_model
+
+ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
+
+
+def small_config(**overrides: object) -> ModelConfig:
+    values = dict(n_features=24, n_tasks=6, n_experts=4, expert_hidden=(8,), tower_hidden=5,
+                  alpha=0.5, dropout=0.0, seed=3)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def fingerprints(rows: int, bits: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(rows, bits, generator=generator) < 0.2).float()
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("hidden", [(8,), (8, 7)])
+def test_shapes(architecture: str, hidden: tuple[int, ...]) -> None:
+    model = build_model(small_config(architecture=architecture, expert_hidden=hidden))
+    x = fingerprints(9, 24)
+    assert model(x).shape == (9, 6)
+    experts, gates = model.expert_outputs(x), model.gate_weights(x)
+    if architecture in ("mmoeex", "mmoe"):
+        assert experts.shape == (4, 9, hidden[-1])
+        assert gates.shape == (9, 6, 4)
+    else:
+        assert experts is None and gates is None
+
+
+def test_mmoeex_forward_matches_a_loop_over_experts_and_tasks() -> None:
+    """The stacked einsum forward equals the textbook loop (Ma et al. 2018, Eq. 5-6)."""
+    config = small_config(expert_hidden=(8, 7), alpha=0.5)
+    model = build_model(config).double()
+    x = fingerprints(5, 24).double()
+    experts = []
+    for e in range(config.n_experts):
+        h = x
+        for layer in model.experts.layers:
+            h = torch.relu(h @ layer.weight[e] + layer.bias[e])
+        experts.append(h)
+    open_mask = model.gates.open_mask()
+    logits = []
+    for k in range(config.n_tasks):
+        scores = x @ model.gates.weight[k] + model.gates.bias[k]
+        scores = scores.masked_fill(~open_mask[k], float("-inf"))
+        gate = torch.softmax(scores, dim=1)
+        mixed = sum(gate[:, e:e + 1] * experts[e] for e in range(config.n_experts))
+        hidden = torch.relu(mixed @ model.towers.hidden.weight[k] + model.towers.hidden.bias[k])
+        logits.append(hidden @ model.towers.output.weight[k, :, 0] + model.towers.output.bias[k, 0])
+    torch.testing.assert_close(model(x), torch.stack(logits, dim=1))
+
+
+def test_single_task_nets_are_independent() -> None:
+    """Changing task 2's weights changes only task 2's logit."""
+    model = build_model(small_config(architecture="single-task", expert_hidden=(8, 7)))
+    x = fingerprints(5, 24)
+    before = model(x)
+    with torch.no_grad():
+        model.trunks.layers[0].weight[2] += 1.0
+    after = model(x)
+    changed = (before - after).abs().amax(dim=0) > 0
+    assert changed.tolist() == [False, False, True, False, False, False]
+
+
+@pytest.mark.parametrize("alpha, n_exclusive", [(0.0, 0), (0.5, 2), (0.55, 2), (0.625, 3), (1.0, 3)])
+def test_exclusive_expert_count(alpha: float, n_exclusive: int) -> None:
+    model = build_model(small_config(alpha=alpha))
+    assert int((model.gates.exclusive_expert_task >= 0).sum()) == n_exclusive
+
+
+def test_exclusive_experts_are_open_to_exactly_their_task() -> None:
+    model = build_model(small_config(alpha=0.5))
+    assignment = model.gates.exclusive_expert_task
+    weights = model.gate_weights(fingerprints(11, 24))
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(11, 6))
+    for expert, task in enumerate(assignment.tolist()):
+        open_to = (weights[:, :, expert] > 0).all(dim=0)
+        closed = (weights[:, :, expert] == 0).all(dim=0)
+        if task < 0:
+            assert open_to.all()
+        else:
+            assert open_to.tolist() == [k == task for k in range(6)]
+            assert closed.sum() == 5
+
+
+def test_exclusion_closes_an_expert_to_its_task_only() -> None:
+    model = build_model(small_config(alpha=0.5, exclusivity="exclusion"))
+    weights = model.gate_weights(fingerprints(11, 24))
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(11, 6))
+    for expert, task in enumerate(model.gates.exclusive_expert_task.tolist()):
+        closed = (weights[:, :, expert] == 0).all(dim=0)
+        assert closed.tolist() == [k == task for k in range(6)]
+
+
+def test_closed_gate_entries_get_no_gradient() -> None:
+    model = build_model(small_config(alpha=0.5))
+    model(fingerprints(7, 24)).sum().backward()
+    closed = ~model.gates.open_mask()  # [K, E]
+    assert closed.any()
+    assert (model.gates.weight.grad.permute(0, 2, 1)[closed] == 0).all()
+    assert (model.gates.bias.grad[closed] == 0).all()
+
+
+def test_alpha_zero_equals_mmoe() -> None:
+    x = fingerprints(7, 24)
+    mmoeex = build_model(small_config(architecture="mmoeex", alpha=0.0))
+    mmoe = build_model(small_config(architecture="mmoe", alpha=0.5))  # alpha ignored for mmoe
+    assert (mmoe.gates.exclusive_expert_task == -1).all()
+    torch.testing.assert_close(mmoeex(x), mmoe(x), rtol=0, atol=0)
+
+
+def test_state_dict_round_trip_keeps_the_exclusive_assignment() -> None:
+    source = build_model(small_config(seed=3))
+    target = build_model(small_config(seed=4))
+    assert not torch.equal(source.gates.exclusive_expert_task, target.gates.exclusive_expert_task)
+    target.load_state_dict(source.state_dict())
+    assert "gates.exclusive_expert_task" in source.state_dict()
+    assert torch.equal(source.gates.exclusive_expert_task, target.gates.exclusive_expert_task)
+    x = fingerprints(7, 24)
+    torch.testing.assert_close(source.gate_weights(x), target.gate_weights(x), rtol=0, atol=0)
+    torch.testing.assert_close(source(x), target(x), rtol=0, atol=0)
+
+
+def test_same_seed_same_model() -> None:
+    x = fingerprints(4, 24)
+    torch.testing.assert_close(build_model(small_config())(x), build_model(small_config())(x),
+                               rtol=0, atol=0)
+
+
+def test_config_round_trip_through_json() -> None:
+    config = small_config(expert_hidden=(16, 8), architecture="shared-bottom", exclusivity="exclusion")
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"architecture": "transformer"}, "architecture"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"expert_hidden": ()}, "expert_hidden"),
+    ({"activation": "swish2"}, "activation"),
+    ({"exclusivity": "both"}, "exclusivity"),
+])
+def test_config_rejects_bad_values(bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        small_config(**bad)
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="n_expert"):
+        ModelConfig.from_dict({"n_expert": 3})
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivatives_match_autograd(name: str) -> None:
+    activation = ACTIVATIONS[name]
+    z = torch.linspace(-3, 3, 61, dtype=torch.float64).add(0.013).requires_grad_()
+    (expected,) = torch.autograd.grad(activation.fn(z).sum(), z)
+    torch.testing.assert_close(activation.derivative(z.detach()), expected)
