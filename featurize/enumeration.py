@@ -190,7 +190,7 @@ class RouteSpace:
     synthons: tuple[tuple[Chem.Mol, ...], ...]            # [component][reagent]
     valid: np.ndarray                                     # int64 flat indices, MW <= limit
 
-    @property
+    @cached_property
     def shape(self) -> tuple[int, ...]:
         return tuple(len(component.reagents) for component in self.route.components)
 
@@ -297,12 +297,13 @@ class ProductSpace:
             if not rows.size:
                 continue
             for component, mols in enumerate(space.synthons):
-                table = _count_table(mols, patterns)
+                table = _count_table(mols, tuple(patterns))
                 result[rows] += table[located.reagents[rows, component]]
         return result
 
 
-def _count_table(mols: Sequence[Chem.Mol], patterns: Sequence[Chem.Mol]) -> np.ndarray:
+@lru_cache(maxsize=256)
+def _count_table(mols: tuple[Chem.Mol, ...], patterns: tuple[Chem.Mol, ...]) -> np.ndarray:
     return np.array([[len(mol.GetSubstructMatches(pattern)) for pattern in patterns] for mol in mols],
                     dtype=np.float64)
 

@@ -38,7 +38,7 @@ def _expected_labels(y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _read_features(out_dir: Path) -> pd.DataFrame:
-    return pq.read_table(out_dir / "features").to_pandas().sort_values("mol_id", kind="stable")
+    return pq.read_table(out_dir / "features").to_pandas()  # stored in input order
 
 
 @pytest.fixture()
@@ -71,7 +71,7 @@ def test_csv_parts_round_trip_bits_and_labels(toy_parts: dict, tmp_path: Path) -
     metadata = pq.read_schema(info.shards[0]).metadata
     assert json.loads(metadata[b"pcba.fingerprint_spec"])["source"] == SPEC
 
-    table = pq.read_table(out_dir / "features").to_pandas()  # stored in input order
+    table = _read_features(out_dir)
     expected_ids = [f"toy-val-{i:06d}" for i in range(1, 38)] + [f"toy-test-{i:06d}" for i in range(1, 27)]
     assert table["mol_id"].tolist() == expected_ids
     assert table["smiles"].isna().all()
@@ -118,6 +118,9 @@ def test_unusable_inputs_are_named(toy_parts: dict, tmp_path: Path) -> None:
         import_deepchem_arrays(features, labels, weights, tasks, tmp_path / "a", SPEC, split="scaffold")
     with pytest.raises(InputDataError, match="not aligned"):
         import_deepchem_arrays(features, labels[::-1], weights, tasks, tmp_path / "b", SPEC, progress=False)
+    with pytest.raises(InputDataError, match="not aligned"):  # found while the features stream
+        import_deepchem_arrays(features[::-1], labels, weights, tasks, tmp_path / "b", SPEC, progress=False)
+    assert not (tmp_path / "b").exists()
     with pytest.raises(InputDataError, match="task names"):
         import_deepchem_arrays(features, labels, weights, TASKS[:2], tmp_path / "c", SPEC, progress=False)
     counts = toy_parts["bits"][0].copy()
@@ -126,6 +129,20 @@ def test_unusable_inputs_are_named(toy_parts: dict, tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match="row 5 holds values other than 0/1"):
         import_deepchem_arrays(bad, labels[0], weights[0], tasks, tmp_path / "d", SPEC, progress=False)
     assert not (tmp_path / "d").exists()  # nothing half-written
+    halves = _write_csv(tmp_path / "halves_features.csv", toy_parts["bits"][0] * 0.5)
+    with pytest.raises(InputDataError, match="other than 0/1"):
+        import_deepchem_arrays(halves, labels[0], weights[0], tasks, tmp_path / "e", SPEC, progress=False)
+
+
+def test_float_written_bits_import_like_integer_ones(toy_parts: dict, tmp_path: Path) -> None:
+    """pandas writes a float array's bits as "1.0": same dataset as "1"."""
+    as_float = [_write_csv(tmp_path / f"float_{i}_features.csv", bits.astype(np.float64))
+                for i, bits in enumerate(toy_parts["bits"])]
+    args = (toy_parts["labels"], toy_parts["weights"], toy_parts["tasks"])
+    import_deepchem_arrays(as_float, *args, tmp_path / "float", SPEC, progress=False)
+    import_deepchem_arrays(toy_parts["features"], *args, tmp_path / "int", SPEC, progress=False)
+    columns = ["fp", *TASKS, "split"]
+    assert _read_features(tmp_path / "float")[columns].equals(_read_features(tmp_path / "int")[columns])
 
 
 def test_part_names() -> None:
