@@ -212,9 +212,7 @@ def _ray_data_limits(num_cpus: int | None) -> Iterator[None]:
     saved_limits = context.execution_options.resource_limits
     context.execution_options.preserve_order = True
     if num_cpus:
-        context.execution_options.resource_limits = \
-            saved_limits.copy(cpu=num_cpus) if hasattr(saved_limits, "copy") else \
-            ray.data.ExecutionResources(cpu=num_cpus)
+        context.execution_options.resource_limits = saved_limits.copy(cpu=num_cpus)
     try:
         yield
     finally:
@@ -307,7 +305,6 @@ class _Options:
         """What must match for a re-run to be a no-op (backend and CPUs do
         not change the output, so they are not here)."""
         options = asdict(self)
-        options["spec"] = {k: v for k, v in asdict(self.spec).items()}
         options.update(smiles_col=source.smiles_col, id_col=source.id_col)
         if self.split == "scaffold":
             options.pop("seed")  # the scaffold split is deterministic
