@@ -20,7 +20,8 @@ PCBA-128-like panel. The generative model, in order:
    of either sign); the task's rule is
    ``w_k = sqrt(r) v_f / |v_f| + sqrt(1 - r) u_k / |u_k|``
    with r = ``relatedness``: two tasks of a family have rules with cosine
-   similarity r (r = 1: one rule per family; r = 0: independent tasks).
+   similarity about r (exactly r when their own motifs do not overlap;
+   r = 1: one rule per family; r = 0: independent tasks).
 4. Labels. Score s_ik = x_i . w_k scaled to unit deviation, plus Gaussian
    noise of deviation ``noise``; molecule i is active in task k when s_ik is
    above the task's (1 - rate_k) quantile on the reference sample, where the
@@ -28,7 +29,8 @@ PCBA-128-like panel. The generative model, in order:
    default, PCBA's range).
 5. Missing labels. Each task tests a share of the molecules: label (i, k) is
    missing with probability m_k, m_k uniform in ``missing`` +- 0.2 (40 % on
-   average, PCBA-like; the real PCBA subset has about 60 % of labels present).
+   average, PCBA-like; the real PCBA subset has about 60 % of labels present;
+   the spread shrinks near 0 and 1, so ``missing=0`` drops no label).
 
 :func:`write_panel_csv` writes the raw CSV (smiles, mol_id, one column per
 task: 1, 0 or empty) with a few bad rows injected (unparsable SMILES, a valence
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 TASKS_PER_FAMILY = 8
 RULE_TERMS = 4
+MISSING_SPREAD = 0.2  # per-task missing shares spread +- this around the mean
 REFERENCE_SIZE = 20_000
 
 # Independent random streams of one seed: changing how one part draws never
@@ -198,7 +201,8 @@ def _generate(n_molecules: int, n_tasks: int, seed: int, relatedness: float,
     scores += noise * np.random.default_rng([seed, NOISE_STREAM]).standard_normal(scores.shape)
     labels = (scores > rules.thresholds).astype(np.int8)
     missing_rng = np.random.default_rng([seed, MISSING_STREAM])
-    missing_share = np.clip(missing_rng.uniform(missing - 0.2, missing + 0.2, n_tasks), 0.0, 0.95)
+    spread = min(MISSING_SPREAD, missing, 1.0 - missing)
+    missing_share = missing_rng.uniform(missing - spread, missing + spread, n_tasks)
     labels[missing_rng.random(labels.shape) < missing_share] = -1
     logger.debug("panel: %d molecules x %d tasks (seed %d, relatedness %.2f)",
                 n_molecules, n_tasks, seed, relatedness)

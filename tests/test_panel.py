@@ -94,6 +94,7 @@ def test_relatedness_controls_how_much_a_family_shares_actives() -> None:
     families = task_families(n_tasks)
     related = _labels(generate_panel(3000, n_tasks, seed=5, relatedness=1.0, missing=0.0))
     unrelated = _labels(generate_panel(3000, n_tasks, seed=5, relatedness=0.0, missing=0.0))
+    assert not np.isnan(related).any()  # missing=0 drops no label
     related_same, related_other = _mean_coactivity(related, families)
     unrelated_same, unrelated_other = _mean_coactivity(unrelated, families)
     assert related_same > 3 * related_other
