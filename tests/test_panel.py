@@ -138,3 +138,18 @@ def test_library_streams_distinct_valid_molecules_deterministically() -> None:
     assert next(generate_library(1, seed=2, canonical=True)) == Chem.MolToSmiles(Chem.MolFromSmiles(first[0]))
     with pytest.raises(ValueError, match="product space"):
         next(generate_library(10**9))
+
+
+def test_panel_job_writes_the_csv_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    out = tmp_path / "panel.csv"
+    assert main(["panel", "--out", str(out), "--molecules", "60", "--tasks", "8", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "bad rows injected" in printed and "missing labels" in printed
+    assert len(pd.read_csv(out)) == 60 + N_BAD
+    library = tmp_path / "library.csv"
+    assert main(["panel", "--out", str(library), "--molecules", "40", "--library"]) == 0
+    assert pd.read_csv(library).columns.tolist() == ["smiles", "mol_id"]
+    assert main(["panel", "--out", str(out), "--relatedness", "1.5"]) == 2
+    assert "relatedness must be in [0, 1]" in capsys.readouterr().err
