@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,12 +178,10 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
     """Train on Ray Train (Ray must be initialised, or a local instance is
     started), track in MLflow, log the best model as a pyfunc and optionally
     register it as ``register_name`` (with ``alias``)."""
-    import ray
-
     from pipelines.registry import log_scoring_model, register_model
+    from pipelines.training.ray_setup import connect_ray
 
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray(os.environ.get("RAY_ADDRESS"))
     config, info = prepare_config(config)
     uri = config.tracking_uri
     run_id, resumed = tracking.start_run(uri, config.experiment_name, config.run_name,

@@ -1,0 +1,25 @@
+"""Joining Ray for a training job: a cluster when given an address (or
+RAY_ADDRESS), else a fresh local instance on this machine."""
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """``ray.init`` once: ``address`` joins that cluster; None starts a local
+    Ray with ``num_cpus`` CPUs (all by default). A no-op inside a Ray job or
+    a process that already joined."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+        logger.info("joined Ray cluster at %s (%s CPUs)", address,
+                    ray.cluster_resources().get("CPU"))
+        return
+    # address="local": never attach to another user's Ray on a shared host.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    logger.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))

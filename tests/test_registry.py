@@ -1,0 +1,112 @@
+"""The scoring model in MLflow: logged as a SMILES-in pyfunc, registered
+with an alias, loaded back by any MLflow client with the same predictions
+as the in-memory model; bad SMILES give NaN and a reason, never a crash."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from featurize.fingerprints import fingerprint_matrix
+from featurize.spec import FingerprintSpec
+from featurize.standardize import standardize_smiles
+from models.config import ModelConfig
+from models.factory import build_model
+from pipelines.model_bundle import ModelBundle
+from pipelines.pyfunc_model import ERROR_COLUMN, Scorer
+
+TASKS = ["PCBA-1030", "PCBA-1379", "PCBA-1452"]
+SPEC = FingerprintSpec(radius=2, n_bits=128)
+BAD = ["not a smiles", "", "C1CC"]
+
+
+@pytest.fixture()
+def bundle() -> ModelBundle:
+    model = build_model(ModelConfig(n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=3,
+                                    expert_hidden=(16,), tower_hidden=4, alpha=0.5, seed=7))
+    with torch.no_grad():  # not the init: make sure weights really travel
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return ModelBundle(model=model.eval(), spec=SPEC, tasks=TASKS)
+
+
+def test_scorer_matches_the_model_and_reports_bad_smiles(bundle: ModelBundle,
+                                                         nci_smiles: list[str]) -> None:
+    scorer = Scorer(bundle, device="cpu")
+    smiles = nci_smiles[:20] + BAD
+    probs, errors = scorer.score_smiles(smiles)
+    assert probs.shape == (len(smiles), len(TASKS)) and probs.dtype == np.float32
+    assert errors[:20] == [None] * 20 and all(errors[20:])
+    assert np.isnan(probs[20:]).all() and not np.isnan(probs[:20]).any()
+    # Reference: featurize's own code, the model's forward, a sigmoid.
+    mols = [standardize_smiles(text).mol for text in nci_smiles[:20]]
+    bits = np.unpackbits(fingerprint_matrix(mols, SPEC), axis=1, bitorder="little")
+    with torch.no_grad():
+        expected = torch.sigmoid(bundle.model(torch.from_numpy(bits).float())).numpy()
+    np.testing.assert_allclose(probs[:20], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(scorer.score_packed(fingerprint_matrix(mols, SPEC)), probs[:20])
+    with pytest.raises(ValueError, match="uint8\\[N, 16\\]"):
+        scorer.score_packed(np.zeros((2, 8), np.uint8))
+
+
+def test_bundle_round_trip(bundle: ModelBundle, tmp_path: Path) -> None:
+    loaded = ModelBundle.load(bundle.save(tmp_path / "bundle"))
+    assert loaded.spec == SPEC and loaded.tasks == TASKS
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflow_uri: str,
+                                                      nci_smiles: list[str], tmp_path: Path) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from pipelines.pyfunc_model import load_scorer
+    from pipelines.registry import get_alias_version, log_scoring_model, register_model
+    from pipelines.tracking import ensure_experiment, log_metrics, log_params
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run_id = client.create_run(ensure_experiment(mlflow_uri, "tests"),
+                               tags={"git_commit": "abc123"}).info.run_id
+    log_params(mlflow_uri, run_id, {"data.metadata_hash": "feedbeef", "data.rows": 600})
+    log_metrics(mlflow_uri, run_id, {"test_mean_ap": 0.4321})
+    log_scoring_model(mlflow_uri, run_id, bundle)
+
+    assert get_alias_version("pcba-test", "champion", tracking_uri=mlflow_uri) is None
+    version = register_model(run_id, "pcba-test", alias="champion", tracking_uri=mlflow_uri)
+    champion = get_alias_version("pcba-test", "champion", tracking_uri=mlflow_uri)
+    assert int(champion.version) == version == 1 and champion.run_id == run_id
+    assert champion.tags["data.metadata_hash"] == "feedbeef"
+    assert champion.tags["test_mean_ap"] == "0.4321" and champion.tags["git_commit"] == "abc123"
+    assert get_alias_version("pcba-test", "staging", tracking_uri=mlflow_uri) is None
+
+    smiles = nci_smiles[100:130] + BAD
+    expected, expected_errors = Scorer(bundle, device="cpu").score_smiles(smiles)
+    pyfunc = mlflow.pyfunc.load_model("models:/pcba-test@champion")
+    frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}))
+    assert list(frame.columns) == [*TASKS, ERROR_COLUMN]
+    np.testing.assert_array_equal(frame[TASKS].to_numpy(np.float32), expected)
+    assert frame[ERROR_COLUMN].tolist() == expected_errors
+    scorer = load_scorer("models:/pcba-test@champion", device="cpu")
+    assert scorer.tasks == TASKS and scorer.spec == SPEC
+
+    # Any MLflow client, no code of ours on its side: the mlflow CLI.
+    input_csv = tmp_path / "smiles.csv"
+    pd.DataFrame({"smiles": smiles}).to_csv(input_csv, index=False)
+    output = tmp_path / "predictions.json"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    subprocess.run([str(Path(sys.executable).with_name("mlflow")), "models", "predict",
+                    "-m", "models:/pcba-test@champion", "-i", str(input_csv), "-t", "csv",
+                    "-o", str(output), "--env-manager", "local"],
+                   check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    predictions = pd.read_json(output, orient="split") if output.read_text().startswith('{"columns"') \
+        else pd.DataFrame(pd.read_json(output)["predictions"].tolist())
+    np.testing.assert_allclose(predictions[TASKS].to_numpy(np.float32), expected, rtol=1e-6)
+    assert predictions[ERROR_COLUMN].notna().sum() == len(BAD)

@@ -1,0 +1,196 @@
+"""Training: the Ray-free loop, the hand-written gradient all-reduce, and a
+real 2-worker Ray Train run with an injected failure, tracked in MLflow."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featurize.dataset import read_dataset_info
+from models.config import ModelConfig
+from models.factory import build_model
+from models.steps import StepConfig, build_step
+from pipelines.training.config import TrainConfig
+from pipelines.training.engine import EpochLoop, LoopState, iter_dataset_batches
+from pipelines.training.trainer import worker_resources
+from training_data import make_dataset
+
+TINY_MODEL = ModelConfig(n_experts=4, expert_hidden=(32,), tower_hidden=8, alpha=0.5, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(nci_smiles: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(nci_smiles, tmp_path_factory.mktemp("training") / "data")
+
+
+def test_train_config_round_trips_and_rejects_bad_values() -> None:
+    config = TrainConfig(data_dir="d", model=TINY_MODEL, step=StepConfig(inner_lr=0.1),
+                         resources_per_worker={"CPU": 2.0}, fail_at_epoch=1)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.params()["model.n_experts"] == 4 and config.params()["step.inner_lr"] == 0.1
+    assert "tracking_uri" not in config.params()
+    with pytest.raises(ValueError, match="lr must be > 0.*fail_at_epoch"):
+        TrainConfig(data_dir="d", lr=0.0, epochs=2, fail_at_epoch=5)
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"data_dir": "d", "learning_rate": 1.0})
+
+
+@pytest.mark.parametrize(("cpus", "workers", "expected"), [(16, 2, 7.0), (2, 1, 1.0), (2, 2, 2 / 3)])
+def test_worker_resources_leave_cpu_for_data_readers(cpus: float, workers: int, expected: float) -> None:
+    config = TrainConfig(data_dir="d", num_workers=workers)
+    resources = worker_resources(config, cpus)
+    assert resources["CPU"] == pytest.approx(expected)
+    assert resources["CPU"] * workers < cpus
+    assert worker_resources(dataclasses.replace(config, use_gpu=True), cpus)["GPU"] == 1.0
+
+
+def _loop(dataset: Path, lr: float = 3e-3, seed: int = 0) -> tuple[EpochLoop, object]:
+    info = read_dataset_info(dataset)
+    model = build_model(dataclasses.replace(TINY_MODEL, n_features=info.spec.n_bits,
+                                            n_tasks=info.n_tasks))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return EpochLoop(model, build_step(StepConfig()), optimizer, info.spec, seed=seed), info
+
+
+def _fit(dataset: Path, epochs: int, patience: int, lr: float = 3e-3):
+    loop, info = _loop(dataset, lr)
+    return loop.fit(lambda epoch: iter_dataset_batches(info, "train", 64, shuffle_seed=epoch),
+                    lambda: iter_dataset_batches(info, "valid", 256),
+                    epochs=epochs, patience=patience, keep_best_state=True), loop
+
+
+def test_single_process_fit_is_reproducible_and_keeps_the_best_epoch(small_dataset: Path) -> None:
+    first, loop = _fit(small_dataset, epochs=2, patience=0)
+    second, _ = _fit(small_dataset, epochs=2, patience=0)
+    assert [r.train_loss for r in first.history] == [r.train_loss for r in second.history]
+    assert [r.valid.mean_ap for r in first.history] == [r.valid.mean_ap for r in second.history]
+    aps = [r.valid.mean_ap for r in first.history]
+    assert first.state.epoch == 2 and first.state.best_epoch == int(np.argmax(aps))
+    assert first.state.best_valid_mean_ap == max(aps)
+    # The kept state is the best epoch's: evaluating it reproduces its AP.
+    loop.model.load_state_dict(first.best_state_dict)
+    info = read_dataset_info(small_dataset)
+    assert loop.evaluate(iter_dataset_batches(info, "valid", 256)).mean_ap == pytest.approx(max(aps))
+    assert first.history[0].train_samples == info.split_counts["train"]
+
+
+def test_early_stopping_counts_epochs_without_improvement(small_dataset: Path) -> None:
+    # lr = 0: the weights never change, so no epoch after the first improves.
+    result, _ = _fit(small_dataset, epochs=10, patience=2, lr=0.0)
+    assert result.state.stopped_early and result.state.epoch == 3
+    assert result.state.best_epoch == 0 and [r.improved for r in result.history] == [True, False, False]
+    resumed = LoopState.from_dict(result.state.to_dict())
+    assert resumed == result.state and resumed.finished(10)
+
+
+def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """One gloo rank: a step on its own rows, the flat all-reduce, Adam steps."""
+    import torch.distributed as dist
+
+    from pipelines.training.collective import TorchDistributedCollective
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    torch.manual_seed(100 + rank)  # different data and dropout per rank
+    model = build_model(dataclasses.replace(TINY_MODEL, n_features=16, n_tasks=3))
+    collective = TorchDistributedCollective()
+    collective.broadcast_parameters(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    step = build_step(StepConfig())
+    for index in range(3):
+        x = torch.rand(8, 16).round()
+        labels = torch.randint(0, 2, (8, 3)).float()
+        step(model, x, labels, torch.ones(8, 3, dtype=torch.bool))
+        local = [param.grad.clone() for param in model.parameters()]
+        collective.average_gradients(model.parameters())
+        if index == 0:
+            torch.save({"local": local, "synced": [p.grad.clone() for p in model.parameters()]},
+                       Path(out_dir) / f"grads_{rank}.pt")
+        optimizer.step()
+    torch.save({"spread": collective.weight_spread(model), "weights": model.state_dict()},
+               Path(out_dir) / f"final_{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes importing torch: ~30 s on 2 shared cores
+def test_flat_all_reduce_averages_gradients_and_keeps_ranks_identical(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
+                                nprocs=2, join=True)
+    grads = [torch.load(tmp_path / f"grads_{rank}.pt") for rank in range(2)]
+    for local_0, local_1, synced_0, synced_1 in zip(grads[0]["local"], grads[1]["local"],
+                                                    grads[0]["synced"], grads[1]["synced"]):
+        torch.testing.assert_close(synced_0, (local_0 + local_1) / 2)
+        assert torch.equal(synced_0, synced_1)
+    assert any(not torch.equal(a, b) for a, b in zip(grads[0]["local"], grads[1]["local"]))
+    final = [torch.load(tmp_path / f"final_{rank}.pt") for rank in range(2)]
+    assert final[0]["spread"] == 0.0 and final[1]["spread"] == 0.0
+    for key, value in final[0]["weights"].items():
+        assert torch.equal(value, final[1]["weights"][key]), key
+
+
+# -- a real Ray Train run ----------------------------------------------------------
+
+
+def _ray_config(dataset: Path, root: Path, run_name: str, **overrides: object) -> TrainConfig:
+    return TrainConfig(data_dir=str(dataset), model=TINY_MODEL, step=StepConfig(inner_lr=0.05),
+                       batch_size=64, epochs=2, patience=0, seed=3, num_workers=2,
+                       resources_per_worker={"CPU": 0.5}, run_name=run_name,
+                       storage_path=str(root / "ray"), experiment_name="tests", **overrides)
+
+
+@pytest.fixture(scope="module")
+def two_ray_runs(ray_local: None, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same 2-worker run twice: once failing at epoch 1 (and recovering
+    from its epoch-0 checkpoint), once clean."""
+    from pipelines.training import run_training
+
+    root = tmp_path_factory.mktemp("ray-runs")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    failing = _ray_config(small_dataset, root, "fails-once", max_failures=1, fail_at_epoch=1,
+                          tracking_uri=uri)
+    clean = _ray_config(small_dataset, root, "clean", tracking_uri=uri)
+    return run_training(failing), run_training(clean), failing, root, uri
+
+
+@pytest.mark.slow
+def test_two_worker_run_recovers_from_a_failure_and_matches_a_clean_run(two_ray_runs) -> None:
+    failing_result, clean_result, failing, root, _ = two_ray_runs
+    marker = root / "ray" / "fails-once" / ".failed_at_epoch_1"
+    assert marker.exists(), "the injected failure never fired"
+    for result in (failing_result, clean_result):
+        assert result.epochs_completed == 2 and not result.stopped_early
+        assert Path(result.latest_checkpoint, "training_state.pt").is_file()
+        assert Path(result.best_checkpoint).name == f"epoch_{result.best_epoch:04d}"
+    # Resumed from the epoch-0 checkpoint with model, optimizer and RNG
+    # schedule restored: bit-for-bit the run that never failed.
+    assert failing_result.best_valid_mean_ap == clean_result.best_valid_mean_ap
+    assert failing_result.test.mean_ap == clean_result.test.mean_ap
+    assert np.array_equal(failing_result.test.ap, clean_result.test.ap, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_ray_run_is_tracked_in_mlflow(two_ray_runs) -> None:
+    from mlflow import MlflowClient
+
+    _, result, _, _, uri = two_ray_runs
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.n_experts"] == "4" and params["num_workers"] == "2"
+    assert params["data.metadata_hash"] == read_dataset_info(params["data.path"]).metadata_hash
+    assert '"n_bits": 256' in params["fingerprint_spec"]
+    assert run.data.tags["system.ray"] and run.data.tags["git_commit"]
+    history = client.get_metric_history(run.info.run_id, "valid_mean_ap")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert run.data.metrics["weight_spread"] == 0.0
+    assert run.data.metrics["test_mean_ap"] == pytest.approx(result.test.mean_ap)
+    assert 0.0 < run.data.metrics["diversity_score"] <= 1.0
+    artifacts = {a.path for folder in ("test", "experts", "config")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"test/per_task_metrics.csv", "experts/diversity_heatmap.png", "experts/gate_usage.png",
+            "experts/exclusive_experts.json", "config/train_config.json"} <= artifacts
+    assert result.model_uri.startswith("models:/")
