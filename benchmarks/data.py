@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurize.enumeration import ProductSpace  # noqa: E402
-from featurize.import_arrays import import_deepchem_arrays  # noqa: E402
-from featurize.library import generate_library  # noqa: E402
-from featurize.panel import write_panel_csv  # noqa: E402
-from pipelines.summary import format_table  # noqa: E402
+from featurize.enumeration import ProductSpace
+from featurize.import_arrays import import_deepchem_arrays
+from featurize.library import generate_library
+from featurize.panel import write_panel_csv
+from pipelines.summary import format_table
 
 PCBA_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcba-subset"
 
@@ -61,8 +61,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for n in (10_000, 100_000):
             path = Path(scratch) / f"panel-{n}.csv"
-            seconds = median_seconds(lambda: write_panel_csv(path, n, n_tasks=128, seed=0, space=space),
-                                     args.repeats)
+            seconds = median_seconds(
+                lambda path=path, n=n: write_panel_csv(path, n, n_tasks=128, seed=0, space=space),
+                args.repeats)
             rows.append(row("panel CSV, 128 tasks", n, seconds))
         n = 1_000_000
         rows.append(row("library SMILES", n, median_seconds(

@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 
 import numpy as np
 from rdkit import Chem
@@ -61,7 +61,7 @@ class ChemistryError(ValueError):
     """A built-in reagent or route does not behave as the chemistry says."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def reaction(name: str) -> rdChemReactions.ChemicalReaction:
     """The named reaction of :data:`~featurize.building_blocks.REACTIONS`, initialized."""
     rxn = rdChemReactions.ReactionFromSmarts(REACTIONS[name])
@@ -115,7 +115,7 @@ def _attach_dummy(mol: Chem.Mol, handle: Handle, isotope: int) -> Chem.Mol:
     return synthon
 
 
-@lru_cache(maxsize=None)
+@cache
 def synthon(smiles: str, to_parent: Handle | None, to_child: Handle | None) -> Chem.Mol:
     """The reagent ``smiles`` as it appears in products: a dummy ``[1*]`` where
     its parent attaches (through ``to_parent``), ``[2*]`` where its child does."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from tqdm.auto import tqdm
 
-from featurize.dataset import DatasetWriter, REJECTS_SCHEMA, find_finished
+from featurize.dataset import REJECTS_SCHEMA, DatasetWriter, find_finished
 from featurize.errors import InputDataError
 from featurize.fingerprints import pack_bits
 from featurize.pipeline import FeaturizeSummary

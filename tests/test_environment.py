@@ -68,6 +68,6 @@ def test_environment_conda_part() -> None:
 
 
 def test_environment_gets_cuda_torch() -> None:
-    pip_lines = [item for item in _environment()["dependencies"] if isinstance(item, dict)][0]["pip"]
+    pip_lines = next(item for item in _environment()["dependencies"] if isinstance(item, dict))["pip"]
     index_options = [line for line in pip_lines if line.startswith("--extra-index-url")]
     assert index_options and re.search(r"download\.pytorch\.org/whl/cu\d+$", index_options[0])
