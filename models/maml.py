@@ -199,14 +199,18 @@ def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order
         if inner.dropout_masks[index] is not None:
             local = local * inner.dropout_masks[index]
         if index == n_layers - 1:
-            grad = inner.grad_mixture.unsqueeze(0) * local.unsqueeze(1)
+            # Stored rows-major ([E, B_in, K, h] in memory, a [E, K, B_in, h]
+            # view): for one-layer experts the Gram product is then one GEMM
+            # per expert with no copy of this large tensor.
+            grad = local.unsqueeze(2) * inner.grad_mixture.transpose(0, 1).contiguous().unsqueeze(0)
             if inner.mixture_weights is not None:
-                grad = _scale(grad, inner.mixture_weights.permute(2, 1, 0).unsqueeze(-1), second_order)
+                grad = _scale(grad, inner.mixture_weights.permute(2, 0, 1).unsqueeze(-1), second_order)
+            grad = grad.transpose(1, 2)
         else:
             above = deltas[-1]
             weight = _constant_unless(experts.layers[index + 1].weight, second_order)
             n_experts, n_tasks, n_rows, width = above.shape
-            grad = torch.bmm(above.view(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
+            grad = torch.bmm(above.reshape(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
             grad = _scale(grad.view(n_experts, n_tasks, n_rows, -1), local.unsqueeze(1), second_order)
         deltas.append(grad)
     return deltas[::-1]
@@ -228,7 +232,13 @@ def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner
         if index == 0:
             # x_o x_in^T is the same for every expert and task.
             gram = (split.x_out @ split.x_in.transpose(0, 1) + 1.0) * -inner_lr
-            z = torch.matmul(gram, delta).add_(layer(split.x_out).unsqueeze(1))
+            rows_major = delta.transpose(1, 2)
+            if rows_major.is_contiguous():  # one GEMM per expert, no copy
+                shift = torch.matmul(gram, rows_major.view(n_experts, n_inner, n_tasks * width))
+                shift = shift.view(n_experts, -1, n_tasks, width).transpose(1, 2)
+            else:
+                shift = torch.matmul(gram, delta)
+            z = shift.add_(layer(split.x_out).unsqueeze(1))
         else:
             inner_in = _constant_unless(inner.layer_inputs[index], second_order)
             n_outer = h.shape[2]
