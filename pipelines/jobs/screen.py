@@ -1,0 +1,88 @@
+"""`python -m pipelines screen --model models:/NAME@ALIAS --library FILE --out DIR`.
+
+Scores a molecule library (raw SMILES/SDF, or an already featurized
+fingerprint dataset) with a model from the MLflow registry on Ray Data and
+writes per-assay scores, ranked hits, a multi-assay view and the rejects.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = "score a molecule library with a registered model (Ray Data) and rank hits"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="registered model, e.g. models:/pcba-mmoeex@champion (or models:/NAME/VERSION)")
+    parser.add_argument("--library", required=True, type=Path,
+                        help="molecules (.csv/.csv.gz/.parquet/.smi/.sdf) or a featurize output folder")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--top-k", type=int, default=100, help="hits kept per assay")
+    parser.add_argument("--assays", nargs="+", default=[], metavar="ASSAY",
+                        help="score only these assays (default: every assay of the model)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="probability counted as active in the multi-assay view")
+    parser.add_argument("--min-active-assays", type=int, default=2,
+                        help="multi-assay view: molecules active in at least this many assays")
+    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of .csv/.parquet libraries")
+    parser.add_argument("--id-col", default=None,
+                        help="id column (.sdf: a data field; default: ids from row positions)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray started here")
+    parser.add_argument("--use-gpu", action="store_true", help="score on GPU actors")
+    parser.add_argument("--num-actors", type=int, default=None,
+                        help="scoring actors, one model copy each (default: one per GPU share with "
+                             "--use-gpu, else one per --cpus-per-actor CPUs of the cluster)")
+    parser.add_argument("--gpus-per-actor", type=float, default=1.0,
+                        help="with --use-gpu: GPUs per actor (0.5 puts two actors on a GPU)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0,
+                        help="CPUs reserved per scoring actor (torch threads on CPU)")
+    parser.add_argument("--batch-size", type=int, default=4096, help="molecules per scoring call")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output folder that holds another screening")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.screening import Resources, ScreeningConfig, screen_library
+
+    config = ScreeningConfig(
+        model_uri=args.model, library=args.library, out_dir=args.out,
+        tracking_uri=args.tracking_uri, assays=tuple(args.assays), top_k=args.top_k,
+        threshold=args.threshold, min_active_assays=args.min_active_assays,
+        smiles_col=args.smiles_col, id_col=args.id_col, address=args.address,
+        num_cpus=args.num_cpus, overwrite=args.overwrite, progress=not args.no_progress,
+        resources=Resources(num_actors=args.num_actors, use_gpu=args.use_gpu,
+                            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                            batch_size=args.batch_size),
+    )
+    result = screen_library(config)
+    print(format_result(result))
+    return 0
+
+
+def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
+    """The end-of-job table (also used by the end-to-end run)."""
+    from pipelines.summary import format_key_values
+
+    values: dict[str, object] = {
+        "model": result.model_uri,
+        "library rows": result.library_rows,
+        "scored": result.scored,
+        "rejected": result.rejected,
+        "hits (top k x assays)": result.hits,
+        "multi-assay molecules": result.multi_assay_hits,
+        "seconds": round(result.elapsed_s, 1),
+        "molecules/s": round(result.molecules_per_second),
+        "featurize CPU-s": round(result.featurize_seconds, 1),
+        "scoring actor-s": round(result.score_seconds, 1),
+    }
+    if result.skipped_existing:
+        values["note"] = "already done (same model, library and options): nothing rescored"
+    values.update({name: str(path) for name, path in result.files.items()})
+    return format_key_values(values, title=f"screen -> {result.out_dir}")

@@ -1,0 +1,149 @@
+"""The files a screening run writes, streamed with bounded memory.
+
+Layout of the output folder::
+
+    scores/part-00000.parquet ...  one row per scored molecule: row (source
+                                    position), mol_id, smiles (canonical),
+                                    one float32 probability column per assay
+    rejects.parquet                 row, raw, mol_id, reason: every library
+                                    row that could not be scored
+    hits.parquet                    top K per assay: assay, rank, row, mol_id, smiles, score
+    multi_assay_hits.parquet        molecules scoring >= threshold in several assays
+    screening.json                  counts, model, library identity, options
+
+Everything is written into a hidden folder beside the output and renamed
+into place when complete, so a killed run never leaves files that look done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.errors import UserError
+
+SCORES_DIR = "scores"
+REJECTS_FILE = "rejects.parquet"
+HITS_FILE = "hits.parquet"
+MULTI_ASSAY_FILE = "multi_assay_hits.parquet"
+MANIFEST_FILE = "screening.json"
+ROWS_PER_SHARD = 250_000
+
+REJECTS_SCHEMA = pa.schema([
+    pa.field("row", pa.int64(), nullable=False),
+    pa.field("raw", pa.string()),
+    pa.field("mol_id", pa.string()),
+    pa.field("reason", pa.string(), nullable=False),
+])
+
+
+def scores_schema(assays: Sequence[str]) -> pa.Schema:
+    return pa.schema([
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("mol_id", pa.string()),
+        pa.field("smiles", pa.string()),
+        *(pa.field(assay, pa.float32(), nullable=False) for assay in assays),
+    ])
+
+
+class ShardedParquetWriter:
+    """Appends tables to ``part-NNNNN.parquet`` files of at most ``rows_per_shard`` rows."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int = ROWS_PER_SHARD):
+        self.directory, self.schema, self.rows_per_shard = directory, schema, rows_per_shard
+        directory.mkdir(parents=True, exist_ok=True)
+        self.paths: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._rows_in_shard = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.cast(self.schema)
+        while table.num_rows:
+            if self._writer is None or self._rows_in_shard == self.rows_per_shard:
+                self._open_next()
+            take = min(table.num_rows, self.rows_per_shard - self._rows_in_shard)
+            self._writer.write_table(table.slice(0, take))
+            self._rows_in_shard += take
+            table = table.slice(take)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if not self.paths:  # an empty result is still a readable file with the schema
+            self._open_next()
+            self._writer.close()
+        self._writer = None
+
+    def _open_next(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.paths.append(self.directory / f"part-{len(self.paths):05d}.parquet")
+        self._writer = pq.ParquetWriter(self.paths[-1], self.schema)
+        self._rows_in_shard = 0
+
+
+class SingleParquetWriter:
+    """Appends tables to one Parquet file (written even when empty)."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self._writer = pq.ParquetWriter(path, schema)
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table.cast(self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class StagedOutput:
+    """A hidden sibling folder that becomes ``out_dir`` on :meth:`commit`."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.scratch = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.scratch.mkdir()
+
+    def commit(self, manifest: Mapping[str, Any]) -> None:
+        (self.scratch / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+        if self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        os.replace(self.scratch, self.out_dir)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_out_dir(out_dir: Path, identity: Mapping[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The manifest of a finished identical run in ``out_dir`` (nothing to
+    do), None when the run should go ahead; refuses to replace other work."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return None
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise UserError(f"--out {out_dir} exists, is not empty and holds no {MANIFEST_FILE}; "
+                        "choose another output folder")
+    if _canonical(manifest.get("identity")) == _canonical(identity):
+        return manifest
+    if not overwrite:
+        raise UserError(f"--out {out_dir} holds a screening of another model, library or "
+                        "options; pass --overwrite or choose another output folder")
+    return None
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

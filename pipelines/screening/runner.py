@@ -1,0 +1,187 @@
+"""``screen_library``: one screening run from a registered model to hit lists."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurize.sources import file_sha256
+from pipelines.errors import UserError
+from pipelines.screening.hits import rank_hits
+from pipelines.screening.library import ScreeningLibrary, check_library_spec, resolve_library
+from pipelines.screening.model import fetch_model
+from pipelines.screening.outputs import (HITS_FILE, MULTI_ASSAY_FILE, REJECTS_FILE, SCORES_DIR,
+                                         StagedOutput, check_out_dir)
+from pipelines.screening.scoring import Resources, scored_dataset, write_scores
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    """Everything a screening run depends on (the screen job's flags)."""
+
+    model_uri: str
+    library: Path
+    out_dir: Path
+    tracking_uri: str | None = None
+    assays: tuple[str, ...] = ()  # empty: every assay the model predicts
+    top_k: int = 100
+    threshold: float = 0.5
+    min_active_assays: int = 2
+    smiles_col: str = "smiles"
+    id_col: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    address: str | None = None  # Ray cluster; None: RAY_ADDRESS or a local instance
+    num_cpus: int | None = None  # CPUs of a local Ray instance started here
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.top_k < 1:
+            problems.append(f"--top-k must be >= 1, got {self.top_k}")
+        if not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"--threshold is a probability in [0, 1], got {self.threshold}")
+        if self.min_active_assays < 1:
+            problems.append(f"--min-active-assays must be >= 1, got {self.min_active_assays}")
+        if (self.resources.num_actors is not None and self.resources.num_actors < 1) \
+                or self.resources.batch_size < 1:
+            problems.append("--num-actors and --batch-size must be >= 1")
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ScreeningResult:
+    out_dir: Path
+    model_uri: str
+    library_rows: int
+    scored: int
+    rejected: int
+    hits: int
+    multi_assay_hits: int
+    elapsed_s: float
+    featurize_seconds: float  # summed over featurize tasks
+    score_seconds: float  # summed over scoring actors
+    skipped_existing: bool = False
+
+    @property
+    def molecules_per_second(self) -> float:
+        return self.library_rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {"scores": self.out_dir / SCORES_DIR, "hits": self.out_dir / HITS_FILE,
+                "multi-assay hits": self.out_dir / MULTI_ASSAY_FILE,
+                "rejects": self.out_dir / REJECTS_FILE}
+
+    def manifest(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items()
+                if key not in ("out_dir", "skipped_existing")}
+
+    @classmethod
+    def from_manifest(cls, out_dir: Path, manifest: dict[str, Any]) -> ScreeningResult:
+        counts = manifest["result"]
+        return cls(out_dir=out_dir, skipped_existing=True, **counts)
+
+
+def screen_library(config: ScreeningConfig) -> ScreeningResult:
+    """Score ``config.library`` with the registered model and rank hits.
+
+    Re-running with the same model (by content), library (by content) and
+    options finds the finished output and returns it without work.
+    """
+    from pipelines.tracking import resolve_tracking_uri
+
+    started = time.perf_counter()
+    tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    library = resolve_library(config.library, config.smiles_col, config.id_col)
+    model = fetch_model(config.model_uri, tracking_uri)
+    check_library_spec(library, model.spec)
+    assays = list(config.assays) or list(model.tasks)
+    model.assay_indices(assays)  # unknown assays fail before any work
+    identity = {
+        "model_sha256": hashlib.sha256(model.archive).hexdigest(),
+        "library": library_identity(library),
+        "assays": assays, "top_k": config.top_k, "threshold": config.threshold,
+        "min_active_assays": config.min_active_assays,
+        "smiles_col": config.smiles_col, "id_col": config.id_col,
+    }
+    finished = check_out_dir(config.out_dir, identity, config.overwrite)
+    if finished is not None:
+        logger.info("%s already holds this screening: nothing to do", config.out_dir)
+        return ScreeningResult.from_manifest(config.out_dir, finished)
+
+    logger.info("screening %s with %s (%d assays)", library.describe(), config.model_uri, len(assays))
+    staged = StagedOutput(config.out_dir)
+    try:
+        with ray_session(config.address, config.num_cpus), quiet_ray_data():
+            dataset = scored_dataset(library, model, assays, config.resources)
+            counts = write_scores(
+                dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
+                assays, staged.scratch / SCORES_DIR, staged.scratch / REJECTS_FILE,
+                expected_rows=library.rows, progress=config.progress)
+        hits = rank_hits(counts.score_files, assays, staged.scratch, top_k=config.top_k,
+                         threshold=config.threshold, min_active_assays=config.min_active_assays)
+        result = ScreeningResult(
+            out_dir=config.out_dir, model_uri=config.model_uri,
+            library_rows=counts.library_rows, scored=counts.scored, rejected=counts.rejected,
+            hits=hits.hits, multi_assay_hits=hits.multi_assay_hits,
+            elapsed_s=time.perf_counter() - started,
+            featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds)
+        staged.commit({"identity": identity, "result": result.manifest(),
+                       "tracking_uri": tracking_uri, "library": str(library.path)})
+    except BaseException:
+        staged.abort()
+        raise
+    return result
+
+
+def library_identity(library: ScreeningLibrary) -> dict[str, Any]:
+    """What makes two screenings of a library the same: its bytes."""
+    if library.source is not None:
+        return library.source.identity()
+    return {"fingerprint_files": [{"name": path.name, "size": path.stat().st_size,
+                                   "sha256": file_sha256(path)}
+                                  for path in library.fingerprint_files]}
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
+    """Use the Ray instance this process already has, else join ``address``
+    (or RAY_ADDRESS), else start a private local one ("local": never attach
+    to another user's instance on a shared machine); shut down what was
+    started here."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, num_cpus=num_cpus if address == "local" else None,
+             log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def quiet_ray_data() -> Iterator[None]:
+    """Our own tqdm bar replaces Ray Data's per-operator bars for this run."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = saved

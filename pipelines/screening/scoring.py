@@ -1,0 +1,271 @@
+"""Scoring a library on Ray Data, streaming, with every row accounted for.
+
+    read (driver's node)  -> featurize (CPU tasks)  -> score (actor pool)  -> driver
+    _row, mol_id, raw        + smiles, fp, reason      + one float per assay   scores/, rejects
+
+Featurization reuses featurize.pipeline.featurize_batch, so a screened
+molecule gets exactly the fingerprint it would get in a training set. Scoring
+runs in actors that load the model once (GPU actors with ``use_gpu``). Rows
+that cannot be scored are never dropped: they travel with a reject reason to
+the driver, which splits each block into the score shards and the rejects
+file. Ray Data's backpressure keeps only a few blocks in flight, so memory
+does not grow with the library.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from featurize.spec import FingerprintSpec
+from pipelines.errors import UserError
+from pipelines.screening.library import ScreeningLibrary
+from pipelines.screening.model import ScreeningModel, unzip_to
+from pipelines.screening.outputs import ShardedParquetWriter, SingleParquetWriter
+
+logger = logging.getLogger(__name__)
+
+FEATURIZE_SECONDS = "_featurize_s"
+SCORE_SECONDS = "_score_s"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the scoring actors and featurize tasks are placed.
+
+    ``num_actors`` None sizes the pool to the cluster: one actor per GPU
+    share with ``use_gpu``, else one per ``cpus_per_actor`` CPUs. On CPUs Ray
+    Data fuses the featurize tasks into the scoring actors (same resources),
+    so each actor featurizes and scores its blocks and the pool size is the
+    parallelism; GPU actors stay separate from the CPU featurize tasks.
+    """
+
+    num_actors: int | None = None
+    use_gpu: bool = False
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.0
+    cpus_per_featurize_task: float = 1.0
+    batch_size: int = 4096  # rows per scoring call
+
+
+@dataclass(frozen=True)
+class ScoringCounts:
+    """What the streaming pass saw (seconds are summed over workers)."""
+
+    library_rows: int
+    scored: int
+    rejected: int
+    featurize_seconds: float
+    score_seconds: float
+    score_files: list[Path]
+
+
+# -- Ray Data stages -----------------------------------------------------------------
+def featurize_block(batch: pa.Table, *, spec: FingerprintSpec,
+                    kind: Literal["smiles", "molblock"]) -> pa.Table:
+    """Standardize and fingerprint one block (the training featurization);
+    ``raw`` is kept only on rejected rows, the only place it is written."""
+    from featurize.pipeline import featurize_batch
+
+    started = time.perf_counter()
+    table = featurize_batch(batch, spec=spec, tasks=[], kind=kind, with_scaffold=False)
+    raw_index = table.schema.get_field_index("raw")
+    table = table.set_column(raw_index, "raw", pc.if_else(
+        pc.is_null(table["reason"]), pa.scalar(None, pa.string()), table["raw"]))
+    return _with_seconds(table, FEATURIZE_SECONDS, time.perf_counter() - started)
+
+
+def mark_featurized(batch: pa.Table) -> pa.Table:
+    """Rows of an already featurized library: all accepted, nothing to redo."""
+    nulls = pa.nulls(batch.num_rows, pa.string())
+    table = batch.append_column("raw", nulls).append_column("reason", nulls)
+    return table.append_column(FEATURIZE_SECONDS, pa.array(np.zeros(batch.num_rows, np.float64)))
+
+
+class AssayScorer:
+    """Ray Data actor: loads the model once, then scores the accepted rows of
+    each block (packed fingerprints go to the device, probabilities come back)."""
+
+    def __init__(self, archive: bytes, columns: list[int], assays: list[str], device: str,
+                 threads: int | None = None) -> None:
+        import torch
+
+        from pipelines.pyfunc_model import load_scorer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")
+        self.scorer = load_scorer(str(unzip_to(archive, Path(self._folder.name))), device=device)
+        self.columns = np.asarray(columns, dtype=np.int64)
+        self.assays = assays
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from featurize.reader import fixed_binary_to_numpy
+
+        started = time.perf_counter()
+        accepted = pc.is_null(batch["reason"]).to_numpy(zero_copy_only=False)
+        probabilities = np.zeros((batch.num_rows, len(self.assays)), dtype=np.float32)
+        if accepted.any():
+            fp = fixed_binary_to_numpy(batch["fp"], self.scorer.spec.n_bytes)[accepted]
+            probabilities[accepted] = self.scorer.score_packed(fp)[:, self.columns]
+        table = batch.drop_columns(["fp"])
+        for index, assay in enumerate(self.assays):
+            table = table.append_column(assay, pa.array(probabilities[:, index], mask=~accepted))
+        return _with_seconds(table, SCORE_SECONDS, time.perf_counter() - started)
+
+
+def _with_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
+    """Spread a block's elapsed time over its rows: sums stay right however
+    Ray re-batches rows downstream."""
+    share = seconds / table.num_rows if table.num_rows else 0.0
+    return table.append_column(column, pa.array(np.full(table.num_rows, share)))
+
+
+# -- the pipeline ----------------------------------------------------------------------
+def library_dataset(library: ScreeningLibrary):  # -> ray.data.Dataset
+    from ray.data import read_datasource
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class LibraryDatasource(Datasource):
+        """One read task streaming the file from the driver's node."""
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[ReadTask]:
+            metadata = BlockMetadata(num_rows=library.rows, size_bytes=None, exec_stats=None,
+                                     input_files=[str(library.path)])
+            return [ReadTask(library.iter_batches, metadata, per_task_row_limit=per_task_row_limit)]
+
+        @property
+        def supports_distributed_reads(self) -> bool:
+            return False
+
+    # The read is light (Arrow CSV/Parquet parsing or line splitting) and must
+    # never wait for a CPU: the scoring actors may hold every CPU of the node.
+    return read_datasource(LibraryDatasource(), override_num_blocks=1, num_cpus=0)
+
+
+def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: list[str],
+                   resources: Resources):  # -> ray.data.Dataset
+    from ray.data import ActorPoolStrategy
+
+    dataset = library_dataset(library)
+    if library.featurized:
+        dataset = dataset.map_batches(mark_featurized, batch_format="pyarrow", batch_size=None)
+    else:
+        dataset = dataset.map_batches(
+            featurize_block, batch_format="pyarrow", batch_size=None,
+            num_cpus=resources.cpus_per_featurize_task,
+            fn_kwargs={"spec": model.spec, "kind": library.kind})
+    actor_resources = ({"num_gpus": resources.gpus_per_actor} if resources.use_gpu else {})
+    threads = None if resources.use_gpu else max(1, round(resources.cpus_per_actor))
+    return dataset.map_batches(
+        AssayScorer, batch_format="pyarrow", batch_size=resources.batch_size,
+        compute=ActorPoolStrategy(size=pool_size(resources)),
+        num_cpus=resources.cpus_per_actor, **actor_resources,
+        fn_constructor_kwargs={
+            "archive": model.archive, "columns": model.assay_indices(assays), "assays": assays,
+            "device": "cuda" if resources.use_gpu else "cpu", "threads": threads,
+        })
+
+
+def pool_size(resources: Resources) -> int:
+    """``resources.num_actors``, or as many actors as the cluster has room for."""
+    import ray
+
+    if resources.num_actors:
+        return resources.num_actors
+    available = ray.cluster_resources()
+    if resources.use_gpu:
+        gpus = available.get("GPU", 0)
+        if not gpus:
+            raise UserError("--use-gpu: the Ray cluster has no GPUs")
+        return max(1, int(gpus / resources.gpus_per_actor))
+    return max(1, int(available.get("CPU", 1) / resources.cpus_per_actor))
+
+
+def write_scores(blocks: Iterator[pa.Table], assays: list[str], scores_dir: Path,
+                 rejects_path: Path, expected_rows: int | None, progress: bool) -> ScoringCounts:
+    """Split each scored block into the score shards and the rejects file,
+    checking that every library row comes back exactly once."""
+    from pipelines.screening.outputs import REJECTS_SCHEMA, scores_schema
+
+    scores = ShardedParquetWriter(scores_dir, scores_schema(assays))
+    rejects = SingleParquetWriter(rejects_path, REJECTS_SCHEMA)
+    ledger = RowLedger()
+    scored = rejected = 0
+    featurize_seconds = score_seconds = 0.0
+    with tqdm(total=expected_rows, desc="screen", unit=" mol", disable=not progress,
+              smoothing=0.05) as bar:
+        for block in blocks:
+            ledger.add(block["_row"].to_numpy())
+            accepted = pc.is_null(block["reason"])
+            accepted_rows = block.filter(accepted)
+            scores.write(accepted_rows.select(["_row", "mol_id", "smiles", *assays])
+                         .rename_columns(["row", "mol_id", "smiles", *assays]))
+            rejected_rows = block.filter(pc.invert(accepted))
+            rejects.write(rejected_rows.select(["_row", "raw", "mol_id", "reason"])
+                          .rename_columns(["row", "raw", "mol_id", "reason"]))
+            scored += accepted_rows.num_rows
+            rejected += rejected_rows.num_rows
+            featurize_seconds += pc.sum(block[FEATURIZE_SECONDS]).as_py() or 0.0
+            score_seconds += pc.sum(block[SCORE_SECONDS]).as_py() or 0.0
+            bar.update(block.num_rows)
+    scores.close()
+    rejects.close()
+    library_rows = ledger.check(expected_rows)
+    if scored + rejected != library_rows:
+        raise RuntimeError(f"accounting error: {scored} scored + {rejected} rejected "
+                           f"!= {library_rows} library rows")
+    return ScoringCounts(library_rows, scored, rejected, featurize_seconds, score_seconds,
+                         scores.paths)
+
+
+class RowLedger:
+    """Checks that the source positions seen are exactly 0..N-1, once each,
+    in O(1) memory: count, max, and the sums of rows and of squared rows
+    (mod 2^64, exact in uint64) must match those of 0..N-1."""
+
+    _MASK = (1 << 64) - 1
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.max_row = -1
+        self.sum = np.uint64(0)
+        self.sum_squares = np.uint64(0)
+
+    def add(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        wide = rows.astype(np.uint64)
+        with np.errstate(over="ignore"):
+            self.sum += wide.sum(dtype=np.uint64)
+            self.sum_squares += (wide * wide).sum(dtype=np.uint64)
+        self.count += len(rows)
+        self.max_row = max(self.max_row, int(rows.max()))
+
+    def check(self, expected_rows: int | None) -> int:
+        """The number of library rows; raises if any row was lost or repeated."""
+        n = self.max_row + 1
+        expected_sum = (n * (n - 1) // 2) & self._MASK
+        expected_squares = ((n - 1) * n * (2 * n - 1) // 6) & self._MASK
+        if (self.count != n or int(self.sum) != expected_sum
+                or int(self.sum_squares) != expected_squares):
+            raise RuntimeError(f"accounting error: {self.count} rows came back, "
+                               f"not each of the {n} library rows exactly once")
+        if expected_rows is not None and n != expected_rows:
+            raise RuntimeError(f"accounting error: the library has {expected_rows} rows, "
+                               f"{n} came back")
+        return n

@@ -1,0 +1,174 @@
+"""Screening parts that need no Ray or MLflow: hit ranking against a brute
+force reference, the row ledger, library resolution and the spec check, and
+the featurize stage against the training featurization."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from featurize.errors import InputDataError, SpecMismatchError
+from featurize.pipeline import featurize_batch, featurize_file
+from featurize.sources import LibrarySource
+from featurize.spec import FingerprintSpec
+from pipelines.errors import UserError
+from pipelines.screening import ScreeningConfig
+from pipelines.screening.hits import TopK, rank_hits
+from pipelines.screening.library import check_library_spec, resolve_library
+from pipelines.screening.outputs import (HITS_FILE, MULTI_ASSAY_FILE, ShardedParquetWriter,
+                                         check_out_dir, scores_schema)
+from pipelines.screening.scoring import FEATURIZE_SECONDS, RowLedger, featurize_block
+
+ASSAYS = ["PCBA-1", "PCBA-2", "PCBA-3"]
+
+
+# -- hits ------------------------------------------------------------------------------
+def _reference_top_k(frame: pd.DataFrame, assay: str, k: int) -> list[int]:
+    return frame.sort_values([assay, "row"], ascending=[False, True])["row"].head(k).tolist()
+
+
+def test_top_k_matches_a_full_sort_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    # Rounded scores make many ties, which must break by row, whatever the batching.
+    scores = rng.random((5_000, 3)).round(2).astype(np.float32)
+    rows = rng.permutation(5_000).astype(np.int64)
+    frame = pd.DataFrame(scores, columns=ASSAYS).assign(row=rows)
+    top = TopK(37, 3)
+    for start in range(0, 5_000, 611):
+        top.update(scores[start:start + 611], rows[start:start + 611])
+    for index, assay in enumerate(ASSAYS):
+        assert top.rows[index].tolist() == _reference_top_k(frame, assay, 37)
+        assert np.all(np.diff(top.scores[index]) <= 0)
+
+
+def _write_scores(directory: Path, frame: pd.DataFrame, rows_per_shard: int) -> list[Path]:
+    writer = ShardedParquetWriter(directory, scores_schema(ASSAYS), rows_per_shard=rows_per_shard)
+    for start in range(0, len(frame), 250):
+        writer.write(pa.Table.from_pandas(frame.iloc[start:start + 250], preserve_index=False))
+    writer.close()
+    return writer.paths
+
+
+def test_rank_hits_against_pandas(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    n = 2_000
+    frame = pd.DataFrame(rng.random((n, 3)).astype(np.float32), columns=ASSAYS)
+    frame.insert(0, "smiles", [f"C{'C' * (i % 7)}O" for i in range(n)])
+    frame.insert(0, "mol_id", [f"M{i}" for i in range(n)])
+    frame.insert(0, "row", rng.permutation(n).astype(np.int64))  # Ray delivers blocks in any order
+    files = _write_scores(tmp_path / "scores", frame, rows_per_shard=700)
+    assert len(files) == 3
+
+    summary = rank_hits(files, ASSAYS, tmp_path, top_k=10, threshold=0.8, min_active_assays=2)
+
+    hits = pd.read_parquet(tmp_path / HITS_FILE)
+    assert summary.hits == len(hits) == 30
+    for assay in ASSAYS:
+        ranked = hits[hits.assay == assay]
+        assert ranked["rank"].tolist() == list(range(1, 11))
+        expected = frame.set_index("row").loc[_reference_top_k(frame, assay, 10)]
+        assert ranked["row"].tolist() == expected.index.tolist()
+        assert ranked["mol_id"].tolist() == expected["mol_id"].tolist()
+        assert ranked["smiles"].tolist() == expected["smiles"].tolist()
+        np.testing.assert_array_equal(ranked["score"].to_numpy(), expected[assay].to_numpy())
+    multi = pd.read_parquet(tmp_path / MULTI_ASSAY_FILE)
+    active = frame[ASSAYS].to_numpy() >= 0.8
+    expected_rows = frame["row"][active.sum(axis=1) >= 2]
+    assert summary.multi_assay_hits == len(multi) == len(expected_rows)
+    assert sorted(multi["row"]) == sorted(expected_rows)
+    first = multi.iloc[0]
+    source = frame.set_index("row").loc[first["row"]]
+    assert list(first["active_assays"]) == [a for a in ASSAYS if source[a] >= 0.8]
+    assert first["max_score"] == source[ASSAYS].max()
+
+
+def test_rank_hits_on_an_empty_screen(tmp_path: Path) -> None:
+    empty = pd.DataFrame({"row": pd.Series([], dtype="int64"), "mol_id": [], "smiles": [],
+                          **{a: pd.Series([], dtype="float32") for a in ASSAYS}})
+    files = _write_scores(tmp_path / "scores", empty, rows_per_shard=10)
+    summary = rank_hits(files, ASSAYS, tmp_path, top_k=5, threshold=0.5, min_active_assays=1)
+    assert (summary.hits, summary.multi_assay_hits) == (0, 0)
+    assert pq.read_table(tmp_path / HITS_FILE).num_rows == 0
+
+
+# -- accounting -------------------------------------------------------------------------
+def test_row_ledger_accepts_any_order_and_catches_losses_and_repeats() -> None:
+    rows = np.random.default_rng(2).permutation(10_000)
+    ledger = RowLedger()
+    for chunk in np.array_split(rows, 7):
+        ledger.add(chunk)
+    assert ledger.check(10_000) == 10_000
+
+    for broken in (np.delete(rows, 17),                     # a row lost
+                   np.append(rows, 5),                      # a row twice
+                   np.where(rows == 3, 4, rows)):           # one lost, one repeated
+        ledger = RowLedger()
+        ledger.add(broken)
+        with pytest.raises(RuntimeError, match="accounting error"):
+            ledger.check(None)
+    ledger = RowLedger()
+    ledger.add(rows[rows < 9_000])  # the tail of a file that has 10,000 rows
+    with pytest.raises(RuntimeError, match="10000 rows"):
+        ledger.check(10_000)
+
+
+# -- library and spec --------------------------------------------------------------------
+@pytest.fixture()
+def smiles_csv(tmp_path: Path, nci_smiles: list[str]) -> Path:
+    path = tmp_path / "library.csv"
+    pd.DataFrame({"smiles": nci_smiles[:200] + ["not a smiles", ""]}).to_csv(path, index=False)
+    return path
+
+
+def test_raw_and_featurized_libraries_are_told_apart(tmp_path: Path, smiles_csv: Path) -> None:
+    raw = resolve_library(smiles_csv)
+    assert (raw.kind, raw.featurized) == ("smiles", False)
+    spec = FingerprintSpec(radius=2, n_bits=1024)
+    featurize_file(smiles_csv, tmp_path / "fp", spec=spec, backend="local", progress=False)
+    for path in (tmp_path / "fp", next((tmp_path / "fp" / "features").glob("*.parquet"))):
+        library = resolve_library(path)
+        assert library.featurized and library.spec == spec and library.rows == 200
+        assert sum(batch.num_rows for batch in library.iter_batches(64)) == 200
+        rows = np.concatenate([b["_row"].to_numpy() for b in library.iter_batches(64)])
+        assert rows.tolist() == list(range(200))
+
+
+def test_a_library_made_with_another_spec_is_refused(tmp_path: Path, smiles_csv: Path) -> None:
+    featurize_file(smiles_csv, tmp_path / "fp", spec=FingerprintSpec(n_bits=1024),
+                   backend="local", progress=False)
+    library = resolve_library(tmp_path / "fp")
+    with pytest.raises(SpecMismatchError, match=r"n_bits.*model uses .*2048.*library .*1024"):
+        check_library_spec(library, FingerprintSpec(n_bits=2048))
+    check_library_spec(library, FingerprintSpec(n_bits=1024))  # same spec: fine
+    check_library_spec(resolve_library(smiles_csv), FingerprintSpec(n_bits=2048))  # raw: featurized to fit
+    with pytest.raises(InputDataError, match="not a fingerprint dataset"):
+        (tmp_path / "empty").mkdir()
+        resolve_library(tmp_path / "empty")
+
+
+def test_featurize_stage_is_the_training_featurization(smiles_csv: Path) -> None:
+    spec = FingerprintSpec(n_bits=1024)
+    batch = next(LibrarySource(smiles_csv, tasks=None).iter_batches())
+    screened = featurize_block(batch, spec=spec, kind="smiles")
+    trained = featurize_batch(batch, spec=spec, tasks=[], kind="smiles", with_scaffold=False)
+    accepted = screened["reason"].is_null().to_numpy(zero_copy_only=False)
+    assert accepted.sum() == 200 and screened.num_rows == 202
+    assert screened["fp"].equals(trained["fp"]) and screened["smiles"].equals(trained["smiles"])
+    # raw text travels on only for rejects (the only file that holds it)
+    assert screened["raw"].is_null().to_numpy(zero_copy_only=False).tolist() == accepted.tolist()
+    assert screened[FEATURIZE_SECONDS].to_numpy().sum() > 0
+
+
+def test_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="top-k"):
+        ScreeningConfig("models:/m@champion", tmp_path, tmp_path / "out", top_k=0)
+    with pytest.raises(UserError, match="threshold"):
+        ScreeningConfig("models:/m@champion", tmp_path, tmp_path / "out", threshold=1.5)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("someone's work")
+    with pytest.raises(UserError, match="is not empty"):
+        check_out_dir(tmp_path / "taken", {}, overwrite=True)
