@@ -7,12 +7,14 @@ Median wall time per step for K tasks, d features, batch B and E experts of
 one and of two hidden layers, with the ratios the targets are stated in
 (fast >= 30x faster than the reference loop; fast <= 3x the plain step with
 one-hidden-layer experts, <= 8x with two) and the peak memory of each step
-(torch.cuda.max_memory_allocated on CUDA; peak resident-set growth, sampled,
-on CPU). The reference loop is slow: it is timed over --reference-reps runs.
+(torch.cuda.max_memory_allocated on CUDA; on CPU the peak growth of the
+resident set, sampled every 2 ms after glibc's malloc_trim). The reference
+loop is slow: it is timed over --reference-reps runs.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import statistics
 import sys
@@ -20,16 +22,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.config import ModelConfig  # noqa: E402
-from models.factory import build_model  # noqa: E402
-from models.steps import StepConfig, build_step  # noqa: E402
-from pipelines.summary import format_table  # noqa: E402
-from tests.maml_reference import reference_maml_step  # noqa: E402
+from models.config import ModelConfig
+from models.factory import build_model
+from models.steps import StepConfig, build_step
+from pipelines.summary import format_table
+from tests.maml_reference import reference_maml_step
 
 log = logging.getLogger("maml_step")
 
@@ -42,12 +45,15 @@ class PeakMemory:
         self.peak_mib = 0.0
         self._stop = threading.Event()
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
+            # Hand memory freed by earlier runs back to the OS first, or the
+            # allocator reuses it and the resident set does not grow.
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
             self._base = _rss_bytes()
             self._peak = self._base
             self._thread = threading.Thread(target=self._sample, daemon=True)

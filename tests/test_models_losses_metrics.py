@@ -6,7 +6,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from models.diversity import ExpertDistanceAccumulator, diversity_score, expert_distance_matrix
+from models.diversity import (
+    ExpertDistanceAccumulator,
+    diversity_score,
+    expert_distance_matrix,
+)
 from models.losses import masked_bce_per_task
 from models.metrics import delta_vs_reference, evaluate_tasks
 

@@ -7,13 +7,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from maml_reference import reference_maml_step
 
 from models.config import ModelConfig
 from models.factory import build_model
 from models.losses import masked_bce_per_task
 from models.metrics import evaluate_tasks
 from models.steps import StepConfig, build_step
-from maml_reference import reference_maml_step
 
 
 def batch(rows: int, features: int, tasks: int, seed: int = 0, dtype: torch.dtype = torch.float64):

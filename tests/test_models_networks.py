@@ -14,10 +14,9 @@ ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
 
 
 def small_config(**overrides: object) -> ModelConfig:
-    values = dict(n_features=24, n_tasks=6, n_experts=4, expert_hidden=(8,), tower_hidden=5,
-                  alpha=0.5, dropout=0.0, seed=3)
-    values.update(overrides)
-    return ModelConfig(**values)
+    values = {"n_features": 24, "n_tasks": 6, "n_experts": 4, "expert_hidden": (8,), "tower_hidden": 5,
+              "alpha": 0.5, "dropout": 0.0, "seed": 3}
+    return ModelConfig(**(values | overrides))
 
 
 def fingerprints(rows: int, bits: int, seed: int = 0) -> torch.Tensor:
