@@ -1,0 +1,166 @@
+"""The model comparison (pipelines/comparison.py, benchmarks/compare.py): a
+tiny real run (2 configurations, 1 seed, real RDKit fingerprints, real
+Parquet, real MLflow SQLite store), and the row arithmetic against direct
+computation."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from training_data import make_dataset
+
+from models.config import ModelConfig
+from models.metrics import TaskMetrics, delta_vs_reference
+from models.steps import StepConfig
+from pipelines.comparison import (
+    REFERENCE,
+    Budget,
+    RunOutcome,
+    parse_configuration,
+    reference_per_task,
+    run_comparison,
+    summarize,
+)
+from pipelines.training.engine import EpochResult
+from pipelines.training.evaluation import FinalEvaluation
+
+BASE_MODEL = ModelConfig(n_experts=3, expert_hidden=(8,), tower_hidden=4, alpha=0.5, dropout=0.0)
+BASE_STEP = StepConfig(inner_lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(nci_smiles: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(nci_smiles, tmp_path_factory.mktemp("compare") / "data", n_molecules=400)
+
+
+def test_parse_configuration_applies_overrides_to_the_shared_settings() -> None:
+    configuration = parse_configuration("mmoeex/maml-mtl:n_experts=6,expert_hidden=16x8,"
+                                        "second_order=true,pos_weight=10,inner_lr=0.2",
+                                        BASE_MODEL, BASE_STEP)
+    assert configuration.model.architecture == "mmoeex"
+    assert configuration.model.n_experts == 6 and configuration.model.expert_hidden == (16, 8)
+    assert configuration.model.tower_hidden == BASE_MODEL.tower_hidden
+    assert configuration.step == StepConfig(optimizer="maml-mtl", inner_lr=0.2, second_order=True,
+                                            pos_weight=10.0)
+    plain = parse_configuration("mmoe/plain", BASE_MODEL, BASE_STEP)
+    assert plain.model.architecture == "mmoe" and plain.step.optimizer == "plain"
+    for bad in ("mmoeex", "mmoeex/adam", "mmoeex/plain:n_experts", "mmoeex/plain:colour=red",
+                "mmoeex/plain:seed=3"):
+        with pytest.raises(ValueError):
+            parse_configuration(bad, BASE_MODEL, BASE_STEP)
+
+
+def _outcome(name: str, seed: int, ap: list[float], roc: list[float],
+             diversity: float | None = None) -> RunOutcome:
+    ap_array, roc_array = np.array(ap), np.array(roc)
+    metrics = TaskMetrics(ap=ap_array, roc_auc=roc_array, n_skipped=int(np.isnan(ap_array).sum()),
+                          mean_ap=float(np.nanmean(ap_array)), mean_roc_auc=float(np.nanmean(roc_array)))
+    evaluation = FinalEvaluation(split="test", n_rows=10, metrics=metrics, distance_matrix=None,
+                                 diversity=diversity, gate_usage=None, exclusive_expert_task={})
+    epoch = EpochResult(epoch=0, train_loss=0.5, train_task_losses=np.zeros(3), train_samples=100,
+                        train_seconds=2.0, valid=metrics, improved=True)
+    return RunOutcome(configuration=name, seed=seed, config=None, evaluation=evaluation,
+                      history=[epoch], best_epoch=0, stop_reason="epochs", wall_seconds=1.0,
+                      n_parameters=5)
+
+
+def test_summary_is_mean_std_over_seeds_and_delta_is_against_the_reference_mean() -> None:
+    reference = [_outcome(REFERENCE, 0, [0.2, 0.4, np.nan], [0.6, 0.8, np.nan]),
+                 _outcome(REFERENCE, 1, [0.4, 0.4, 0.5], [0.8, 0.6, 0.7])]
+    model = [_outcome("mmoeex/maml-mtl", 0, [0.3, 0.5, 0.5], [0.7, 0.7, 0.7], diversity=0.4),
+             _outcome("mmoeex/maml-mtl", 1, [0.3, 0.2, 0.1], [0.9, 0.7, 0.5], diversity=0.6)]
+    ref_means = reference_per_task(reference)
+    assert np.allclose(ref_means[0][:2], [0.3, 0.4]) and np.isnan(ref_means[0][2])
+    row = summarize(model, ref_means)
+    # Direct: per seed, tasks 0 and 1 only (task 2 is unscored in a reference seed).
+    deltas = [np.mean([(0.3 - 0.3) / 0.3, (0.5 - 0.4) / 0.4]) * 100,
+              np.mean([(0.3 - 0.3) / 0.3, (0.2 - 0.4) / 0.4]) * 100]
+    assert row.delta_ap_mean == pytest.approx(np.mean(deltas))
+    assert row.delta_ap_std == pytest.approx(np.std(deltas, ddof=1))
+    assert row.delta_ap_mean == pytest.approx(np.mean(
+        [delta_vs_reference(run.evaluation.metrics.ap, ref_means[0]) for run in model]))
+    assert row.ap_mean == pytest.approx(np.mean([np.mean([0.3, 0.5, 0.5]), np.mean([0.3, 0.2, 0.1])]))
+    assert row.diversity_mean == pytest.approx(0.5) and row.diversity_std == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    reference_row = summarize(reference, ref_means)
+    assert reference_row.delta_ap_mean == pytest.approx(0.0, abs=1e-12)
+    assert reference_row.diversity_mean is None
+    assert summarize(model, None).delta_ap_mean is None
+    with pytest.raises(ValueError):
+        summarize([*reference, *model], ref_means)
+
+
+@pytest.mark.slow
+def test_tiny_comparison_tracks_every_configuration_under_one_parent(
+        tiny_dataset: Path, mlflow_uri: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.comparison import mlflow_tracker, table_csv
+
+    configurations = [parse_configuration(text, BASE_MODEL, BASE_STEP)
+                      for text in ("mmoeex/maml-mtl", REFERENCE)]
+    budget = Budget(epochs=2, patience=0, batch_size=64, lr=3e-3)
+    result = run_comparison(tiny_dataset, configurations, [0], budget, progress=False,
+                            tracker=mlflow_tracker(mlflow_uri, "compare-test", "tiny", seeds=[0],
+                                                   budget=budget, device="cpu"))
+
+    # The table: one row per configuration, the reference first, real numbers.
+    table = pd.read_csv(pd.io.common.StringIO(table_csv(result.summaries)))
+    assert list(table["configuration"]) == [REFERENCE, "mmoeex/maml-mtl"]
+    for column in ("ap_mean", "ap_std", "roc_auc_mean", "delta_ap_mean", "delta_roc_auc_mean",
+                   "diversity_mean", "wall_seconds", "samples_per_second", "epoch_seconds"):
+        assert column in table.columns
+    assert table["ap_mean"].between(0, 1).all() and table["roc_auc_mean"].between(0, 1).all()
+    assert table.loc[0, "delta_ap_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert np.isnan(table.loc[0, "diversity_mean"]) and 0 < table.loc[1, "diversity_mean"] <= 1
+    assert (table["seeds"] == 1).all() and (table["samples_per_second"] > 0).all()
+    for outcome in result.outcomes:
+        assert len(outcome.history) == 2 and outcome.stop_reason == "epochs"
+        # The test split is scored once, with the best validation epoch's weights.
+        assert outcome.evaluation.split == "test"
+        assert outcome.evaluation.n_rows == sum(1 for _ in _split_rows(tiny_dataset, "test"))
+        best = max(outcome.history, key=lambda epoch: epoch.valid.mean_ap)
+        assert outcome.best_epoch == best.epoch
+    display = result.summaries[1].display_row()
+    assert display["test PR-AUC"].count("±") == 1
+
+    # MLflow: parent -> one child per configuration -> one grandchild per seed.
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("compare-test")
+    runs = client.search_runs([experiment.experiment_id])
+    by_id = {run.info.run_id: run for run in runs}
+    parent = by_id[result.parent_run_id]
+    assert parent.info.status == "FINISHED" and "mlflow.parentRunId" not in parent.data.tags
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert sorted(run.info.run_name for run in children) == sorted(c.name for c in configurations)
+    for child, summary in ((next(c for c in children if c.info.run_name == s.configuration), s)
+                           for s in result.summaries):
+        assert child.data.metrics["ap_mean"] == pytest.approx(summary.ap_mean)
+        assert child.data.params["step.optimizer"] == summary.configuration.split("/")[1].split(":")[0]
+        seeds = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == child.info.run_id]
+        assert [run.data.tags["comparison.seed"] for run in seeds] == ["0"]
+        assert seeds[0].data.metrics["test_mean_ap"] == pytest.approx(summary.ap_mean)
+        assert "valid_mean_ap" in seeds[0].data.metrics
+    assert len(runs) == 1 + 2 + 2
+    artifacts = {item.path for item in client.list_artifacts(result.parent_run_id, "comparison")}
+    assert {"comparison/table.csv", "comparison/table.md"} <= artifacts
+    logged = client.download_artifacts(result.parent_run_id, "comparison/table.csv", str(tmp_path))
+    assert list(pd.read_csv(logged)["configuration"]) == [REFERENCE, "mmoeex/maml-mtl"]
+
+
+def _split_rows(dataset: Path, split: str):
+    from featurize.reader import iter_batches
+
+    for batch in iter_batches(dataset, split=split, columns=()):
+        yield from range(len(batch))
+
+
+def test_budget_seconds_stops_every_row_after_the_epoch_that_spends_it(tiny_dataset: Path) -> None:
+    configuration = parse_configuration("shared-bottom/plain", BASE_MODEL, BASE_STEP)
+    budget = dataclasses.replace(Budget(epochs=5, patience=0, batch_size=64), seconds=1e-9)
+    result = run_comparison(tiny_dataset, [configuration], [0], budget, progress=False)
+    assert result.parent_run_id is None
+    [outcome] = result.outcomes
+    assert len(outcome.history) == 1 and outcome.stop_reason == "time budget"
