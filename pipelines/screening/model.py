@@ -7,6 +7,7 @@ other nodes need neither the MLflow server nor a shared filesystem.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import tempfile
@@ -28,6 +29,7 @@ class ScreeningModel:
     spec: FingerprintSpec
     tasks: list[str]
     archive: bytes  # the pyfunc folder, zipped
+    sha256: str  # of the folder's files (names and bytes): the model's identity
 
     def assay_indices(self, assays: list[str] | None) -> list[int]:
         """Output columns for ``assays`` (all when None), in the order asked."""
@@ -59,16 +61,21 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
                             f"{error.message.splitlines()[0]}") from error
         scorer = load_scorer(local, device="cpu")
         logger.info("model %s: %d assays, %s", model_uri, len(scorer.tasks), scorer.spec.describe())
-        return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks), zip_folder(Path(local)))
+        archive, digest = zip_folder(Path(local))
+        return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks), archive, digest)
 
 
-def zip_folder(folder: Path) -> bytes:
-    buffer = io.BytesIO()
+def zip_folder(folder: Path) -> tuple[bytes, str]:
+    """The folder as zip bytes, and a SHA-256 of its file names and contents
+    (unlike the zip's, it does not change with download times)."""
+    buffer, digest = io.BytesIO(), hashlib.sha256()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
-                archive.write(path, path.relative_to(folder))
-    return buffer.getvalue()
+                name = path.relative_to(folder).as_posix()
+                archive.write(path, name)
+                digest.update(name.encode() + b"\0" + path.read_bytes())
+    return buffer.getvalue(), digest.hexdigest()
 
 
 def unzip_to(archive: bytes, folder: Path) -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -108,7 +107,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     assays = list(config.assays) or list(model.tasks)
     model.assay_indices(assays)  # unknown assays fail before any work
     identity = {
-        "model_sha256": hashlib.sha256(model.archive).hexdigest(),
+        "model_sha256": model.sha256,
         "library": library_identity(library),
         "assays": assays, "top_k": config.top_k, "threshold": config.threshold,
         "min_active_assays": config.min_active_assays,
@@ -155,18 +154,17 @@ def library_identity(library: ScreeningLibrary) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
-    """Use the Ray instance this process already has, else join ``address``
-    (or RAY_ADDRESS), else start a private local one ("local": never attach
-    to another user's instance on a shared machine); shut down what was
+    """Use the Ray this process already joined, else join ``address`` (or
+    RAY_ADDRESS), else start a private local one; shut down what was
     started here."""
     import ray
+
+    from pipelines.training.ray_setup import connect_ray
 
     if ray.is_initialized():
         yield
         return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, num_cpus=num_cpus if address == "local" else None,
-             log_to_driver=False, configure_logging=False)
+    connect_ray(address or os.environ.get("RAY_ADDRESS"), num_cpus)
     try:
         yield
     finally:

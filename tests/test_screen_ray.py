@@ -1,0 +1,119 @@
+"""Screening for real: a model registered in a real MLflow registry, pulled
+back by name@alias, scoring on the shared local Ray through Ray Data.
+Scores must equal the registered pyfunc's own predictions; every library row
+must land in the scores or the rejects; a re-run is a no-op."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featurize.pipeline import featurize_file
+from featurize.spec import FingerprintSpec
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+SPEC = FingerprintSpec(radius=2, n_bits=1024)
+TASKS = [f"PCBA-{aid}" for aid in (686978, 686979, 720504, 1030)]
+MODEL = "models:/pcba-screen-test@champion"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real SQLite MLflow registry with a small (untrained) MMoEEx as champion."""
+    from models.config import ModelConfig
+    from models.factory import build_model
+    from pipelines import tracking
+    from pipelines.model_bundle import ModelBundle
+    from pipelines.registry import log_scoring_model, register_model
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        # mlflow's SQL registry store resolves the logged model through the
+        # process-wide tracking URI, so it must name the same store.
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        model = build_model(ModelConfig(n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=4,
+                                        expert_hidden=(32,), tower_hidden=8, seed=3)).eval()
+        run_id, _ = tracking.start_run(uri, "screen-tests", "untrained-champion")
+        log_scoring_model(uri, run_id, ModelBundle(model, SPEC, TASKS))
+        tracking.finish_run(uri, run_id)
+        register_model(run_id, "pcba-screen-test", alias="champion", tracking_uri=uri)
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, nci_smiles: list[str]) -> Path:
+    path = tmp_path_factory.mktemp("library") / "library.csv"
+    bad = ["not a smiles", "", "C1CC", "[Na+].[Cl-]"]  # the salt survives as its largest fragment
+    smiles = nci_smiles[:1500] + bad
+    pd.DataFrame({"smiles": smiles, "name": [f"NCI-{i}" for i in range(len(smiles))]}).to_csv(path, index=False)
+    return path
+
+
+def _screen(library: Path, out: Path, uri: str, **options):
+    from pipelines.screening import Resources, ScreeningConfig, screen_library
+
+    return screen_library(ScreeningConfig(
+        MODEL, library, out, tracking_uri=uri, top_k=7, id_col=options.pop("id_col", "name"),
+        resources=Resources(num_actors=2, batch_size=500), progress=False, **options))
+
+
+def test_screen_scores_every_row_like_the_registered_pyfunc(
+        ray_local: None, registry: str, library: Path, tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    result = _screen(library, tmp_path / "out", registry)
+
+    frame = pd.read_csv(library, keep_default_na=False)
+    scores = pd.read_parquet(tmp_path / "out" / "scores").sort_values("row")
+    rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert result.library_rows == len(frame) == result.scored + result.rejected
+    assert sorted([*scores["row"], *rejects["row"]]) == list(range(len(frame)))
+    assert set(rejects["raw"]) == {"not a smiles", "", "C1CC"}
+    assert rejects["reason"].str.len().min() > 0
+    assert scores["mol_id"].tolist() == frame["name"][scores["row"]].tolist()
+
+    # The reference: the registered model through plain MLflow, SMILES in.
+    pyfunc = mlflow.pyfunc.load_model(MODEL)  # MLFLOW_TRACKING_URI is the registry's
+    expected = pyfunc.predict(frame.loc[scores["row"], ["smiles"]].reset_index(drop=True))
+    np.testing.assert_allclose(scores[TASKS].to_numpy(), expected[TASKS].to_numpy(), atol=1e-6)
+
+    hits = pd.read_parquet(tmp_path / "out" / "hits.parquet")
+    assert len(hits) == result.hits == 7 * len(TASKS)
+    for task in TASKS:
+        best = scores.sort_values([task, "row"], ascending=[False, True]).head(7)
+        assert hits[hits.assay == task]["row"].tolist() == best["row"].tolist()
+
+    again = _screen(library, tmp_path / "out", registry)
+    assert again.skipped_existing and again.scored == result.scored
+
+
+def test_featurized_library_scores_the_same_and_spec_is_checked(
+        ray_local: None, registry: str, library: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from featurize.reader import read_all
+    from pipelines.cli import main
+    from pipelines.pyfunc_model import load_scorer
+
+    featurize_file(library, tmp_path / "fp", spec=SPEC, id_col="name", backend="local", progress=False)
+    result = _screen(tmp_path / "fp", tmp_path / "out", registry, assays=(TASKS[2], TASKS[0]))
+    assert result.rejected == 0 and result.scored == 1501
+    scores = pd.read_parquet(tmp_path / "out" / "scores").set_index("mol_id")
+    assert list(scores.columns) == ["row", "smiles", TASKS[2], TASKS[0]]
+    features = read_all(tmp_path / "fp", columns=["mol_id"])
+    expected = load_scorer(MODEL, device="cpu").score_packed(features.fp)[:, [2, 0]]
+    np.testing.assert_allclose(scores.loc[features.mol_id, [TASKS[2], TASKS[0]]].to_numpy(),
+                               expected, atol=1e-6)
+
+    featurize_file(library, tmp_path / "fp2048", spec=FingerprintSpec(n_bits=2048), id_col="name",
+                   backend="local", progress=False)
+    code = main(["screen", "--model", MODEL, "--library", str(tmp_path / "fp2048"),
+                 "--out", str(tmp_path / "refused"), "--tracking-uri", registry, "--no-progress"])
+    assert code == 2 and not (tmp_path / "refused").exists()
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
+    assert message.startswith("error: fingerprint spec mismatch (n_bits differ)")
+    assert "fp2048" in message and "re-featurize" in message
