@@ -169,11 +169,13 @@ def _jsonable(value: Any) -> Any:
 class _ShardedWriter:
     """Writes tables as part-NNNNN.parquet shards of at most ``rows_per_shard``
     rows in row groups of ``row_group_size`` (buffered, so many small input
-    batches still make full row groups for fast streaming reads)."""
+    batches still make full row groups for fast streaming reads, and the
+    bytes written do not depend on how the input was batched)."""
 
     def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int,
-                 row_group_size: int) -> None:
+                 row_group_size: int, name_pattern: str = "part-{:05d}.parquet") -> None:
         self.directory = directory
+        self.name_pattern = name_pattern
         self.schema = schema
         self.rows_per_shard = rows_per_shard
         self.row_group_size = min(row_group_size, rows_per_shard)
@@ -216,7 +218,7 @@ class _ShardedWriter:
     def _open_shard(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        name = f"part-{len(self.shards):05d}.parquet"
+        name = self.name_pattern.format(len(self.shards))
         self._writer = pq.ParquetWriter(self.directory / name, self.schema, compression="zstd")
         self.shards.append(name)
         self._rows_in_shard = 0
@@ -246,9 +248,8 @@ class DatasetWriter:
         self._features = _ShardedWriter(self.temp_dir / FEATURES_DIR,
                                         features_schema(spec, tasks, with_split=with_split),
                                         rows_per_shard, row_group_size)
-        self._rejects = pq.ParquetWriter(self.temp_dir / REJECTS_FILE, REJECTS_SCHEMA,
-                                         compression="zstd")
-        self._rejected = 0
+        self._rejects = _ShardedWriter(self.temp_dir, REJECTS_SCHEMA, rows_per_shard=2**62,
+                                       row_group_size=row_group_size, name_pattern=REJECTS_FILE)
         self._split_counts: dict[str, int] = {}
         self._committed = False
 
@@ -270,8 +271,7 @@ class DatasetWriter:
     def write_rejects(self, table: pa.Table) -> None:
         """Append rejected rows (row, raw, mol_id, reason)."""
         if table.num_rows:
-            self._rejects.write_table(table.select(REJECTS_SCHEMA.names).cast(REJECTS_SCHEMA))
-            self._rejected += table.num_rows
+            self._rejects.write(table)
 
     def commit(self, *, input_rows: int, input_identity: Mapping[str, Any],
                options: Mapping[str, Any], overwrite: bool = False) -> DatasetInfo:
@@ -282,15 +282,15 @@ class DatasetWriter:
         """
         self._features.close()
         self._rejects.close()
-        accepted = self._features.rows_written
-        if accepted + self._rejected != input_rows:
+        accepted, rejected = self._features.rows_written, self._rejects.rows_written
+        if accepted + rejected != input_rows:
             raise RuntimeError(f"row accounting failed for {self.out_dir}: accepted {accepted} "
-                               f"+ rejected {self._rejected} != input rows {input_rows}")
+                               f"+ rejected {rejected} != input rows {input_rows}")
         manifest = {
             "format_version": MANIFEST_VERSION,
             "input_rows": input_rows,
             "accepted": accepted,
-            "rejected": self._rejected,
+            "rejected": rejected,
             "split_counts": {name: self._split_counts.get(name, 0) for name in SPLITS}
             if self.with_split else {},
             "spec": json.loads(self.spec.to_json()),

@@ -198,7 +198,7 @@ def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus
     finally:
         if started_here:
             ray.shutdown()
-    return _in_source_order(sorted(staged.glob("*.parquet")))
+    return _sorted_runs(sorted(staged.glob("*.parquet")))
 
 
 @contextlib.contextmanager
@@ -220,21 +220,50 @@ def _ray_data_limits(num_cpus: int | None) -> Iterator[None]:
         context.execution_options.resource_limits = saved_limits
 
 
-def _in_source_order(files: list[Path]) -> list[Path]:
-    """Staged files ordered by their first source row; each must hold a
-    sorted, non-overlapping run of rows (what preserve_order guarantees)."""
-    runs = []
+def _sorted_runs(files: list[Path]) -> list[Path]:
+    """Make each staged file a run sorted by ``_row``. Ray Data may write the
+    blocks of one file in completion order, and one file's rows may
+    interleave with another's; each file is one write task's output (bounded
+    by Ray's block sizes), so sorting it in memory is safe. The merge in pass
+    2 then restores the source order across files."""
     for path in files:
-        rows = pq.read_table(path, columns=["_row"])["_row"].to_numpy()
-        if len(rows):
-            if np.any(np.diff(rows) <= 0):
-                raise RuntimeError(f"{path}: staged rows are out of order")
-            runs.append((int(rows[0]), int(rows[-1]), path))
-    runs.sort()
-    for (_, last, _), (first, _, path) in zip(runs, runs[1:]):
-        if first <= last:
-            raise RuntimeError(f"{path}: staged rows overlap another file")
-    return [path for _, _, path in runs]
+        table = pq.read_table(path)
+        rows = table["_row"].to_numpy()
+        if np.any(np.diff(rows) < 0):
+            pq.write_table(table.sort_by("_row"), path)
+    return files
+
+
+def _merge_runs(files: list[Path], chunk_rows: int = 8192) -> Iterator[pa.Table]:
+    """Rows of several ``_row``-sorted files, in ``_row`` order, a chunk at a
+    time (a k-way merge: memory is one chunk per file). Every buffered row up
+    to the smallest last-buffered ``_row`` is safe to emit, since unread rows
+    of each file come after its buffer."""
+    readers = [pq.ParquetFile(path).iter_batches(batch_size=chunk_rows) for path in files]
+    buffers: list[pa.Table | None] = [None] * len(readers)
+
+    def refill(index: int) -> None:
+        while buffers[index] is None or buffers[index].num_rows == 0:
+            batch = next(readers[index], None)
+            if batch is None:
+                buffers[index] = None
+                return
+            buffers[index] = pa.Table.from_batches([batch])
+
+    for index in range(len(readers)):
+        refill(index)
+    while any(buffer is not None for buffer in buffers):
+        live = [i for i, buffer in enumerate(buffers) if buffer is not None]
+        bound = min(buffers[i]["_row"][-1].as_py() for i in live)
+        parts = []
+        for i in live:
+            rows = buffers[i]["_row"].to_numpy()
+            cut = int(np.searchsorted(rows, bound, side="right"))
+            parts.append(buffers[i].slice(0, cut))
+            buffers[i] = buffers[i].slice(cut)
+            refill(i)
+        merged = pa.concat_tables(parts)
+        yield merged if len(parts) == 1 else merged.sort_by("_row")
 
 
 # -- pass 2 --------------------------------------------------------------------------
@@ -243,7 +272,8 @@ def _finish(staged_files: list[Path], writer: DatasetWriter, options: _Options) 
     order; returns the number of input rows."""
     key_columns = ["_row", "mol_id", "reason", *(["scaffold"] if options.split == "scaffold"
                                                  else [])]
-    keys = pa.concat_tables([pq.read_table(path, columns=key_columns) for path in staged_files])
+    keys = pa.concat_tables([pq.read_table(path, columns=key_columns)
+                             for path in staged_files]).sort_by("_row")
     rows = keys["_row"].to_numpy()
     if not np.array_equal(rows, np.arange(len(rows))):
         raise RuntimeError("staged rows do not cover the input exactly once")
@@ -258,22 +288,20 @@ def _finish(staged_files: list[Path], writer: DatasetWriter, options: _Options) 
         split_of_row[keep] = codes
     del keys
 
-    for path in staged_files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
-            table = pa.Table.from_batches([batch])
-            batch_rows = table["_row"].to_numpy()
-            batch_keep = keep[batch_rows]
-            features = table.filter(batch_keep)
-            if codes is not None:
-                features = features.append_column(
-                    "split", pa.array(split_names(split_of_row[batch_rows][batch_keep]), pa.string()))
-            writer.write_features(features)
-            rejected = table.filter(~batch_keep)
-            reasons = np.where(duplicate[rejected["_row"].to_numpy()], "duplicate id",
-                               rejected["reason"].to_numpy(zero_copy_only=False))
-            writer.write_rejects(pa.table({"row": rejected["_row"], "raw": rejected["raw"],
-                                           "mol_id": rejected["mol_id"],
-                                           "reason": pa.array(reasons, pa.string())}))
+    for table in _merge_runs(staged_files):
+        batch_rows = table["_row"].to_numpy()
+        batch_keep = keep[batch_rows]
+        features = table.filter(batch_keep)
+        if codes is not None:
+            features = features.append_column(
+                "split", pa.array(split_names(split_of_row[batch_rows][batch_keep]), pa.string()))
+        writer.write_features(features)
+        rejected = table.filter(~batch_keep)
+        reasons = np.where(duplicate[rejected["_row"].to_numpy()], "duplicate id",
+                           rejected["reason"].to_numpy(zero_copy_only=False))
+        writer.write_rejects(pa.table({"row": rejected["_row"], "raw": rejected["raw"],
+                                       "mol_id": rejected["mol_id"],
+                                       "reason": pa.array(reasons, pa.string())}))
     return len(rows)
 
 

@@ -14,7 +14,8 @@ from rdkit.Chem import rdFingerprintGenerator
 
 from featurize.dataset import read_dataset_info, read_shard_metadata
 from featurize.fingerprints import unpack_bits
-from featurize.pipeline import featurize_file
+from featurize import pipeline
+from featurize.pipeline import _merge_runs, _sorted_runs, featurize_file
 from featurize.reader import read_all
 from featurize.sources import pcba_reference, pcba_source
 from featurize.spec import SPEC_METADATA_KEY, TASKS_METADATA_KEY, FingerprintSpec
@@ -126,9 +127,21 @@ def test_small_pcba_shaped_file(tmp_path: Path) -> None:
     assert read_all(info).labels[:3, :2].tolist() == [[1, 1], [0, 0], [-1, -1]]
 
 
+def test_merge_restores_source_order_across_interleaved_files(tmp_path: Path) -> None:
+    order = np.random.default_rng(0).permutation(1000)  # Ray may write blocks like this
+    files = []
+    for index, rows in enumerate(np.array_split(order, 7)):
+        files.append(tmp_path / f"{index}.parquet")
+        pq.write_table(pa.table({"_row": rows, "value": rows * 2}), files[-1])
+    merged = pa.concat_tables(list(_merge_runs(_sorted_runs(files), chunk_rows=37)))
+    assert merged["_row"].to_pylist() == list(range(1000))
+    assert merged["value"].to_pylist() == list(range(0, 2000, 2))
+
+
 @pytest.mark.slow
-def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path,
-                                        tmp_path: Path) -> None:
+def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 40)  # 8 blocks on 2 CPUs
     kwargs = dict(id_col="id", split="scaffold", rows_per_shard=100, progress=False)
     local = featurize_file(library_csv, tmp_path / "local", backend="local", **kwargs)
     ray = featurize_file(library_csv, tmp_path / "ray", backend="ray", num_cpus=2, **kwargs)
