@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import sys
 import time
@@ -103,14 +104,26 @@ def parse_env_vars(assignments: Sequence[str]) -> dict[str, str]:
     return env_vars
 
 
+#: Ray's JobSubmissionClient prefers these over the address it is given.
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
 def connect(address: str):
-    """A JobSubmissionClient for the dashboard at ``address`` (http://HOST:8265)."""
+    """A JobSubmissionClient for the dashboard at ``address`` (http://HOST:8265).
+
+    Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override its
+    ``address`` argument; an explicit address must win, so they are hidden
+    while the client resolves it.
+    """
     from ray.job_submission import JobSubmissionClient
 
+    saved = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UserError(f"no Ray Job Submission server answers at {address}: {error}") from error
+    finally:
+        os.environ.update(saved)
 
 
 def submit_job(

@@ -1,6 +1,7 @@
 """A private Ray head for tests that need a real cluster address (job
-submission): `ray start --head --block` on loopback, in its own session and
-temp dir, stopped by its own process ids.
+submission): `ray start --head --block` with its dashboard on loopback and
+every port chosen free, in its own session and temp dir, stopped by its own
+process ids.
 
 Why not `ray stop`: it terminates every Ray process on the machine, other
 people's included. Why its own --temp-dir: `ray start` records its address in
@@ -33,9 +34,13 @@ VENV_BIN = Path(sys.executable).parent
 @dataclass(frozen=True)
 class RayHead:
     dashboard_url: str  # the Job Submission API, http://127.0.0.1:PORT
-    gcs_address: str
     temp_dir: Path
     log_path: Path
+
+    @property
+    def gcs_address(self) -> str:
+        """As `ray start` recorded it (Ray swaps loopback for the node's IP)."""
+        return (self.temp_dir / "ray_current_cluster").read_text().strip()
 
 
 def free_ports(count: int) -> list[int]:
@@ -74,7 +79,7 @@ def ray_head(num_cpus: int = 2, start_timeout_s: float = 180.0) -> Iterator[RayH
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
-    head = RayHead(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", temp_dir, log_path)
+    head = RayHead(f"http://127.0.0.1:{dashboard}", temp_dir, log_path)
     try:
         _wait_until_ready(process, head, start_timeout_s)
         yield head

@@ -16,8 +16,9 @@ HELP = "send a job to a Ray cluster (Job Submission API), stream its logs, exit 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS") or os.environ.get("RAY_ADDRESS"),
-        help="the cluster's dashboard, e.g. http://HOST:8265 (or RAY_DASHBOARD_ADDRESS / RAY_ADDRESS)",
+        "--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
+        help="the cluster's dashboard (Job API), e.g. http://HOST:8265 "
+             "(default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS)",
     )
     parser.add_argument("--no-wait", action="store_true",
                         help="return once submitted (print the submission id) instead of following it")
