@@ -1,0 +1,59 @@
+"""`python -m pipelines run`: the whole pipeline on its offline default in one
+go (panel -> featurize -> train MMoEEx with MAML-MTL on Ray Train -> MLflow
+register @champion -> screen a generated library with the registered model).
+Re-running skips the stages that are already done."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "end to end: data, featurize, train (Ray Train), register (MLflow), screen (Ray Data)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults live in pipelines.end_to_end.RunSettings (shown in the help
+    # below), so a --config file can set what the command line does not.
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML file of settings (keys: the long flags below); flags override it")
+    parser.add_argument("--out", type=Path, help="output folder [runs/e2e]")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--pcba", action="store_true", default=None,
+                        help="use the real PCBA-128 download instead of the offline panel")
+    source.add_argument("--pcba-path", type=Path, help="a local copy of pcba.csv.gz")
+    parser.add_argument("--molecules", type=int, help="panel molecules [20000]")
+    parser.add_argument("--tasks", type=int, help="panel assays [128]")
+    parser.add_argument("--library-size", type=int, help="generated molecules to screen [50000]")
+    parser.add_argument("--epochs", type=int, help="training epochs [3]")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers [1]")
+    parser.add_argument("--experts", type=int, help="MMoEEx experts [4]")
+    parser.add_argument("--expert-hidden", type=int, nargs="+", help="expert layer widths [128]")
+    parser.add_argument("--batch-size", type=int, help="training rows per step and worker [512]")
+    parser.add_argument("--bits", type=int, help="Morgan fingerprint bits [2048]")
+    parser.add_argument("--top-k", type=int, help="screening hits per assay [100]")
+    parser.add_argument("--seed", type=int, help="seed of data, split and model [0]")
+    parser.add_argument("--tracking-uri", help="MLflow URI (or MLFLOW_TRACKING_URI) [sqlite under --out]")
+    parser.add_argument("--address", help="Ray cluster address (or RAY_ADDRESS) [a local Ray]")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray [all]")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.end_to_end import RunSettings, run_pipeline
+    from pipelines.summary import format_table
+
+    overrides = {key: value for key, value in vars(args).items()
+                 if key not in ("config", "run", "job", "verbose")}
+    overrides["tracking_uri"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    overrides["address"] = args.address or os.environ.get("RAY_ADDRESS")
+    settings = RunSettings.from_sources(args.config, overrides)
+    report = run_pipeline(settings)
+    rows = [{"stage": line.stage, "status": line.status, "seconds": round(line.seconds, 1),
+             "result": line.result, "where": line.where} for line in report.stages]
+    total = sum(line.seconds for line in report.stages)
+    print(format_table(rows, title=f"pipeline run ({settings.data_source}) in {total:.0f} s "
+                                   f"-> {settings.out}"))
+    print(f"\nMLflow UI:  {report.mlflow_ui}")
+    print(f"Screen again: python -m pipelines screen --model models:/pcba-mmoeex@champion "
+          f"--tracking-uri {report.tracking_uri} --library FILE --out DIR")
+    return 0
