@@ -104,9 +104,17 @@ def worker_resources(config: TrainConfig, cluster_cpus: float) -> dict[str, floa
 
 
 def build_train_dataset(info: DatasetInfo) -> Any:
-    """Ray Data dataset of the train split: only the fp and label columns
-    are read, the split filter is pushed into the Parquet scan, and Ray
-    Data's progress bars stay off (one line per epoch is logged instead)."""
+    """The train split as a Ray Data dataset, read once into Ray's object
+    store (only the fp and label columns; the split filter is pushed into
+    the Parquet scan).
+
+    Why materialize: a streaming dataset re-runs its read tasks every epoch,
+    which measured 20-30 s of fixed cost per epoch on a 2-core machine (a
+    12k-row epoch that the plain loop reads in 0.1 s); iterating the stored
+    blocks costs about 0.1 s. Memory stays bounded: past its capacity the
+    object store spills blocks to local disk, and workers still stream their
+    shard batch by batch.
+    """
     import ray.data
     from ray.data.expressions import col
 
@@ -115,7 +123,7 @@ def build_train_dataset(info: DatasetInfo) -> Any:
                .filter(expr=col("split") == TRAIN_SPLIT, num_cpus=DATA_TASK_CPUS))
     dataset.context.enable_progress_bars = False
     dataset.context.enable_operator_progress_bars = False
-    return dataset
+    return dataset.materialize()
 
 
 def build_trainer(config: TrainConfig, info: DatasetInfo | None = None, *,
@@ -125,8 +133,8 @@ def build_trainer(config: TrainConfig, info: DatasetInfo | None = None, *,
     a trainer with the same name and storage resumes from its checkpoints).
 
     The train split is sharded across workers by Ray Data
-    (``streaming_split``: equal rows each, in a fixed order for
-    reproducibility). The valid split is not sharded: every worker streams
+    (``streaming_split`` of the materialized split: equal rows each, in a
+    fixed order for reproducibility). The valid split is not sharded: every worker streams
     all of it from the Parquet files with featurize's reader (no Ray Data
     pipeline launch per epoch), so all workers compute the same validation
     metrics and take the same early-stopping decision.
