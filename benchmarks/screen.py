@@ -33,10 +33,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import ray  # noqa: E402,F401  (puts Ray's vendored psutil on sys.path)
-import psutil  # noqa: E402
+import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
 
-from pipelines.summary import format_table  # noqa: E402
+# isort: split
+import psutil
+
+from pipelines.summary import format_table
 
 MODEL_NAME = "pcba-screen-bench"
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray  # noqa: F401  (Ray vendors psutil in ray/thirdparty_files and puts it on sys.path)
-import psutil  # noqa: E402
+
+# isort: split
+import psutil
 
 VENV_BIN = Path(sys.executable).parent
 

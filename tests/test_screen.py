@@ -19,8 +19,13 @@ from pipelines.errors import UserError
 from pipelines.screening import ScreeningConfig
 from pipelines.screening.hits import TopK, rank_hits
 from pipelines.screening.library import check_library_spec, resolve_library
-from pipelines.screening.outputs import (HITS_FILE, MULTI_ASSAY_FILE, ShardedParquetWriter,
-                                         check_out_dir, scores_schema)
+from pipelines.screening.outputs import (
+    HITS_FILE,
+    MULTI_ASSAY_FILE,
+    ShardedParquetWriter,
+    check_out_dir,
+    scores_schema,
+)
 from pipelines.screening.scoring import FEATURIZE_SECONDS, RowLedger, featurize_block
 
 ASSAYS = ["PCBA-1", "PCBA-2", "PCBA-3"]

@@ -10,8 +10,13 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.submission import (WORKING_DIR_EXCLUDES, build_entrypoint, build_runtime_env,
-                                  parse_env_vars, project_pins)
+from pipelines.submission import (
+    WORKING_DIR_EXCLUDES,
+    build_entrypoint,
+    build_runtime_env,
+    parse_env_vars,
+    project_pins,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

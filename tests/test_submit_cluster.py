@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray_head import ray_head
 
 from featurize.dataset import read_dataset_info
 from pipelines.cli import main
-from ray_head import ray_head
 
 pytestmark = pytest.mark.slow
 

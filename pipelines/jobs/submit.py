@@ -35,7 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
-    from pipelines.submission import build_runtime_env, parse_env_vars, project_pins, submit_job
+    from pipelines.submission import (
+        build_runtime_env,
+        parse_env_vars,
+        project_pins,
+        submit_job,
+    )
     from pipelines.summary import format_key_values
 
     if not args.address:

@@ -13,10 +13,20 @@ from typing import Any
 from featurize.sources import file_sha256
 from pipelines.errors import UserError
 from pipelines.screening.hits import rank_hits
-from pipelines.screening.library import ScreeningLibrary, check_library_spec, resolve_library
+from pipelines.screening.library import (
+    ScreeningLibrary,
+    check_library_spec,
+    resolve_library,
+)
 from pipelines.screening.model import fetch_model
-from pipelines.screening.outputs import (HITS_FILE, MULTI_ASSAY_FILE, REJECTS_FILE, SCORES_DIR,
-                                         StagedOutput, check_out_dir)
+from pipelines.screening.outputs import (
+    HITS_FILE,
+    MULTI_ASSAY_FILE,
+    REJECTS_FILE,
+    SCORES_DIR,
+    StagedOutput,
+    check_out_dir,
+)
 from pipelines.screening.scoring import Resources, scored_dataset, write_scores
 
 logger = logging.getLogger(__name__)
