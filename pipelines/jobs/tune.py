@@ -1,0 +1,135 @@
+"""`python -m pipelines tune --data DIR --num-samples N [...]`: a Ray Tune sweep
+over alpha, E, the inner and outer learning rates and the expert width,
+each trial a run of the training job (pipelines/sweep.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+HELP = "sweep alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--data", required=True, help="featurized dataset folder (with a split)")
+    sweep.add_argument("--num-samples", type=int, required=True, help="trials to run")
+    sweep.add_argument("--max-concurrent", type=int, default=None,
+                       help="trials at once (default: what the cluster's CPUs or GPUs allow)")
+    sweep.add_argument("--search-space", default=None, metavar="FILE",
+                       help="YAML/JSON overriding parameters of the default space "
+                            "(tuning/search_space.py)")
+    sweep.add_argument("--searcher", default="random", choices=["random", "optuna"])
+    sweep.add_argument("--scheduler", default="asha", choices=["asha", "none"])
+    sweep.add_argument("--grace-period", type=int, default=1,
+                       help="epochs every trial runs before ASHA may stop it")
+    sweep.add_argument("--reduction-factor", type=float, default=2.0,
+                       help="ASHA keeps the top 1/factor of trials at each rung")
+    sweep.add_argument("--epochs", type=int, default=8, help="epochs per trial (ASHA's budget)")
+    sweep.add_argument("--seed", type=int, default=0, help="seeds the search and every trial")
+    sweep.add_argument("--name", default=None, help="sweep name (default tune-<time>)")
+    sweep.add_argument("--storage", default="runs/tune", help="where sweeps keep their state")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the interrupted sweep --name (finished trials are kept)")
+
+    model = parser.add_argument_group("fixed training settings (every trial)")
+    model.add_argument("--model", default="mmoeex", choices=["mmoeex", "mmoe", "shared-bottom"],
+                       help="architecture (alpha matters for mmoeex only)")
+    model.add_argument("--optimizer", default="maml-mtl", choices=["maml-mtl", "plain"])
+    model.add_argument("--expert-layers", type=int, default=1,
+                       help="expert depth (each layer gets the searched width)")
+    model.add_argument("--tower-hidden", type=int, default=32)
+    model.add_argument("--dropout", type=float, default=0.1)
+    model.add_argument("--batch-size", type=int, default=512)
+    model.add_argument("--weight-decay", type=float, default=0.0)
+    model.add_argument("--patience", type=int, default=0,
+                       help="epochs without a better valid AP before a trial stops itself "
+                            "(0 = never; ASHA already stops poor trials)")
+    model.add_argument("--pos-weight", type=float, default=None)
+
+    cluster = parser.add_argument_group("Ray")
+    cluster.add_argument("--num-workers-per-trial", type=int, default=1,
+                         help="Ray Train workers of each trial")
+    cluster.add_argument("--cpus-per-trial", type=float, default=None,
+                         help="CPUs of a trial's workers in all (default: a share of the cluster)")
+    cluster.add_argument("--gpus-per-trial", type=float, default=0.0,
+                         help="GPUs of a trial's workers in all (fractions share a GPU)")
+    cluster.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                         help="Ray cluster address (or RAY_ADDRESS); none starts a local Ray")
+    cluster.add_argument("--num-cpus", type=int, default=None,
+                         help="CPUs of the local Ray started when no --address (default: all)")
+
+    track = parser.add_argument_group("MLflow")
+    track.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default sqlite:///runs/mlflow.db)")
+    track.add_argument("--experiment", default="pcba-mmoeex", help="MLflow experiment")
+    track.add_argument("--register", default=None, metavar="NAME",
+                       help="register the best trial's model under this name")
+    track.add_argument("--alias", default=None,
+                       help="point this alias at it if it beats the alias's version on the same data")
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.config import ModelConfig
+    from models.steps import StepConfig
+    from pipelines.errors import UserError
+    from pipelines.summary import format_key_values, format_table
+    from pipelines.sweep import SweepConfig, run_sweep
+    from pipelines.sweep_report import trial_rows
+    from pipelines.training import TrainConfig
+    from pipelines.training.ray_setup import connect_ray
+    from tuning.schedulers import SchedulerConfig
+    from tuning.search_space import SearchSpace
+
+    if args.alias and not args.register:
+        raise UserError("--alias needs --register NAME")
+    if args.resume and not args.name:
+        raise UserError("--resume needs the --name of the sweep to continue")
+    try:
+        base = TrainConfig(
+            data_dir=args.data,
+            model=ModelConfig(architecture=args.model, expert_hidden=(256,) * args.expert_layers,
+                              tower_hidden=args.tower_hidden, dropout=args.dropout, seed=args.seed),
+            step=StepConfig(optimizer=args.optimizer, pos_weight=args.pos_weight),
+            weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+            patience=args.patience, seed=args.seed, num_workers=args.num_workers_per_trial,
+            use_gpu=args.gpus_per_trial > 0, max_failures=0, tracking_uri=args.tracking_uri,
+            experiment_name=args.experiment)
+        config = SweepConfig(
+            base=base, name=args.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage=args.storage, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+            searcher=args.searcher,
+            scheduler=SchedulerConfig(kind=args.scheduler, max_epochs=args.epochs,
+                                      grace_period=args.grace_period,
+                                      reduction_factor=args.reduction_factor),
+            space=SearchSpace.from_file(args.search_space), cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, seed=args.seed)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    connect_ray(args.address, args.num_cpus)
+    result = run_sweep(config, resume=args.resume, register_name=args.register, alias=args.alias)
+
+    best_id = result.best.trial_id if result.best else None
+    print(format_table(trial_rows(result.trials, best_id), title=f"tune: sweep {result.name}"))
+    summary: dict[str, object] = {
+        "sweep": result.name + (" (resumed)" if result.resumed else ""),
+        "state": result.experiment_dir,
+        "MLflow parent run": result.parent_run_id,
+    }
+    if result.interrupted:
+        summary["interrupted"] = f"continue with: --name {result.name} --storage {args.storage} --resume"
+        print(format_key_values(summary))
+        return 130
+    if result.best is None:
+        summary["best trial"] = "none finished"
+    else:
+        summary.update({"best trial": f"{result.best.trial_id} (MLflow run {result.best.mlflow_run_id})",
+                        "best valid mean AP": result.best.best_valid_mean_ap,
+                        "its test mean AP": result.best_test_mean_ap})
+    if result.registered_version is not None and result.promotion is not None:
+        target = f"{args.register} version {result.registered_version}"
+        summary["registered"] = (f"{target} as @{args.alias}" if result.promotion.promote
+                                 else f"{target}, without an alias")
+        summary["why"] = result.promotion.reason
+    print(format_key_values(summary))
+    return 0

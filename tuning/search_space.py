@@ -1,0 +1,275 @@
+"""The sweep's search space: alpha, E, the inner learning rate beta, the outer
+learning rate and the expert width, in one place.
+
+The space is plain data (a mapping ``name -> parameter``) so that a YAML or
+JSON file can override any part of it; it is rendered for the search
+algorithm that asks: Tune domains for random search (:func:`tune_param_space`)
+or a define-by-run function for Optuna (:func:`optuna_define_by_run`).
+
+Why alpha is zero-inflated: the share of exclusive experts is
+``round(alpha * E) / E`` (Aoki et al. 2021, Sec. 3.1), so plain MMoE
+(alpha = 0) is a single point of the interval and a uniform draw almost
+never lands on it, which would leave the question "does exclusivity help?"
+unanswered by the sweep. ``zero_probability`` puts that much mass on
+exactly 0 and spreads the rest uniformly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.sample import Domain, Sampler
+
+from models.config import ModelConfig
+from models.steps import StepConfig
+
+#: Parameter names a sampled trial config may carry.
+PARAMETERS = ("alpha", "n_experts", "inner_lr", "lr", "expert_width")
+
+#: The default space (YAML/JSON overrides use the same layout).
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "alpha": {"uniform": [0.0, 1.0], "zero_probability": 0.25},
+    "n_experts": {"choice": [4, 8, 12, 16, 32]},
+    "inner_lr": {"loguniform": [0.005, 0.5]},
+    "lr": {"loguniform": [3e-4, 1e-2]},
+    "expert_width": {"choice": [128, 256, 512]},
+}
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Uniform on [low, high]; with ``zero_probability`` p > 0, exactly 0.0
+    with probability p (``low`` must then be 0)."""
+
+    low: float
+    high: float
+    zero_probability: float = 0.0
+
+    def sample(self, rng: Any) -> float:
+        if self.zero_probability and rng.random() < self.zero_probability:
+            return 0.0
+        return float(rng.uniform(self.low, self.high))
+
+    def suggest(self, name: str, trial: Any) -> float:
+        if self.zero_probability and trial.suggest_categorical(f"{name}_is_zero", [True, False]):
+            return 0.0
+        return trial.suggest_float(name, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """Log-uniform on [low, high] (learning rates)."""
+
+    low: float
+    high: float
+
+    def sample(self, rng: Any) -> float:
+        return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+
+    def suggest(self, name: str, trial: Any) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=True)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a list of values, equally likely."""
+
+    values: tuple[Any, ...]
+
+    def sample(self, rng: Any) -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def suggest(self, name: str, trial: Any) -> Any:
+        return trial.suggest_categorical(name, list(self.values))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A constant (a parameter taken out of the search)."""
+
+    value: Any
+
+    def sample(self, rng: Any) -> Any:
+        return self.value
+
+    def suggest(self, name: str, trial: Any) -> Any:
+        return self.value
+
+
+Parameter = Uniform | LogUniform | Choice | Fixed
+
+
+def parse_parameter(name: str, spec: Any) -> Parameter:
+    """One parameter from its file form: ``{"uniform": [lo, hi],
+    "zero_probability": p}``, ``{"loguniform": [lo, hi]}``,
+    ``{"choice": [...]}``, or a bare value (fixed)."""
+    if not isinstance(spec, Mapping):
+        return Fixed(spec)
+    kinds = [kind for kind in ("uniform", "loguniform", "choice", "fixed") if kind in spec]
+    extra = set(spec) - {*kinds, "zero_probability"}
+    if len(kinds) != 1 or extra:
+        raise ValueError(f"search space parameter {name!r}: give exactly one of uniform, "
+                         f"loguniform, choice or fixed, got {dict(spec)}")
+    kind = kinds[0]
+    if "zero_probability" in spec and kind != "uniform":
+        raise ValueError(f"search space parameter {name!r}: zero_probability needs uniform")
+    if kind == "choice":
+        values = tuple(spec[kind])
+        if not values:
+            raise ValueError(f"search space parameter {name!r}: choice is empty")
+        return Choice(values)
+    if kind == "fixed":
+        return Fixed(spec[kind])
+    bounds = spec[kind]
+    if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
+        raise ValueError(f"search space parameter {name!r}: {kind} takes [low, high], got {bounds!r}")
+    low, high = float(bounds[0]), float(bounds[1])
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise ValueError(f"search space parameter {name!r}: bad {kind} bounds [{low}, {high}]")
+    if kind == "loguniform":
+        return LogUniform(low, high)
+    zero_probability = float(spec.get("zero_probability", 0.0))
+    if not 0.0 <= zero_probability < 1.0 or (zero_probability and low != 0.0):
+        raise ValueError(f"search space parameter {name!r}: zero_probability must be in [0, 1) "
+                         f"and needs low = 0, got {zero_probability} with low {low}")
+    return Uniform(low, high, zero_probability)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The sweep's parameters, by name (see :data:`PARAMETERS`)."""
+
+    parameters: dict[str, Parameter]
+
+    @classmethod
+    def from_mapping(cls, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+        """The default space with ``overrides`` (same layout) replacing
+        whole parameters."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"unknown search space parameters {unknown}; known: {list(PARAMETERS)}")
+        merged = {**DEFAULT_SPACE, **overrides}
+        return cls({name: parse_parameter(name, merged[name]) for name in PARAMETERS})
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> SearchSpace:
+        """The default space, overridden by a YAML (.yaml/.yml) or JSON file."""
+        if path is None:
+            return cls.from_mapping()
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            loaded = yaml.safe_load(text)
+        else:
+            loaded = json.loads(text)
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ValueError(f"{path}: a search space file holds a mapping of parameters, "
+                             f"got {type(loaded).__name__}")
+        try:
+            return cls.from_mapping(loaded)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The file form (logged to MLflow with the sweep)."""
+        out: dict[str, Any] = {}
+        for name, parameter in self.parameters.items():
+            if isinstance(parameter, Uniform):
+                out[name] = {"uniform": [parameter.low, parameter.high],
+                             **({"zero_probability": parameter.zero_probability}
+                                if parameter.zero_probability else {})}
+            elif isinstance(parameter, LogUniform):
+                out[name] = {"loguniform": [parameter.low, parameter.high]}
+            elif isinstance(parameter, Choice):
+                out[name] = {"choice": list(parameter.values)}
+            else:
+                out[name] = {"fixed": parameter.value}
+        return out
+
+
+class _ParameterSampler(Sampler):
+    """Draws from a :data:`Parameter` with the random state Tune passes."""
+
+    def sample(self, domain: Any, config: Any = None, size: int = 1,
+               random_state: Any = None) -> Any:
+        values = [_plain(domain.parameter.sample(random_state)) for _ in range(size)]
+        return values if size > 1 else values[0]
+
+
+class _ParameterDomain(Domain):
+    """A Tune domain over one of our parameters (module level: Tune pickles
+    the space into its experiment state, which ``--resume`` reads back)."""
+
+    default_sampler_cls = _ParameterSampler
+
+    def __init__(self, parameter: Parameter) -> None:
+        self.parameter = parameter
+
+    def is_valid(self, value: Any) -> bool:
+        return True
+
+    @property
+    def domain_str(self) -> str:
+        return repr(self.parameter)
+
+
+def tune_param_space(space: SearchSpace) -> dict[str, Any]:
+    """Tune domains for random search (BasicVariantGenerator); each draw
+    uses the random state Tune hands to domains, so a seeded sweep is
+    reproducible."""
+    return {name: parameter.value if isinstance(parameter, Fixed) else _ParameterDomain(parameter)
+            for name, parameter in space.parameters.items()}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python (trial configs are logged and pickled)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def optuna_define_by_run(space: SearchSpace):  # -> Callable[[optuna.Trial], dict]
+    """A define-by-run space for OptunaSearch; it returns the trial config
+    (zero-inflated alpha is an ``alpha_is_zero`` switch plus a conditional
+    ``alpha``, which TPE models as such)."""
+
+    def define(trial: Any) -> dict[str, Any]:
+        return {name: parameter.suggest(name, trial) for name, parameter in space.parameters.items()}
+
+    return define
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The searched values of one trial, applied to the base model and step."""
+
+    alpha: float
+    n_experts: int
+    inner_lr: float
+    lr: float
+    expert_width: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrialParams:
+        missing = [name for name in PARAMETERS if name not in config]
+        if missing:
+            raise ValueError(f"trial config lacks {missing}: {dict(config)}")
+        return cls(alpha=float(config["alpha"]), n_experts=int(config["n_experts"]),
+                   inner_lr=float(config["inner_lr"]), lr=float(config["lr"]),
+                   expert_width=int(config["expert_width"]))
+
+    def apply(self, model: ModelConfig, step: StepConfig) -> tuple[ModelConfig, StepConfig]:
+        """The base configs with this trial's values: every expert layer gets
+        ``expert_width`` units (the layer count stays the base's)."""
+        model = dataclasses.replace(model, alpha=self.alpha, n_experts=self.n_experts,
+                                    expert_hidden=(self.expert_width,) * len(model.expert_hidden))
+        return model, dataclasses.replace(step, inner_lr=self.inner_lr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
