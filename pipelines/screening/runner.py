@@ -31,6 +31,8 @@ from pipelines.screening.scoring import Resources, scored_dataset, write_scores
 
 logger = logging.getLogger(__name__)
 
+BLOCK_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class ScreeningConfig:
@@ -186,13 +188,19 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def quiet_ray_data() -> Iterator[None]:
-    """Our own tqdm bar replaces Ray Data's per-operator bars for this run."""
+    """Ray Data settings for this run, restored afterwards: our own tqdm bar
+    instead of per-operator bars, and small blocks. Ray merges what a read
+    task yields into blocks of up to ``target_max_block_size`` (128 MiB by
+    default: a whole SMILES library), and one block goes to one actor; at
+    256 KiB every 4,096-row batch of SMILES is a block of its own, so the
+    actors share the work and hold few molecules at a time."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars
+    saved = context.enable_progress_bars, context.target_max_block_size
     context.enable_progress_bars = False
+    context.target_max_block_size = BLOCK_BYTES
     try:
         yield
     finally:
-        context.enable_progress_bars = saved
+        context.enable_progress_bars, context.target_max_block_size = saved

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
-from pipelines.screening.library import ScreeningLibrary
+from pipelines.screening.library import BLOCK_ROWS, ScreeningLibrary
 from pipelines.screening.model import ScreeningModel, unzip_to
 from pipelines.screening.outputs import ShardedParquetWriter, SingleParquetWriter
 
@@ -166,7 +166,7 @@ def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: lis
         dataset = dataset.map_batches(mark_featurized, batch_format="pyarrow", batch_size=None)
     else:
         dataset = dataset.map_batches(
-            featurize_block, batch_format="pyarrow", batch_size=None,
+            featurize_block, batch_format="pyarrow", batch_size=BLOCK_ROWS,
             num_cpus=resources.cpus_per_featurize_task,
             fn_kwargs={"spec": model.spec, "kind": library.kind})
     actor_resources = ({"num_gpus": resources.gpus_per_actor} if resources.use_gpu else {})
