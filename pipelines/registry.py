@@ -10,9 +10,11 @@ optionally, points an alias (``champion``) at the new version.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,24 +62,38 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
         code_paths = [shutil.copytree(package_root / name, Path(scratch) / "code" / name,
                                       ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                       for name in BUNDLED_PACKAGES]
-        previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(tracking_uri)
-        try:
-            with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_NAME_IN_RUN,
-                    python_model=str(pyfunc_entry_path()),
-                    artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-                    code_paths=[str(path) for path in code_paths],
-                    signature=signature,
-                    input_example=pd.DataFrame({SMILES_COLUMN: INPUT_EXAMPLE}),
-                    pip_requirements=[f"{name}=={metadata.version(name)}"
-                                      for name in PYFUNC_REQUIREMENTS],
-                )
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
+        with _fluent_tracking_uri(tracking_uri), \
+                mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN,
+                python_model=str(pyfunc_entry_path()),
+                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                code_paths=[str(path) for path in code_paths],
+                signature=signature,
+                input_example=pd.DataFrame({SMILES_COLUMN: INPUT_EXAMPLE}),
+                pip_requirements=[f"{name}=={metadata.version(name)}"
+                                  for name in PYFUNC_REQUIREMENTS],
+            )
     client(tracking_uri).set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return info.model_uri
+
+
+@contextmanager
+def _fluent_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """``mlflow.pyfunc.log_model`` only speaks the fluent API: point it at
+    ``tracking_uri`` for the call, then restore the process's setting exactly
+    (MLflow's own helper would also drop a MLFLOW_TRACKING_URI set by the user)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(tracking_uri):
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def scoring_signature(tasks: list[str]):  # -> mlflow.models.ModelSignature
