@@ -133,9 +133,12 @@ def register_model(run_id: str, name: str, *, alias: str | None = None,
         mlflow_client.create_registered_model(
             name, description="PCBA multi-task bioactivity model: SMILES in, one "
                               "probability per assay out (pipelines/pyfunc_model.py).")
-    version = mlflow_client.create_model_version(name, source=f"models:/{model_id}",
-                                                 run_id=run_id, tags=version_tags,
-                                                 model_id=model_id)
+    # The registry store resolves models:/<id> through the process-wide
+    # tracking URI, so point it at this store for the call.
+    with _fluent_tracking_uri(tracking_uri):
+        version = mlflow_client.create_model_version(name, source=f"models:/{model_id}",
+                                                     run_id=run_id, tags=version_tags,
+                                                     model_id=model_id)
     if alias:
         mlflow_client.set_registered_model_alias(name, alias, version.version)
     logger.info("registered %s version %s%s from run %s", name, version.version,

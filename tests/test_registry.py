@@ -64,7 +64,8 @@ def test_bundle_round_trip(bundle: ModelBundle, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflow_uri: str,
-                                                      nci_smiles: list[str], tmp_path: Path) -> None:
+                                                      nci_smiles: list[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow.pyfunc
     from mlflow import MlflowClient
 
@@ -77,10 +78,13 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
                                tags={"git_commit": "abc123"}).info.run_id
     log_params(mlflow_uri, run_id, {"data.metadata_hash": "feedbeef", "data.rows": 600})
     log_metrics(mlflow_uri, run_id, {"test_mean_ap": 0.4321})
+    # An explicit tracking URI wins over the process's default store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     log_scoring_model(mlflow_uri, run_id, bundle)
 
     assert get_alias_version("pcba-test", "champion", tracking_uri=mlflow_uri) is None
     version = register_model(run_id, "pcba-test", alias="champion", tracking_uri=mlflow_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     champion = get_alias_version("pcba-test", "champion", tracking_uri=mlflow_uri)
     assert int(champion.version) == version == 1 and champion.run_id == run_id
     assert champion.tags["data.metadata_hash"] == "feedbeef"
