@@ -58,6 +58,10 @@ def suffix_of(path: Path) -> str:
     raise InputDataError(f"{path}: unknown input format; expected one of {', '.join(SUFFIXES)}")
 
 
+#: Id column used when none is named and a table has it.
+DEFAULT_ID_COLUMN = "mol_id"
+
+
 @dataclass(frozen=True)
 class LibrarySource:
     """A molecule file and how to read it.
@@ -65,8 +69,10 @@ class LibrarySource:
     ``tasks``: "auto" takes every numeric column that is not the SMILES or id
     column as a task (.csv/.parquet; .smi/.sdf have none); None reads no
     labels (an unlabeled screening library); a list names the task columns.
-    ``id_col`` None generates ids; for .sdf it names a data field (``_Name``
-    is the title line).
+    ``id_col`` None takes the table's ``mol_id`` column where it has one (the
+    column the panel and our own outputs use, so duplicate ids are caught and
+    never read as a task), else generates ids; for .sdf it names a data field
+    (``_Name`` is the title line).
     """
 
     path: Path
@@ -78,7 +84,10 @@ class LibrarySource:
         object.__setattr__(self, "path", Path(self.path))
         if not self.path.is_file():
             raise FileNotFoundError(f"input file not found: {self.path}")
-        suffix_of(self.path)  # fail early on an unknown format
+        suffix = suffix_of(self.path)  # fail early on an unknown format
+        if (self.id_col is None and suffix in TABLE_SUFFIXES
+                and DEFAULT_ID_COLUMN in self._table_schema().names):
+            object.__setattr__(self, "id_col", DEFAULT_ID_COLUMN)
 
     @property
     def kind(self) -> Literal["smiles", "molblock"]:

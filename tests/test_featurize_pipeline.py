@@ -60,6 +60,20 @@ def test_every_row_is_accounted_for(library_csv: Path, tmp_path: Path) -> None:
     assert sum(info.split_counts.values()) == info.accepted
 
 
+def test_mol_id_column_is_the_default_id(library_csv: Path, tmp_path: Path) -> None:
+    """With no --id-col, a table's mol_id column is the id: its duplicates are
+    rejected and it is never mistaken for a task, even when numeric."""
+    table = pacsv.read_csv(library_csv).to_pandas().rename(columns={"id": "mol_id"})
+    table["mol_id"] = range(len(table))
+    table.loc[len(table)] = {"smiles": "CCCCO", "mol_id": 0, "assay_a": 1, "assay_b": 0}
+    path = tmp_path / "numeric_ids.csv"
+    table.to_csv(path, index=False)
+    summary = featurize_file(path, tmp_path / "ds", progress=False)
+    rejects = pq.read_table(summary.rejects_path).to_pylist()
+    assert rejects[-1]["mol_id"] == "0" and rejects[-1]["reason"] == "duplicate id"
+    assert read_dataset_info(tmp_path / "ds").tasks == ["assay_a", "assay_b"]
+
+
 def test_round_trip_equals_rdkit(library_csv: Path, tmp_path: Path) -> None:
     spec = FingerprintSpec(radius=3, n_bits=1024)
     featurize_file(library_csv, tmp_path / "ds", id_col="id", spec=spec, progress=False)

@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     table = parser.add_argument_group("molecule files")
     table.add_argument("--smiles-col", default="smiles", help="SMILES column of .csv/.parquet")
     table.add_argument("--id-col", default=None,
-                       help="id column (.sdf: a data field, _Name for the title); default: "
-                            "ids generated from row positions (MOL000001...)")
+                       help="id column (.sdf: a data field, _Name for the title); default: the "
+                            "table's mol_id column if any, else ids generated from row "
+                            "positions (MOL000001...)")
     table.add_argument("--tasks", default="auto",
                        help="label columns: 'auto' (every numeric column but SMILES/id), 'none' "
                             "(unlabeled library) or A,B,C; with --from-arrays: the task-names "
