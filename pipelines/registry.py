@@ -68,6 +68,9 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
                 name=MODEL_NAME_IN_RUN,
                 python_model=str(pyfunc_entry_path()),
                 artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                # Declared at log time so MLflow honours a load-time override
+                # (load_scorer(device=...)); keys unknown at log time are ignored.
+                model_config={"device": "auto"},
                 code_paths=[str(path) for path in code_paths],
                 signature=signature,
                 input_example=pd.DataFrame({SMILES_COLUMN: INPUT_EXAMPLE}),
