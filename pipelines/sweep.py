@@ -256,10 +256,7 @@ def register_best(result: SweepResult, name: str, alias: str | None) -> tuple[in
         decision = PromotionDecision(False, "no --alias given")
     else:
         current = get_alias_version(name, alias, tracking_uri=result.tracking_uri)
-        champion = None if current is None else Champion(
-            version=int(current.version),
-            test_mean_ap=_float_or_none(current.tags.get("test_mean_ap")),
-            data=data_identity(current.tags))
+        champion = None if current is None else _champion(result.tracking_uri, current)
         decision = decide_promotion(result.best_test_mean_ap, data_identity(run.data.params),
                                     champion, alias)
     version = register_model(run.info.run_id, name, alias=alias if decision.promote else None,
@@ -372,8 +369,16 @@ def _run_metric(uri: str, run_id: str | None, key: str) -> float | None:
     return tracking.client(uri).get_run(run_id).data.metrics.get(key)
 
 
-def _float_or_none(text: str | None) -> float | None:
+def _champion(uri: str, version: Any) -> Champion:
+    """The alias's version as the promotion rule sees it: test mean AP and data
+    identity from its training run (full precision; the version's tags hold
+    rounded copies), from the version's tags when the run is gone."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
+        run = tracking.client(uri).get_run(version.run_id)
+        test_mean_ap, data = run.data.metrics.get("test_mean_ap"), data_identity(run.data.params)
+    except MlflowException:
+        tag = version.tags.get("test_mean_ap")
+        test_mean_ap, data = (float(tag) if tag else None), data_identity(version.tags)
+    return Champion(version=int(version.version), test_mean_ap=test_mean_ap, data=data)

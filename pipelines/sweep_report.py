@@ -19,10 +19,10 @@ def trial_rows(trials: Sequence[TrialOutcome], best_trial_id: str | None = None)
         params = trial.params
         rows.append({
             "trial": trial.trial_id + (" *" if trial.trial_id == best_trial_id else ""),
-            "alpha": _rounded(params.get("alpha"), 3),
+            "alpha": _significant(params.get("alpha")),
             "E": params.get("n_experts"),
-            "inner lr": _rounded(params.get("inner_lr"), 4),
-            "lr": _rounded(params.get("lr"), 5),
+            "inner lr": _significant(params.get("inner_lr")),
+            "lr": _significant(params.get("lr")),
             "width": params.get("expert_width"),
             "epochs": trial.epochs,
             "valid AP": None if math.isnan(trial.best_valid_mean_ap) else round(trial.best_valid_mean_ap, 4),
@@ -63,5 +63,6 @@ def trials_figure(trials: Sequence[TrialOutcome]) -> Any:
     return figure
 
 
-def _rounded(value: Any, digits: int) -> Any:
-    return round(value, digits) if isinstance(value, float) else value
+def _significant(value: Any) -> Any:
+    """Three significant digits (learning rates span decades)."""
+    return float(f"{value:.3g}") if isinstance(value, float) else value

@@ -1,0 +1,154 @@
+"""The tune job for real: Ray Tune over the training job's TorchTrainer on the
+shared local Ray (num_cpus=2), MLflow SQLite, an offline panel.
+
+One sweep of 4 trials (3 epochs, ASHA grace 1, reduction factor 2), run one
+trial at a time so ASHA's decisions do not depend on timing. Its first
+driver is a subprocess killed (SIGKILL) once Tune's experiment state
+records a finished trial; ``--resume`` then completes it. The finished
+trial must not run again, ASHA must have stopped some trials, MLflow must
+hold one parent and 4 child runs, and the best model must be registered."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Small enough for 2 shared cores: tiny experts, few tasks, 256-bit fingerprints.
+#: The search and the training are seeded, so on CPU the trials and their
+#: scores (hence ASHA's decisions) repeat exactly; with seed 0 two of the four
+#: trials fall behind at the first rung (1 epoch) and are stopped there.
+SPACE = {"n_experts": {"choice": [2, 4]}, "expert_width": {"choice": [16, 32]},
+         "lr": {"choice": [1e-2, 1e-7]}}
+STATE_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="module")
+def tiny_panel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from featurize.panel import write_panel_csv
+    from featurize.pipeline import featurize_file
+    from featurize.spec import FingerprintSpec
+
+    folder = tmp_path_factory.mktemp("tune_panel")
+    write_panel_csv(folder / "panel.csv", 500, n_tasks=12, seed=0)
+    featurize_file(folder / "panel.csv", folder / "dataset", spec=FingerprintSpec(radius=2, n_bits=256),
+                   id_col="mol_id", split="scaffold", backend="local", progress=False)
+    return folder / "dataset"
+
+
+def _tune_args(dataset: Path, storage: Path, uri: str, space_file: Path) -> list[str]:
+    return ["tune", "--data", str(dataset), "--num-samples", "4", "--max-concurrent", "1",
+            "--epochs", "3", "--grace-period", "1", "--reduction-factor", "2",
+            "--search-space", str(space_file), "--batch-size", "64", "--tower-hidden", "8",
+            "--name", "sweep", "--storage", str(storage), "--tracking-uri", uri,
+            "--register", "pcba-tune-test", "--alias", "champion", "--seed", "0"]
+
+
+def _terminated_trials(experiment_dir: Path) -> set[str]:
+    """Trial ids Tune's saved experiment state records as TERMINATED."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        state = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # being rewritten
+        return set()
+    done = set()
+    for trial_json, _ in state.get("trial_data", []):
+        trial = json.loads(trial_json)
+        if trial.get("status") == "TERMINATED":
+            done.add(trial["trial_id"])
+    return done
+
+
+def _result_lines(experiment_dir: Path, trial_id: str) -> int:
+    return len((experiment_dir / trial_id / "result.json").read_text().splitlines())
+
+
+def test_interrupted_sweep_resumes_and_registers_the_best(
+        ray_local: None, mlflow_uri: str, tiny_panel: Path, tmp_path: Path) -> None:
+    import ray
+    from mlflow import MlflowClient
+
+    from pipelines.cli import main
+
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(SPACE))
+    storage = tmp_path / "tune"
+    experiment_dir = storage / "sweep"
+    args = _tune_args(tiny_panel, storage, mlflow_uri, space_file)
+
+    # 1. A driver on the shared Ray, killed once a trial has finished.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + STATE_TIMEOUT_S
+    try:
+        while not (finished_before := _terminated_trials(experiment_dir)):
+            assert driver.poll() is None, "the sweep driver ended before any trial finished"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(1.0)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    lines_before = {trial: _result_lines(experiment_dir, trial) for trial in finished_before}
+
+    # 2. --resume completes it in this process.
+    assert main([*args, "--resume"]) == 0
+
+    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    experiment = client.get_experiment_by_name("pcba-mmoeex")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4  # one per trial: the resumed trial continued its run
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+
+    # The finished trial was not run again: same reports, same (single) MLflow run.
+    for trial in finished_before:
+        assert _result_lines(experiment_dir, trial) == lines_before[trial]
+    statuses = {run.data.tags["pcba.ray_run_name"].removeprefix("sweep-"): run.data.tags["pcba.tune.status"]
+                for run in children}
+    assert all(statuses[trial] == "finished" for trial in finished_before)
+
+    # ASHA stopped some trials: they ran fewer than 3 epochs and their runs were closed.
+    stopped = [run for run in children if run.data.tags["pcba.tune.status"] == "early-stopped"]
+    assert stopped and all(run.info.status == "KILLED" for run in stopped)
+    for run in stopped:  # MLflow steps are 0-based epochs: fewer than 3 epochs ran
+        assert max(point.step for point in client.get_metric_history(run.info.run_id, "valid_mean_ap")) < 2
+
+    # The best finished trial is registered and took the alias (no champion before).
+    parent = parents[0]
+    best_run_id = parent.data.tags["pcba.tune.best_run_id"]
+    version = client.get_model_version_by_alias("pcba-tune-test", "champion")
+    assert version.run_id == best_run_id and int(version.version) == 1
+    finished_aps = [run.data.metrics["best_valid_mean_ap"] for run in children
+                    if run.data.tags["pcba.tune.status"] == "finished"]
+    assert parent.data.metrics["best_valid_mean_ap"] == max(finished_aps)
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/trials.png", "sweep/trials.csv", "sweep/best_config.json"} <= artifacts
+
+    # 3. The same model again does not beat the champion: registered without the alias.
+    from pipelines.sweep import SweepResult, register_best
+    from tuning.selection import FINISHED, TrialOutcome
+
+    best = TrialOutcome(trial_id="x", params={}, status=FINISHED, epochs=3,
+                        best_valid_mean_ap=parent.data.metrics["best_valid_mean_ap"],
+                        mlflow_run_id=best_run_id)
+    again = SweepResult(name="sweep", experiment_dir=str(experiment_dir), parent_run_id=parent.info.run_id,
+                        tracking_uri=mlflow_uri, trials=[best], best=best,
+                        best_test_mean_ap=parent.data.metrics["best_test_mean_ap"], interrupted=False,
+                        resumed=False)
+    number, decision = register_best(again, "pcba-tune-test", "champion")
+    assert number == 2 and not decision.promote and "does not beat" in decision.reason
+    assert int(client.get_model_version_by_alias("pcba-tune-test", "champion").version) == 1
