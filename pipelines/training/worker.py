@@ -182,3 +182,9 @@ def _configure_worker_logging() -> None:
         logger.addHandler(handler)
         logger.setLevel(os.environ.get("PCBA_LOG_LEVEL", "INFO"))
         logger.propagate = False
+    # Ray Train V2 logs every ray.train.report at INFO, our 256 per-task
+    # metrics included, under a logger named by its source file path. The
+    # metrics reach MLflow anyway; keep the console to our epoch lines.
+    from ray.train.v2._internal.execution import context as ray_train_context
+
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
