@@ -3,10 +3,22 @@ from (models/factory.py), so training, tuning and the registry never
 special-case a model."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from models.activations import ACTIVATIONS
+
+
+def reject_unknown_keys(config_class: type, values: Mapping[str, Any]) -> None:
+    """Refuse keys a config dataclass does not have, naming them and the
+    known ones: a stale checkpoint or a typo in a YAML file fails loudly
+    instead of being dropped silently."""
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} keys {unknown}; "
+                         f"known keys are {sorted(known)}")
 
 ARCHITECTURES = ("mmoeex", "mmoe", "shared-bottom", "single-task")
 EXCLUSIVITY_KINDS = ("exclusive", "exclusion")
@@ -81,8 +93,5 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a dict (e.g. MLflow params, a checkpoint); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(cls, values)
         return cls(**values)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from models.config import reject_unknown_keys
 from models.losses import masked_bce_per_task
 from models.maml import maml_outer_losses
 from models.networks.base import MultiTaskModel
@@ -77,10 +78,7 @@ class StepConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StepConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown StepConfig keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(cls, values)
         return cls(**values)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from featurize.dataset import DatasetInfo
-from models.config import ModelConfig
+from models.config import ModelConfig, reject_unknown_keys
 from models.steps import StepConfig
 from pipelines.tracking import DEFAULT_EXPERIMENT
 
@@ -106,10 +106,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys(cls, values)
         values = dict(values)
         values["model"] = ModelConfig.from_dict(values.get("model", {}))
         values["step"] = StepConfig.from_dict(values.get("step", {}))
