@@ -14,7 +14,6 @@ first pays process and pipeline start-up).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import statistics

@@ -35,13 +35,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from featurize.dataset import (DEFAULT_ROWS_PER_SHARD, REJECTS_FILE, DatasetInfo,
-                               DatasetWriter, find_finished)
+from featurize.dataset import DEFAULT_ROWS_PER_SHARD, REJECTS_FILE, DatasetInfo, DatasetWriter, find_finished
 from featurize.fingerprints import fingerprint_matrix
 from featurize.sources import LibrarySource, TaskSelection
 from featurize.spec import FingerprintSpec
-from featurize.splits import (DEFAULT_FRACTIONS, SPLIT_METHODS, check_fractions, random_split,
-                              scaffold_smiles, scaffold_split, split_names)
+from featurize.splits import (
+    DEFAULT_FRACTIONS,
+    SPLIT_METHODS,
+    check_fractions,
+    random_split,
+    scaffold_smiles,
+    scaffold_split,
+    split_names,
+)
 from featurize.standardize import standardize_molblock, standardize_smiles
 
 logger = logging.getLogger(__name__)

@@ -17,14 +17,17 @@ import shlex
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from pipelines.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Never uploaded with the code: environments, outputs and data are large and
 # machine-specific (gitignore syntax, relative to the working dir). Ray also
@@ -131,23 +134,80 @@ def submit_job(
     job_args: Sequence[str],
     runtime_env: Mapping[str, object],
     wait: bool = True,
-    log_stream: TextIO = sys.stdout,
+    log_stream: TextIO | None = None,
     poll_seconds: float = 1.0,
 ) -> SubmittedJob:
     """Submit ``python -m pipelines <job_args>``; with ``wait``, stream its logs
-    to ``log_stream`` until it ends and return its final status."""
+    to ``log_stream`` (default: the current ``sys.stdout``) until it ends and
+    return its final status.
+
+    The submission id is chosen here, so a submission whose reply was lost
+    (the dashboard dropped the connection) is retried without running the job
+    twice: a retry first asks whether that id already exists.
+    """
     client = connect(address)
     entrypoint = build_entrypoint(job_args)
-    submission_id = client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env))
+    submission_id = f"pipelines-{job_args[0]}-{uuid.uuid4().hex[:12]}"
+
+    def submit_once() -> str:
+        if _exists(client, submission_id):
+            return submission_id
+        return client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env),
+                                 submission_id=submission_id)
+
+    call_with_retries(submit_once, f"submitting {entrypoint!r} to {address}")
     logger.info("submitted %s to %s as %s", entrypoint, address, submission_id)
     if not wait:
-        status = str(client.get_job_status(submission_id))
-        return SubmittedJob(submission_id, status)
-    asyncio.run(_stream_logs(client, submission_id, log_stream))
+        return SubmittedJob(submission_id, _status(client, submission_id))
+    stream = log_stream or sys.stdout
+    try:
+        asyncio.run(_stream_logs(client, submission_id, stream))
+        streamed_all = True
+    except (RuntimeError, OSError) as error:  # aiohttp's errors are OSError subclasses
+        logger.warning("log stream of %s broke (%s); printing its log when it ends",
+                       submission_id, error)
+        streamed_all = False
     # The log stream closes when the driver exits; the status may lag a moment.
-    while (status := str(client.get_job_status(submission_id))) not in TERMINAL_STATUSES:
+    while (status := _status(client, submission_id)) not in TERMINAL_STATUSES:
         time.sleep(poll_seconds)
-    return SubmittedJob(submission_id, status, client.get_job_info(submission_id).message)
+    if not streamed_all:
+        stream.write(call_with_retries(lambda: client.get_job_logs(submission_id), "reading the job's log"))
+    info = call_with_retries(lambda: client.get_job_info(submission_id), "reading the job's end")
+    return SubmittedJob(submission_id, status, info.message)
+
+
+def _exists(client, submission_id: str) -> bool:
+    """Whether the cluster knows ``submission_id`` (RuntimeError = not found)."""
+    try:
+        client.get_job_info(submission_id)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _status(client, submission_id: str) -> str:
+    return str(call_with_retries(lambda: client.get_job_status(submission_id), "polling the job's status"))
+
+
+def call_with_retries(call: Callable[[], T], what: str, attempts: int = 6, first_wait_s: float = 1.0) -> T:
+    """``call()``, retried with exponential backoff while the dashboard drops
+    connections: a busy head resets or closes HTTP connections now and then
+    (``RemoteDisconnected``), and one dropped poll must not fail a job that
+    is still running fine on the cluster."""
+    import requests
+
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except (requests.ConnectionError, ConnectionError) as error:
+            if attempt == attempts:
+                raise UserError(f"the Ray Job API did not answer {what} after {attempts} tries: "
+                                f"{error}") from error
+            wait_s = first_wait_s * 2 ** (attempt - 1)
+            logger.warning("%s: connection dropped (%s); retrying in %.0f s", what, error, wait_s)
+            time.sleep(wait_s)
+            attempt += 1
 
 
 async def _stream_logs(client, submission_id: str, log_stream: TextIO) -> None:

@@ -102,11 +102,12 @@ def _wait_until_ready(process: subprocess.Popen, head: RayHead, timeout_s: float
 
 
 def _job_api_answers(url: str) -> bool:
+    import requests
     from ray.job_submission import JobSubmissionClient
 
     try:
         JobSubmissionClient(url).list_jobs()
-    except (ConnectionError, RuntimeError):
+    except (ConnectionError, RuntimeError, requests.ConnectionError):
         return False
     return True
 

@@ -12,9 +12,9 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
+from featurize import pipeline
 from featurize.dataset import read_dataset_info, read_shard_metadata
 from featurize.fingerprints import unpack_bits
-from featurize import pipeline
 from featurize.pipeline import _merge_runs, _sorted_runs, featurize_file
 from featurize.reader import read_all
 from featurize.sources import pcba_reference, pcba_source
@@ -156,7 +156,7 @@ def test_merge_restores_source_order_across_interleaved_files(tmp_path: Path) ->
 def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 40)  # 8 blocks on 2 CPUs
-    kwargs = dict(id_col="id", split="scaffold", rows_per_shard=100, progress=False)
+    kwargs = {"id_col": "id", "split": "scaffold", "rows_per_shard": 100, "progress": False}
     local = featurize_file(library_csv, tmp_path / "local", backend="local", **kwargs)
     ray = featurize_file(library_csv, tmp_path / "ray", backend="ray", num_cpus=2, **kwargs)
     assert (ray.input_rows, ray.accepted, ray.rejected) == \

@@ -14,6 +14,7 @@ from pipelines.submission import (
     WORKING_DIR_EXCLUDES,
     build_entrypoint,
     build_runtime_env,
+    call_with_retries,
     parse_env_vars,
     project_pins,
 )
@@ -50,6 +51,33 @@ def test_pip_pins_are_exactly_pyprojects(tmp_path: Path) -> None:
     loose.write_text('[project]\ndependencies = ["numpy>=2"]\n')
     with pytest.raises(UserError, match="not exact pins"):
         project_pins(loose)
+
+
+def test_dropped_connections_are_retried_then_reported() -> None:
+    import requests
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise requests.ConnectionError("RemoteDisconnected('Remote end closed connection')")
+        return "SUCCEEDED"
+
+    assert call_with_retries(flaky, "polling", first_wait_s=0.0) == "SUCCEEDED"
+    assert len(calls) == 3
+
+    def down() -> str:
+        raise requests.ConnectionError("connection refused")
+
+    with pytest.raises(UserError, match="did not answer polling after 4 tries"):
+        call_with_retries(down, "polling", attempts=4, first_wait_s=0.0)
+
+    def broken() -> str:  # not a dropped connection: no retry, the error as it is
+        raise RuntimeError("job does not exist")
+
+    with pytest.raises(RuntimeError, match="does not exist"):
+        call_with_retries(broken, "polling", first_wait_s=0.0)
 
 
 def test_env_assignments() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_data import make_dataset
 
 from featurize.dataset import read_dataset_info
 from models.config import ModelConfig
@@ -16,7 +17,6 @@ from models.steps import StepConfig, build_step
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import EpochLoop, LoopState, iter_dataset_batches
 from pipelines.training.trainer import worker_resources
-from training_data import make_dataset
 
 TINY_MODEL = ModelConfig(n_experts=4, expert_hidden=(32,), tower_hidden=8, alpha=0.5, dropout=0.1)
 

@@ -9,7 +9,6 @@ from ray.train import UserCallback
 from pipelines import tracking
 
 
-
 class MlflowEpochLogger(UserCallback):
     """Logs each epoch's report (rank 0's metrics) to the run's MLflow run
     as it happens, with the epoch as the step; an epoch replayed after a

@@ -4,8 +4,9 @@ Each worker builds the model from the config (same seed, so the same
 initial weights, then rank 0's are broadcast to be sure), restores the
 latest checkpoint when Ray Train hands one over (after a worker failure, or
 a re-run with the same run name), streams its own shard of the train split
-through Ray Data (and the whole valid split from the Parquet files), and runs the shared loop (pipelines/training/engine.py)
-with gradients averaged across workers (pipelines/training/collective.py).
+through Ray Data (and the whole valid split from the Parquet files), and
+runs the shared loop (pipelines/training/engine.py) with gradients averaged
+across workers (pipelines/training/collective.py).
 
 After every epoch each worker calls ``ray.train.report``; rank 0 attaches a
 checkpoint of model + optimizer + loop state (epoch, best so far, patience
