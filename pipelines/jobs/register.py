@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.jobs.options import add_tracking_uri_argument
+
 HELP = "register a training run's model in the MLflow registry (optionally under an alias)"
 
 
@@ -13,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alias", default=None, help="alias to point at the new version (e.g. champion)")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                         help="extra version tag (repeatable)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default sqlite:///runs/mlflow.db)")
+    add_tracking_uri_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,9 @@ writes per-assay scores, ranked hits, a multi-assay view and the rejects.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from pipelines.jobs.options import add_ray_arguments, add_tracking_uri_argument
 
 HELP = "score a molecule library with a registered model (Ray Data) and rank hits"
 
@@ -29,9 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smiles-col", default="smiles", help="SMILES column of .csv/.parquet libraries")
     parser.add_argument("--id-col", default=None,
                         help="id column (.sdf: a data field; default: ids from row positions)")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray started here")
+    add_ray_arguments(parser)
     parser.add_argument("--use-gpu", action="store_true", help="score on GPU actors")
     parser.add_argument("--num-actors", type=int, default=None,
                         help="scoring actors, one model copy each (default: one per GPU share with "
@@ -41,8 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=1.0,
                         help="CPUs reserved per scoring actor (torch threads on CPU)")
     parser.add_argument("--batch-size", type=int, default=4096, help="molecules per scoring call")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
+    add_tracking_uri_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder that holds another screening")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

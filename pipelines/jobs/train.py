@@ -3,7 +3,8 @@ MLflow, optionally register the model (pipelines/training/)."""
 from __future__ import annotations
 
 import argparse
-import os
+
+from pipelines.jobs.options import add_ray_arguments, add_tracking_arguments, check_register_alias
 
 HELP = "train MMoEEx (or a baseline) on Ray Train, track it in MLflow, optionally register it"
 
@@ -40,10 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
     cluster.add_argument("--cpus-per-worker", type=float, default=None,
                          help="CPUs per worker (default: a share that leaves room for data reads)")
-    cluster.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                         help="Ray cluster address (or RAY_ADDRESS); none starts a local Ray")
-    cluster.add_argument("--num-cpus", type=int, default=None,
-                         help="CPUs of the local Ray started when no --address (default: all)")
+    add_ray_arguments(cluster)
     cluster.add_argument("--storage", default="runs/ray",
                          help="Ray Train storage (checkpoints); shared storage on a cluster")
     cluster.add_argument("--run-name", default=None,
@@ -51,13 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--max-failures", type=int, default=2,
                          help="worker failures survived by restarting from the last checkpoint")
 
-    track = parser.add_argument_group("MLflow")
-    track.add_argument("--tracking-uri", default=None,
-                       help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default sqlite:///runs/mlflow.db)")
-    track.add_argument("--experiment", default="pcba-mmoeex", help="MLflow experiment")
-    track.add_argument("--register", default=None, metavar="NAME",
-                       help="register the trained model under this name")
-    track.add_argument("--alias", default=None, help="alias for the registered version (e.g. champion)")
+    add_tracking_arguments(parser.add_argument_group("MLflow"),
+                           register_help="register the trained model under this name",
+                           alias_help="alias for the registered version (e.g. champion)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.training import TrainConfig, run_training
     from pipelines.training.ray_setup import connect_ray
 
-    if args.alias and not args.register:
-        raise UserError("--alias needs --register NAME")
+    check_register_alias(args)
     try:
         config = TrainConfig(
             data_dir=args.data,

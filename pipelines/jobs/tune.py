@@ -4,8 +4,9 @@ each trial a run of the training job (pipelines/sweep.py)."""
 from __future__ import annotations
 
 import argparse
-import os
 import time
+
+from pipelines.jobs.options import add_ray_arguments, add_tracking_arguments, check_register_alias
 
 HELP = "sweep alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
 
@@ -54,19 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="CPUs of a trial's workers in all (default: a share of the cluster)")
     cluster.add_argument("--gpus-per-trial", type=float, default=0.0,
                          help="GPUs of a trial's workers in all (fractions share a GPU)")
-    cluster.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                         help="Ray cluster address (or RAY_ADDRESS); none starts a local Ray")
-    cluster.add_argument("--num-cpus", type=int, default=None,
-                         help="CPUs of the local Ray started when no --address (default: all)")
+    add_ray_arguments(cluster)
 
-    track = parser.add_argument_group("MLflow")
-    track.add_argument("--tracking-uri", default=None,
-                       help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default sqlite:///runs/mlflow.db)")
-    track.add_argument("--experiment", default="pcba-mmoeex", help="MLflow experiment")
-    track.add_argument("--register", default=None, metavar="NAME",
-                       help="register the best trial's model under this name")
-    track.add_argument("--alias", default=None,
-                       help="point this alias at it if it beats the alias's version on the same data")
+    add_tracking_arguments(parser.add_argument_group("MLflow"),
+                           register_help="register the best trial's model under this name",
+                           alias_help="point this alias at it if it beats the alias's version on the same data")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from tuning.schedulers import SchedulerConfig
     from tuning.search_space import SearchSpace
 
-    if args.alias and not args.register:
-        raise UserError("--alias needs --register NAME")
+    check_register_alias(args)
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the sweep to continue")
     try:
