@@ -6,9 +6,9 @@ Two passes, whatever the backend:
    standardizes, fingerprints and encodes labels for each batch, keeping
    every row (accepted or with a reject reason) in a staging Parquet. The
    in-process backend runs it in a loop; the Ray backend ships the same
-   batches (written once to Parquet by the driver) through
-   ``read_parquet -> map_batches(featurize_batch) -> write_parquet`` with one
-   CPU per task, streaming with bounded memory.
+   batches (written once to Parquet by the driver, one file a block) through
+   ``map_batches(read + featurize_batch) -> write_parquet`` with one CPU per
+   task, streaming with bounded memory.
 2. Finish (driver, cheap): from the small ``_row``/``mol_id``/``reason``/
    ``scaffold`` columns only, reject duplicate ids and assign splits; then
    stream the staged rows once more, in source order, into the atomic
@@ -195,16 +195,25 @@ def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus
                  log_to_driver=False, configure_logging=False)
     try:
         with _ray_data_limits(num_cpus):
-            # One block per raw file: Ray would otherwise fuse small files
-            # into one read task and featurize them on a single CPU.
-            (ray.data.read_parquet(raw_files, override_num_blocks=len(raw_files))
-             .map_batches(featurize_batch, batch_format="pyarrow", batch_size=None,
+            # The dataset is the list of raw files, one block and one task
+            # each, and each task reads its own file: read_parquet (Ray 2.60's
+            # ReadFilesParquetV2) ignores override_num_blocks for small files
+            # and fuses them into one read task, featurizing on a single CPU.
+            (ray.data.from_items([{"path": path} for path in raw_files],
+                                 override_num_blocks=len(raw_files))
+             .map_batches(_featurize_raw_files, batch_format="pyarrow", batch_size=1,
                           num_cpus=1, fn_kwargs=options.batch_kwargs())
              .write_parquet(str(staged)))
     finally:
         if started_here:
             ray.shutdown()
     return _sorted_runs(sorted(staged.glob("*.parquet")))
+
+
+def _featurize_raw_files(paths: pa.Table, **batch_kwargs: object) -> pa.Table:
+    """A Ray task's work: read the raw file(s) it was given and featurize them."""
+    return pa.concat_tables([featurize_batch(pq.read_table(path), **batch_kwargs)
+                             for path in paths["path"].to_pylist()])
 
 
 @contextlib.contextmanager

@@ -49,8 +49,10 @@ def standardize_mol(mol: Chem.Mol) -> Standardized:
         return Standardized(None, None, f"sanitization failed: {_first_line(error)}")
     if mol.GetNumAtoms() == 0:
         return Standardized(None, None, "no atoms")
-    fragments = Chem.GetMolFrags(mol, asMols=True)
-    if len(fragments) > 1:
+    # Fragment indices first: building fragment Mols costs as much as parsing
+    # the SMILES, and most molecules are one fragment.
+    if len(Chem.GetMolFrags(mol)) > 1:
+        fragments = Chem.GetMolFrags(mol, asMols=True)
         mol = max(fragments, key=lambda fragment: fragment.GetNumHeavyAtoms())
     return Standardized(mol, Chem.MolToSmiles(mol), None)
 

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(tuning/search_space.py)")
     sweep.add_argument("--searcher", default="random", choices=["random", "optuna"])
     sweep.add_argument("--scheduler", default="asha", choices=["asha", "none"])
-    sweep.add_argument("--grace-period", type=int, default=1,
-                       help="epochs every trial runs before ASHA may stop it")
+    sweep.add_argument("--grace-period", type=int, default=None,
+                       help="epochs every trial runs before ASHA may stop it (default: 2, or --epochs "
+                            "if smaller; after one epoch valid AP ranks trials poorly: see README)")
     sweep.add_argument("--reduction-factor", type=float, default=2.0,
                        help="ASHA keeps the top 1/factor of trials at each rung")
     sweep.add_argument("--epochs", type=int, default=8, help="epochs per trial (ASHA's budget)")
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             storage=args.storage, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
             searcher=args.searcher,
             scheduler=SchedulerConfig(kind=args.scheduler, max_epochs=args.epochs,
-                                      grace_period=args.grace_period,
+                                      grace_period=args.grace_period if args.grace_period is not None
+                                      else min(2, args.epochs),
                                       reduction_factor=args.reduction_factor),
             space=SearchSpace.from_file(args.search_space), cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, seed=args.seed)
