@@ -185,14 +185,15 @@ def pcba_epoch(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=12_000, help="dataset rows (CPU comparison)")
+    parser.add_argument("--rows", type=int, default=48_000,
+                        help="dataset rows (CPU comparison: ~15 s epochs on 2 cores; shorter ones are dominated by host noise)")
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--bits", type=int, default=1024)
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--expert-hidden", type=int, nargs="+", default=[256])
     parser.add_argument("--optimizer", default="maml-mtl", choices=["maml-mtl", "plain"])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--ray-cpus", type=int, default=3,
                         help="CPUs of the local Ray (2 workers + room for the readers)")
     parser.add_argument("--pcba-epoch", action="store_true",
