@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from models.activations import Activation
 from models.losses import masked_bce_per_task
 from models.networks.base import MultiTaskModel
 from models.networks.mixture import MixtureOfExpertsModel
@@ -199,18 +200,18 @@ def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order
         if inner.dropout_masks[index] is not None:
             local = local * inner.dropout_masks[index]
         if index == n_layers - 1:
-            # Stored rows-major ([E, B_in, K, h] in memory, a [E, K, B_in, h]
-            # view): for one-layer experts the Gram product is then one GEMM
-            # per expert with no copy of this large tensor.
-            grad = local.unsqueeze(2) * inner.grad_mixture.transpose(0, 1).contiguous().unsqueeze(0)
+            # Contiguous operands make the product contiguous [E, K, B_in, h]
+            # (task-major): every later use views it as E * K blocks with no
+            # copy of this large tensor (the layer above's pre-activation from
+            # einsum is laid out rows-first, which the product would inherit).
+            grad = local.contiguous().unsqueeze(1) * inner.grad_mixture.contiguous().unsqueeze(0)
             if inner.mixture_weights is not None:
-                grad = _scale(grad, inner.mixture_weights.permute(2, 0, 1).unsqueeze(-1), second_order)
-            grad = grad.transpose(1, 2)
+                grad = _scale(grad, inner.mixture_weights.permute(2, 1, 0).unsqueeze(-1), second_order)
         else:
             above = deltas[-1]
             weight = _constant_unless(experts.layers[index + 1].weight, second_order)
             n_experts, n_tasks, n_rows, width = above.shape
-            grad = torch.bmm(above.reshape(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
+            grad = torch.bmm(above.view(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
             grad = _scale(grad.view(n_experts, n_tasks, n_rows, -1), local.unsqueeze(1), second_order)
         deltas.append(grad)
     return deltas[::-1]
@@ -228,30 +229,43 @@ def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner
     h = split.x_out
     for index, layer in enumerate(experts.layers):
         delta = deltas[index]
-        n_experts, n_tasks, n_inner, width = delta.shape
         if index == 0:
-            # x_o x_in^T is the same for every expert and task.
+            # x_o x_in^T is the same for every expert and task; applying it
+            # as E * K small GEMMs was faster on CPU than as one
+            # [B_out, B_in] x [B_in, E*K*h] product (which also needs a
+            # rows-first copy of delta).
             gram = (split.x_out @ split.x_in.transpose(0, 1) + 1.0) * -inner_lr
-            rows_major = delta.transpose(1, 2)
-            if rows_major.is_contiguous():  # one GEMM per expert, no copy
-                shift = torch.matmul(gram, rows_major.view(n_experts, n_inner, n_tasks * width))
-                shift = shift.view(n_experts, -1, n_tasks, width).transpose(1, 2)
-            else:
-                shift = torch.matmul(gram, delta)
-            z = shift.add_(layer(split.x_out).unsqueeze(1))
+            z = torch.matmul(gram, delta) + layer(split.x_out).unsqueeze(1)
         else:
+            n_experts, n_tasks, n_inner, width = delta.shape
             inner_in = _constant_unless(inner.layer_inputs[index], second_order)
             n_outer = h.shape[2]
             flat = h.reshape(n_experts, n_tasks * n_outer, -1)
-            gram = (torch.bmm(flat, inner_in.transpose(1, 2)) + 1.0) * -inner_lr
+            gram = torch.baddbmm(flat.new_full((1, 1, 1), -inner_lr), flat, inner_in.transpose(1, 2),
+                                 alpha=-inner_lr)  # -beta (h x_in^T + 1) in one pass
             base = torch.baddbmm(layer.bias.unsqueeze(1), flat, layer.weight)
             z = torch.baddbmm(base.view(n_experts * n_tasks, n_outer, width),
                               gram.view(n_experts * n_tasks, n_outer, n_inner),
-                              delta.reshape(n_experts * n_tasks, n_inner, width))
+                              delta.view(n_experts * n_tasks, n_inner, width))
             z = z.view(n_experts, n_tasks, n_outer, width)
-        drop = _dropout_mask((n_experts, 1, *z.shape[2:]), dropout, z)
-        h = experts.activation.fn(z) if drop is None else experts.activation.fn(z) * drop
+        drop = _dropout_mask((z.shape[0], 1, *z.shape[2:]), dropout, z)
+        h = _activate_and_drop(experts.activation, z, drop)
     return h
+
+
+def _activate_and_drop(activation: Activation, z: Tensor, drop: Tensor | None) -> Tensor:
+    """activation(z) * drop for the outer pass's `[E, K, B_out, h]` tensors.
+
+    ReLU commutes with the non-negative dropout scale, so there it is
+    relu(z * drop) with the ReLU in place: one fewer pass over, and
+    allocation of, the largest tensors of the outer pass. (In place on z
+    itself would be on a view, which autograd pays back with copies.)
+    """
+    if drop is None:
+        return activation.fn(z)
+    if activation.name == "relu":
+        return (z * drop).relu_()
+    return activation.fn(z) * drop
 
 
 def _scale(value: Tensor, factor: Tensor, second_order: bool) -> Tensor:

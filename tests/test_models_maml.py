@@ -9,9 +9,11 @@ import pytest
 import torch
 from maml_reference import reference_maml_step
 
+from models.activations import get_activation
 from models.config import ModelConfig
 from models.factory import build_model
 from models.losses import masked_bce_per_task
+from models.maml import _activate_and_drop
 from models.metrics import evaluate_tasks
 from models.steps import StepConfig, build_step
 
@@ -125,6 +127,24 @@ def test_dropout_in_train_mode_gives_finite_gradients() -> None:
     output = build_step(StepConfig())(model, x, labels, mask)
     assert torch.isfinite(output.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu"])
+def test_outer_activation_with_dropout_equals_activation_times_mask(name: str) -> None:
+    """The outer pass computes ReLU and dropout as relu(z * mask), in place:
+    same values and same gradient as relu(z) * mask."""
+    activation = get_activation(name)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 5, 6, generator=generator, dtype=torch.float64)
+    drop = (torch.rand(3, 1, 5, 6, generator=generator) < 0.7).to(z.dtype) / 0.7
+    upstream = torch.randn(3, 4, 5, 6, generator=generator, dtype=torch.float64)
+    results = []
+    for compute in (lambda t: _activate_and_drop(activation, t, drop), lambda t: activation.fn(t) * drop):
+        leaf = z.clone().requires_grad_()
+        out = compute(leaf * 1.0)  # a non-leaf, as in the outer pass
+        (out * upstream).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(results[0], results[1])
 
 
 def test_bf16_autocast_step_is_close_to_float32() -> None:
