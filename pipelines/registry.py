@@ -10,11 +10,9 @@ optionally, points an alias (``champion``) at the new version.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from pipelines.pyfunc_model import (
     SMILES_COLUMN,
     pyfunc_entry_path,
 )
-from pipelines.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri
+from pipelines.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
         code_paths = [shutil.copytree(package_root / name, Path(scratch) / "code" / name,
                                       ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                       for name in BUNDLED_PACKAGES]
-        with _fluent_tracking_uri(tracking_uri), \
+        with use_tracking_uri(tracking_uri), \
                 mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
@@ -79,24 +77,6 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
             )
     client(tracking_uri).set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return info.model_uri
-
-
-@contextmanager
-def _fluent_tracking_uri(tracking_uri: str) -> Iterator[None]:
-    """``mlflow.pyfunc.log_model`` only speaks the fluent API: point it at
-    ``tracking_uri`` for the call, then restore the process's setting exactly
-    (MLflow's own helper would also drop a MLFLOW_TRACKING_URI set by the user)."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        with _use_tracking_uri(tracking_uri):
-            yield
-    finally:
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def scoring_signature(tasks: list[str]):  # -> mlflow.models.ModelSignature
@@ -138,7 +118,7 @@ def register_model(run_id: str, name: str, *, alias: str | None = None,
                               "probability per assay out (pipelines/pyfunc_model.py).")
     # The registry store resolves models:/<id> through the process-wide
     # tracking URI, so point it at this store for the call.
-    with _fluent_tracking_uri(tracking_uri):
+    with use_tracking_uri(tracking_uri):
         version = mlflow_client.create_model_version(name, source=f"models:/{model_id}",
                                                      run_id=run_id, tags=version_tags,
                                                      model_id=model_id)

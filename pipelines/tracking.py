@@ -17,7 +17,8 @@ import logging
 import os
 import platform
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def client(tracking_uri: str):  # -> mlflow.MlflowClient
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking (and so registry) URI at
+    ``tracking_uri`` for a call that only speaks the fluent API
+    (``mlflow.pyfunc.log_model``; resolving ``models:/`` URIs, which MLflow
+    does with the global registry URI whatever URI it is handed), then restore
+    the process's setting exactly (MLflow's own helper would also drop a
+    MLFLOW_TRACKING_URI set by the user)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(tracking_uri):
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:

@@ -71,6 +71,7 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
 
     from pipelines.pyfunc_model import load_scorer
     from pipelines.registry import get_alias_version, log_scoring_model, register_model
+    from pipelines.screening.model import fetch_model
     from pipelines.tracking import ensure_experiment, log_metrics, log_params
 
     client = MlflowClient(tracking_uri=mlflow_uri)
@@ -100,6 +101,13 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
     assert frame[ERROR_COLUMN].tolist() == expected_errors
     scorer = load_scorer("models:/pcba-test@champion", device="cpu")
     assert scorer.tasks == TASKS and scorer.spec == SPEC
+    # Screening finds the model through its --tracking-uri alone, whatever the
+    # process's default store (MLflow resolves models:/ with the global URI).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    fetched = fetch_model("models:/pcba-test@champion", mlflow_uri)
+    assert fetched.tasks == TASKS and fetched.spec == SPEC
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("elsewhere.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
 
     # Any MLflow client, no code of ours on its side: the mlflow CLI.
     input_csv = tmp_path / "smiles.csv"

@@ -50,12 +50,14 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
     from mlflow.exceptions import MlflowException
 
     from pipelines.pyfunc_model import load_scorer
+    from pipelines.tracking import use_tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="screen-model-") as scratch:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=model_uri, dst_path=scratch,
-                tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            with use_tracking_uri(tracking_uri):  # MLflow resolves models:/ with the global URI
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=model_uri, dst_path=scratch,
+                    tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except MlflowException as error:
             raise UserError(f"model {model_uri} not found in MLflow at {tracking_uri}: "
                             f"{error.message.splitlines()[0]}") from error
