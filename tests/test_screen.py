@@ -91,11 +91,41 @@ def test_rank_hits_against_pandas(tmp_path: Path) -> None:
     assert first["max_score"] == source[ASSAYS].max()
 
 
-def test_rank_hits_on_an_empty_screen(tmp_path: Path) -> None:
+def test_multi_assay_view_defaults_to_top_k_membership(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    frame = pd.DataFrame(rng.random((n, 3)).astype(np.float32) * 0.1, columns=ASSAYS)  # all below 0.5
+    frame.insert(0, "smiles", [f"C{'C' * (i % 5)}N" for i in range(n)])
+    frame.insert(0, "mol_id", [f"M{i}" for i in range(n)])
+    frame.insert(0, "row", rng.permutation(n).astype(np.int64))
+    frame.loc[frame.index[:20], ASSAYS] += 0.2  # 20 molecules near the top of every assay
+    files = _write_scores(tmp_path / "scores", frame, rows_per_shard=120)
+
+    summary = rank_hits(files, ASSAYS, tmp_path, top_k=25, threshold=None, min_active_assays=2)
+
+    by_row = frame.set_index("row")
+    tops = {assay: set(_reference_top_k(frame, assay, 25)) for assay in ASSAYS}
+    expected = []
+    for row in by_row.index:
+        active = [assay for assay in ASSAYS if row in tops[assay]]
+        if len(active) >= 2:
+            expected.append((-len(active), -by_row.loc[row, active].max(), row, active))
+    expected.sort(key=lambda item: item[:3])
+    multi = pd.read_parquet(tmp_path / MULTI_ASSAY_FILE)
+    assert summary.multi_assay_hits == len(multi) == len(expected) >= 20
+    assert multi["row"].tolist() == [item[2] for item in expected]
+    assert [list(assays) for assays in multi["active_assays"]] == [item[3] for item in expected]
+    assert multi["n_active_assays"].tolist() == [-item[0] for item in expected]
+    np.testing.assert_array_equal(multi["max_score"].to_numpy(), [-item[1] for item in expected])
+    assert multi["mol_id"].tolist() == by_row.loc[multi["row"], "mol_id"].tolist()
+
+
+@pytest.mark.parametrize("threshold", [0.5, None])
+def test_rank_hits_on_an_empty_screen(tmp_path: Path, threshold: float | None) -> None:
     empty = pd.DataFrame({"row": pd.Series([], dtype="int64"), "mol_id": [], "smiles": [],
                           **{a: pd.Series([], dtype="float32") for a in ASSAYS}})
     files = _write_scores(tmp_path / "scores", empty, rows_per_shard=10)
-    summary = rank_hits(files, ASSAYS, tmp_path, top_k=5, threshold=0.5, min_active_assays=1)
+    summary = rank_hits(files, ASSAYS, tmp_path, top_k=5, threshold=threshold, min_active_assays=1)
     assert (summary.hits, summary.multi_assay_hits) == (0, 0)
     assert pq.read_table(tmp_path / HITS_FILE).num_rows == 0
 

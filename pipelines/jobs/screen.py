@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=100, help="hits kept per assay")
     parser.add_argument("--assays", nargs="+", default=[], metavar="ASSAY",
                         help="score only these assays (default: every assay of the model)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="probability counted as active in the multi-assay view")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="multi-assay view: a probability counted as active (default: active "
+                             "means ranked in the assay's top K)")
     parser.add_argument("--min-active-assays", type=int, default=2,
                         help="multi-assay view: molecules active in at least this many assays")
     parser.add_argument("--smiles-col", default="smiles", help="SMILES column of .csv/.parquet libraries")

@@ -3,9 +3,13 @@
 - ``hits.parquet``: for every assay, the ``top_k`` highest-scoring molecules
   (ties broken by source row, so the result does not depend on the order in
   which Ray delivered blocks). Memory: ``top_k`` candidates per assay.
-- ``multi_assay_hits.parquet``: every molecule scoring at least
-  ``threshold`` in ``min_active_assays`` or more assays (streamed out as it is
-  found, in score-file order), with how many and which assays.
+- ``multi_assay_hits.parquet``: every molecule active in ``min_active_assays``
+  or more assays, with how many and which, and its best score among them.
+  By default "active" means ranked in the assay's top ``top_k`` (rows sorted
+  by assay count, then score): with PCBA's 1-2 % actives a model's
+  probabilities seldom reach 0.5, so a fixed cut would leave the view empty.
+  Given a probability ``threshold``, it means a score at or above it
+  (streamed out as found, in score-file order, so memory stays bounded).
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ class TopK:
 
 
 def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path, *,
-              top_k: int, threshold: float, min_active_assays: int) -> HitsSummary:
-    """Write ``hits.parquet`` and ``multi_assay_hits.parquet`` into ``out_dir``."""
+              top_k: int, threshold: float | None, min_active_assays: int) -> HitsSummary:
+    """Write ``hits.parquet`` and ``multi_assay_hits.parquet`` into ``out_dir``
+    (``threshold`` None: active means in the assay's top ``top_k``)."""
     top = TopK(top_k, len(assays))
     multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, MULTI_ASSAY_SCHEMA)
     assay_names = np.array(assays, dtype=object)
@@ -82,25 +87,51 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
     for table in _iter_tables(score_files, ["row", "mol_id", "smiles", *assays]):
         scores = np.column_stack([table[assay].to_numpy() for assay in assays]) \
             if table.num_rows else np.empty((0, len(assays)), np.float32)
-        rows = table["row"].to_numpy()
-        top.update(scores, rows)
-        active = scores >= threshold
-        n_active = active.sum(axis=1)
-        selected = np.flatnonzero(n_active >= min_active_assays)
-        if len(selected):
-            multi.write(pa.table({
-                "row": rows[selected],
-                "mol_id": table["mol_id"].take(selected),
-                "smiles": table["smiles"].take(selected),
-                "n_active_assays": n_active[selected].astype(np.int32),
-                "active_assays": [assay_names[active[i]].tolist() for i in selected],
-                "max_score": scores[selected].max(axis=1),
-            }))
-            multi_rows += len(selected)
-    multi.close()
+        top.update(scores, table["row"].to_numpy())
+        if threshold is not None:
+            found = _multi_assay_table(table, scores >= threshold, scores, assay_names, min_active_assays)
+            multi.write(found)
+            multi_rows += found.num_rows
     hits = _hits_table(score_files, assays, top)
+    if threshold is None:
+        ids, active, scores = _top_k_membership(hits, assays)
+        found = _multi_assay_table(ids, active, scores, assay_names, min_active_assays)
+        multi.write(found.sort_by([("n_active_assays", "descending"), ("max_score", "descending"),
+                                   ("row", "ascending")]))
+        multi_rows += found.num_rows
+    multi.close()
     pq.write_table(hits, out_dir / HITS_FILE)
     return HitsSummary(hits=hits.num_rows, multi_assay_hits=multi_rows)
+
+
+def _multi_assay_table(ids: pa.Table, active: np.ndarray, scores: np.ndarray, assay_names: np.ndarray,
+                       min_active_assays: int) -> pa.Table:
+    """The molecules of ``ids`` (row, mol_id, smiles) active in at least
+    ``min_active_assays`` assays; ``active`` and ``scores`` are [rows, assays]."""
+    n_active = active.sum(axis=1)
+    selected = np.flatnonzero(n_active >= min_active_assays)
+    return pa.table({
+        "row": ids["row"].take(selected),
+        "mol_id": ids["mol_id"].take(selected),
+        "smiles": ids["smiles"].take(selected),
+        "n_active_assays": n_active[selected].astype(np.int32),
+        "active_assays": [assay_names[active[i]].tolist() for i in selected],
+        "max_score": np.where(active[selected], scores[selected], -np.inf).max(axis=1, initial=-np.inf)
+                     .astype(np.float32),
+    }, schema=MULTI_ASSAY_SCHEMA)
+
+
+def _top_k_membership(hits: pa.Table, assays: Sequence[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """One row per molecule of the hit list (at most top_k x assays, so in
+    memory): its ids, in which assays' top K it is, and its scores there."""
+    unique_rows, first, inverse = np.unique(hits["row"].to_numpy(), return_index=True, return_inverse=True)
+    column = {assay: index for index, assay in enumerate(assays)}
+    assay_index = np.array([column[assay] for assay in hits["assay"].to_pylist()], dtype=np.int64)
+    active = np.zeros((len(unique_rows), len(assays)), dtype=bool)
+    scores = np.zeros((len(unique_rows), len(assays)), dtype=np.float32)
+    active[inverse, assay_index] = True
+    scores[inverse, assay_index] = hits["score"].to_numpy()
+    return hits.select(["row", "mol_id", "smiles"]).take(first), active, scores
 
 
 def _hits_table(score_files: Sequence[Path], assays: Sequence[str], top: TopK) -> pa.Table:

@@ -44,7 +44,7 @@ class ScreeningConfig:
     tracking_uri: str | None = None
     assays: tuple[str, ...] = ()  # empty: every assay the model predicts
     top_k: int = 100
-    threshold: float = 0.5
+    threshold: float | None = None  # multi-assay view: None = in the assay's top_k
     min_active_assays: int = 2
     smiles_col: str = "smiles"
     id_col: str | None = None
@@ -58,7 +58,7 @@ class ScreeningConfig:
         problems = []
         if self.top_k < 1:
             problems.append(f"--top-k must be >= 1, got {self.top_k}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             problems.append(f"--threshold is a probability in [0, 1], got {self.threshold}")
         if self.min_active_assays < 1:
             problems.append(f"--min-active-assays must be >= 1, got {self.min_active_assays}")
