@@ -186,7 +186,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=48_000,
-                        help="dataset rows (CPU comparison: ~15 s epochs on 2 cores; shorter ones are dominated by host noise)")
+                        help="dataset rows (CPU comparison: ~15 s epochs on 2 cores; "
+                             "shorter ones are dominated by host noise)")
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--bits", type=int, default=1024)
     parser.add_argument("--experts", type=int, default=4)
