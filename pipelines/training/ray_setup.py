@@ -21,5 +21,20 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
                     ray.cluster_resources().get("CPU"))
         return
     # address="local": never attach to another user's Ray on a shared host.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": quiet_train_cleaner_warnings})
     logger.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+# Ray Train V2 starts a PlacementGroupCleaner actor that asks the State API
+# whether the train controller is alive, to free its placement groups if it
+# died. The State API lives in the dashboard, which a local instance here
+# does without, so every poll warns "State API may be temporarily
+# unavailable" into the job's console. Nothing leaks: a local Ray ends with
+# the process that started it.
+_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_train_cleaner_warnings() -> None:
+    """Worker-process setup hook of a local Ray: errors only from the cleaner."""
+    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
