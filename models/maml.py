@@ -160,7 +160,7 @@ def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: f
                 layer_inputs.append(h)
                 pre_activations.append(z)
                 masks.append(drop)
-                h = experts.activation.fn(z) if drop is None else experts.activation.fn(z) * drop
+                h = _activate_and_drop(experts.activation, z, drop)
         if not second_order:
             h = h.requires_grad_()  # so dL/df^k exists even without gates
         weights = model.gates(split.x_in, tasks) if model.gates is not None else None
@@ -254,17 +254,14 @@ def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner
 
 
 def _activate_and_drop(activation: Activation, z: Tensor, drop: Tensor | None) -> Tensor:
-    """activation(z) * drop for the outer pass's `[E, K, B_out, h]` tensors.
-
-    ReLU commutes with the non-negative dropout scale, so there it is
-    relu(z * drop) with the ReLU in place: one fewer pass over, and
-    allocation of, the largest tensors of the outer pass. (In place on z
-    itself would be on a view, which autograd pays back with copies.)
-    """
+    """activation(z) * drop for an expert layer's pre-activation z, fused
+    where the activation allows (ReLU): the outer pass's `[E, K, B_out, h]`
+    tensors are the largest of the step. z itself is left intact (it is a
+    view there, and sigma'(z) reads it)."""
     if drop is None:
         return activation.fn(z)
-    if activation.name == "relu":
-        return (z * drop).relu_()
+    if activation.scaled is not None:
+        return activation.scaled(z, drop)
     return activation.fn(z) * drop
 
 
