@@ -29,6 +29,7 @@ from featurize.fingerprints import fingerprint_matrix
 from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
+from models.networks.sparse_input import Features, SparseRows
 from pipelines.model_bundle import ModelBundle
 
 SMILES_COLUMN = "smiles"
@@ -50,12 +51,15 @@ class Scorer:
     one per process (e.g. in a Ray Data actor's ``__init__``)."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "auto",
-                 batch_size: int = 8192) -> None:
+                 batch_size: int | None = None) -> None:
         self.device = resolve_device(device)
         self.model = bundle.model.to(self.device).eval()
         self.spec: FingerprintSpec = bundle.spec
         self.tasks: list[str] = list(bundle.tasks)
-        self.batch_size = batch_size
+        # Rows per forward pass. A CPU is memory-bound on the per-task
+        # activations ([K, B, h] floats: 268 MB at 4096 rows, K = h = 128);
+        # 256 rows keep them in cache, 2x faster. A GPU wants big batches.
+        self.batch_size = batch_size or (256 if self.device.type == "cpu" else 8192)
 
     @classmethod
     def from_bundle(cls, directory: str | os.PathLike[str],
@@ -73,9 +77,16 @@ class Scorer:
         out = np.empty((len(fp), len(self.tasks)), dtype=np.float32)
         for start in range(0, len(fp), self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
-            x = unpack_fingerprints(chunk.to(self.device, non_blocking=True), self.spec)
+            x = self._features(chunk.to(self.device, non_blocking=True))
             out[start:start + len(chunk)] = torch.sigmoid(self.model(x)).float().cpu().numpy()
         return out
+
+    def _features(self, packed: torch.Tensor) -> Features:
+        """The model's input for packed fingerprints. On a CPU, bags of on-bits:
+        the first layers then add the ~2 % of weight rows that are on instead
+        of multiplying all of them (3x faster). A GPU keeps the dense product."""
+        x = unpack_fingerprints(packed, self.spec)
+        return SparseRows.from_dense(x) if self.device.type == "cpu" else x
 
     def featurize_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
         """Packed fingerprints of the SMILES that featurize (rows in input

@@ -9,6 +9,7 @@ import torch
 from models.activations import ACTIVATIONS
 from models.config import ModelConfig
 from models.factory import build_model
+from models.networks.sparse_input import SparseRows
 
 ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
 
@@ -36,6 +37,22 @@ def test_shapes(architecture: str, hidden: tuple[int, ...]) -> None:
         assert gates.shape == (9, 6, 4)
     else:
         assert experts is None and gates is None
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("counts", [False, True])
+def test_sparse_rows_give_the_dense_logits(architecture: str, counts: bool) -> None:
+    model = build_model(small_config(architecture=architecture, expert_hidden=(8, 7))).eval()
+    x = fingerprints(9, 24)
+    if counts:
+        x = x * torch.randint(1, 5, x.shape, generator=torch.Generator().manual_seed(1))
+    x[0] = 0  # an empty row first, in the middle and last: empty bags
+    x[4] = 0
+    x[-1] = 0
+    sparse = SparseRows.from_dense(x)
+    assert (sparse.values is None) == (not counts)
+    assert sparse.indices.numel() == int((x != 0).sum())
+    torch.testing.assert_close(model(sparse), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_mmoeex_forward_matches_a_loop_over_experts_and_tasks() -> None:

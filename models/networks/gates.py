@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from models.networks.sparse_input import Features, SparseRows
+
 
 def assign_exclusive_experts(n_experts: int, n_tasks: int, n_exclusive: int,
                              generator: torch.Generator) -> Tensor:
@@ -64,10 +66,13 @@ class Gates(nn.Module):
             return (owner < 0) | is_own
         return ~is_own
 
-    def forward(self, x: Tensor, tasks: Tensor | None = None) -> Tensor:
+    def forward(self, x: Features, tasks: Tensor | None = None) -> Tensor:
         weight, bias = self.weight, self.bias
         if tasks is not None:
             weight, bias = weight[tasks], bias[tasks]
-        logits = torch.einsum("bd,kde->bke", x, weight) + bias
+        if isinstance(x, SparseRows):
+            logits = x.grouped_matmul(weight) + bias
+        else:
+            logits = torch.einsum("bd,kde->bke", x, weight) + bias
         logits = logits.masked_fill(~self.open_mask(tasks), float("-inf"))
         return torch.softmax(logits, dim=-1)

@@ -13,13 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from models.activations import get_activation
+from models.networks.sparse_input import Features, SparseRows
 
 
 class StackedLinear(nn.Module):
     """G independent affine maps y_g = x_g W_g + b_g in one tensor op.
 
-    Input is either shared by all groups, `[B, in]`, or one per group,
-    `[G, B, in]`; the output is `[G, B, out]`. `groups` selects a subset of
+    Input is either shared by all groups, `[B, in]` (dense, or
+    :class:`SparseRows` at inference), or one per group, `[G, B, in]`; the
+    output is `[G, B, out]`. `groups` selects a subset of
     the G maps (used when only some tasks take part in a step).
     """
 
@@ -34,11 +36,13 @@ class StackedLinear(nn.Module):
             self.weight.uniform_(-bound, bound, generator=generator)
             self.bias.uniform_(-bound, bound, generator=generator)
 
-    def forward(self, x: Tensor, groups: Tensor | None = None) -> Tensor:
+    def forward(self, x: Features, groups: Tensor | None = None) -> Tensor:
         weight, bias = self.weight, self.bias
         if groups is not None:
             weight, bias = weight[groups], bias[groups]
-        if x.dim() == 2:
+        if isinstance(x, SparseRows):
+            out = x.grouped_matmul(weight).transpose(0, 1)
+        elif x.dim() == 2:
             out = torch.einsum("bi,gio->gbo", x, weight)
         else:
             out = torch.bmm(x, weight)
@@ -63,7 +67,7 @@ class StackedMLP(nn.Module):
         self.dropout = dropout
         self.out_features = widths[-1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Features) -> Tensor:
         """x `[B, in]` (or `[G, B, in]`) -> `[G, B, out]`."""
         h = x
         for layer in self.layers:

@@ -10,6 +10,7 @@ from models.config import ModelConfig
 from models.networks.base import MultiTaskModel
 from models.networks.gates import Gates
 from models.networks.layers import StackedMLP, Towers
+from models.networks.sparse_input import Features
 
 
 class MixtureOfExpertsModel(MultiTaskModel):
@@ -43,7 +44,7 @@ class MixtureOfExpertsModel(MultiTaskModel):
             return torch.einsum("bke,ebh->kbh", weights, expert_out)
         return torch.einsum("bke,ekbh->kbh", weights, expert_out)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Features) -> Tensor:
         expert_out = self.experts(x)
         weights = self.gates(x) if self.gates is not None else None
         return self.towers(self.mix(weights, expert_out, self.config.n_tasks)).transpose(0, 1)

@@ -12,6 +12,7 @@ from torch import Tensor
 from models.config import ModelConfig
 from models.networks.gates import Gates, assign_exclusive_experts
 from models.networks.mixture import MixtureOfExpertsModel
+from models.networks.sparse_input import Features
 
 
 class MMoEEx(MixtureOfExpertsModel):
@@ -28,8 +29,8 @@ class MMoEEx(MixtureOfExpertsModel):
                       config.exclusivity, generator)
         super().__init__(config, config.n_experts, gates, generator)
 
-    def expert_outputs(self, x: Tensor) -> Tensor:
+    def expert_outputs(self, x: Features) -> Tensor:
         return self.experts(x)
 
-    def gate_weights(self, x: Tensor) -> Tensor:
+    def gate_weights(self, x: Features) -> Tensor:
         return self.gates(x)

@@ -7,6 +7,7 @@ from torch import Tensor
 from models.config import ModelConfig
 from models.networks.base import MultiTaskModel
 from models.networks.layers import StackedMLP, Towers
+from models.networks.sparse_input import Features
 
 
 class SingleTaskNets(MultiTaskModel):
@@ -27,5 +28,5 @@ class SingleTaskNets(MultiTaskModel):
         self.towers = Towers(config.n_tasks, config.expert_hidden[-1], config.tower_hidden,
                              config.activation, config.dropout, generator)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Features) -> Tensor:
         return self.towers(self.trunks(x)).transpose(0, 1)
