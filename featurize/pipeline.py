@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -100,16 +101,19 @@ def _reason_kind(reasons: pa.ChunkedArray) -> pa.ChunkedArray:
 
 # -- pass 1: one batch ---------------------------------------------------------------
 def featurize_batch(batch: pa.Table, *, spec: FingerprintSpec, tasks: Sequence[str],
-                    kind: Literal["smiles", "molblock"], with_scaffold: bool) -> pa.Table:
+                    kind: Literal["smiles", "molblock"], with_scaffold: bool,
+                    canonical_smiles: bool = True) -> pa.Table:
     """Standardize, fingerprint and encode labels for one source batch.
 
-    Returns every input row (``_row``, ``mol_id``, ``raw``, ``smiles``, ``fp``
+    Returns every input row (``_row``, ``mol_id``, ``raw``, ``smiles`` (canonical,
+    or with ``canonical_smiles=False`` the input SMILES as given), ``fp``
     as fixed_size_binary (zeros for rejects), int8 task columns, ``scaffold``
     if asked, and ``reason``: null for accepted rows). Runs on Ray workers:
     pure function of its arguments, one cached RDKit generator per process.
     """
     n_rows = batch.num_rows
-    standardize = standardize_molblock if kind == "molblock" else standardize_smiles
+    standardize = (standardize_molblock if kind == "molblock"
+                   else partial(standardize_smiles, canonical=canonical_smiles))
     labels, label_reasons = encode_labels(batch, tasks)
     ids = batch["mol_id"].to_pylist()
     reasons: list[str | None] = [None] * n_rows

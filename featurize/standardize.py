@@ -1,6 +1,12 @@
 """RDKit standardization: parse, sanitize, keep the largest fragment, and
 write the canonical SMILES. A row that cannot become a molecule gets a reason
-instead of an exception, so it can be quarantined with the others."""
+instead of an exception, so it can be quarantined with the others.
+
+Writing the canonical SMILES costs about a third of a drug-like molecule's
+standardization (RDKit ranks every atom). Training sets need it (the data
+contract's ``smiles`` column, scaffolds, deduplication); scoring does not,
+so ``canonical=False`` skips it and keeps the input text instead.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,15 +22,19 @@ class Standardized(NamedTuple):
     reason: str | None
 
 
-def standardize_smiles(raw: str | None) -> Standardized:
-    """Standardize one SMILES string (see :func:`standardize_mol`)."""
+def standardize_smiles(raw: str | None, *, canonical: bool = True) -> Standardized:
+    """Standardize one SMILES string (see :func:`standardize_mol`); with
+    ``canonical=False`` the returned SMILES is ``raw`` stripped."""
     if raw is None or not raw.strip():
         return Standardized(None, None, "empty SMILES")
     with rdBase.BlockLogs():  # RDKit would print one stderr line per bad row
         mol = Chem.MolFromSmiles(raw.strip(), sanitize=False)
     if mol is None:
         return Standardized(None, None, "unparsable SMILES")
-    return standardize_mol(mol)
+    standardized = standardize_mol(mol, canonical=canonical)
+    if canonical or standardized.mol is None:
+        return standardized
+    return standardized._replace(smiles=raw.strip())
 
 
 def standardize_molblock(raw: str | None) -> Standardized:
@@ -38,10 +48,11 @@ def standardize_molblock(raw: str | None) -> Standardized:
     return standardize_mol(mol)
 
 
-def standardize_mol(mol: Chem.Mol) -> Standardized:
+def standardize_mol(mol: Chem.Mol, *, canonical: bool = True) -> Standardized:
     """Sanitize ``mol`` (in place), keep its largest fragment (salts and
     solvents are not the active species; ties go to the fragment written
-    first) and return it with its canonical SMILES."""
+    first) and return it with its canonical SMILES (None if not
+    ``canonical``)."""
     try:
         with rdBase.BlockLogs():
             Chem.SanitizeMol(mol)
@@ -54,7 +65,7 @@ def standardize_mol(mol: Chem.Mol) -> Standardized:
     if len(Chem.GetMolFrags(mol)) > 1:
         fragments = Chem.GetMolFrags(mol, asMols=True)
         mol = max(fragments, key=lambda fragment: fragment.GetNumHeavyAtoms())
-    return Standardized(mol, Chem.MolToSmiles(mol), None)
+    return Standardized(mol, Chem.MolToSmiles(mol) if canonical else None, None)
 
 
 def _first_line(error: Exception) -> str:

@@ -97,7 +97,8 @@ class Scorer:
             return np.zeros((0, self.spec.n_bytes), np.uint8), [reason] * len(smiles)
         mols, errors = [], []
         for raw in smiles:
-            standardized = standardize_smiles(raw if isinstance(raw, str) else None)
+            standardized = standardize_smiles(raw if isinstance(raw, str) else None,
+                                              canonical=False)
             errors.append(standardized.reason)
             if standardized.mol is not None:
                 mols.append(standardized.mol)

@@ -39,9 +39,10 @@ def test_spec_mismatch_names_both_specs() -> None:
     ("c1cccc1", "sanitization failed: Can't kekulize"),
 ])
 def test_bad_smiles_get_reasons(raw: str | None, reason: str) -> None:
-    result = standardize_smiles(raw)
-    assert result.mol is None and result.smiles is None
-    assert result.reason.startswith(reason)
+    for canonical in (True, False):
+        result = standardize_smiles(raw, canonical=canonical)
+        assert result.mol is None and result.smiles is None
+        assert result.reason.startswith(reason)
 
 
 def test_standardize_keeps_largest_fragment_canonical() -> None:
@@ -49,6 +50,13 @@ def test_standardize_keeps_largest_fragment_canonical() -> None:
     assert result.reason is None
     assert result.smiles == Chem.MolToSmiles(Chem.MolFromSmiles("[O-]C(=O)c1ccccc1"))
     assert standardize_smiles("OCC").smiles == standardize_smiles("C(O)C").smiles == "CCO"
+
+
+def test_non_canonical_standardization_keeps_the_input_text() -> None:
+    raw = " [Na+].[O-]C(=O)c1ccccc1.O "
+    fast, full = standardize_smiles(raw, canonical=False), standardize_smiles(raw)
+    assert fast.smiles == raw.strip() and fast.reason is None
+    assert Chem.MolToSmiles(fast.mol) == full.smiles  # the same molecule: largest fragment
 
 
 @pytest.mark.parametrize("counts", [False, True])

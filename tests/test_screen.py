@@ -192,7 +192,11 @@ def test_featurize_stage_is_the_training_featurization(smiles_csv: Path) -> None
     trained = featurize_batch(batch, spec=spec, tasks=[], kind="smiles", with_scaffold=False)
     accepted = screened["reason"].is_null().to_numpy(zero_copy_only=False)
     assert accepted.sum() == 200 and screened.num_rows == 202
-    assert screened["fp"].equals(trained["fp"]) and screened["smiles"].equals(trained["smiles"])
+    assert screened["fp"].equals(trained["fp"])
+    # Scores carry the library's own SMILES, not canonical ones (a third of the cost)
+    library_smiles = [text.strip() for text in batch["raw"].to_pylist()[:200]]
+    assert screened["smiles"].to_pylist()[:200] == library_smiles
+    assert library_smiles != trained["smiles"].to_pylist()[:200]
     # raw text travels on only for rejects (the only file that holds it)
     assert screened["raw"].is_null().to_numpy(zero_copy_only=False).tolist() == accepted.tolist()
     assert screened[FEATURIZE_SECONDS].to_numpy().sum() > 0

@@ -76,6 +76,7 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     assert set(rejects["raw"]) == {"not a smiles", "", "C1CC"}
     assert rejects["reason"].str.len().min() > 0
     assert scores["mol_id"].tolist() == frame["name"][scores["row"]].tolist()
+    assert scores["smiles"].tolist() == frame["smiles"][scores["row"]].tolist()
 
     # The reference: the registered model through plain MLflow, SMILES in.
     pyfunc = mlflow.pyfunc.load_model(MODEL)  # MLFLOW_TRACKING_URI is the registry's

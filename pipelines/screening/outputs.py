@@ -3,7 +3,8 @@
 Layout of the output folder::
 
     scores/part-00000.parquet ...  one row per scored molecule: row (source
-                                    position), mol_id, smiles (canonical),
+                                    position), mol_id, smiles (as in the library;
+                                    canonical for SDF records),
                                     one float32 probability column per assay
     rejects.parquet                 row, raw, mol_id, reason: every library
                                     row that could not be scored

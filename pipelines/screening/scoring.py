@@ -73,11 +73,14 @@ class ScoringCounts:
 def featurize_block(batch: pa.Table, *, spec: FingerprintSpec,
                     kind: Literal["smiles", "molblock"]) -> pa.Table:
     """Standardize and fingerprint one block (the training featurization);
-    ``raw`` is kept only on rejected rows, the only place it is written."""
+    ``raw`` is kept only on rejected rows, the only place it is written.
+    Scores carry the library's own SMILES (canonical ones only for SDF
+    records): canonicalizing would cost a third of the featurization."""
     from featurize.pipeline import featurize_batch
 
     started = time.perf_counter()
-    table = featurize_batch(batch, spec=spec, tasks=[], kind=kind, with_scaffold=False)
+    table = featurize_batch(batch, spec=spec, tasks=[], kind=kind, with_scaffold=False,
+                            canonical_smiles=False)
     raw_index = table.schema.get_field_index("raw")
     table = table.set_column(raw_index, "raw", pc.if_else(
         pc.is_null(table["reason"]), pa.scalar(None, pa.string()), table["raw"]))
