@@ -138,8 +138,8 @@ def _jsonable(value: Any) -> Any:
 
 def run_pipeline(settings: RunSettings) -> RunReport:
     """Run every stage (skipping finished ones) and report where results are."""
+    from pipelines.ray_setup import connect_ray
     from pipelines.tracking import resolve_tracking_uri
-    from pipelines.training.ray_setup import connect_ray
 
     out = settings.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -67,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from models.config import ModelConfig
     from models.steps import StepConfig
     from pipelines.errors import UserError
+    from pipelines.ray_setup import connect_ray
     from pipelines.summary import format_key_values, format_table
     from pipelines.sweep import SweepConfig, run_sweep
     from pipelines.sweep_report import trial_rows
     from pipelines.training import TrainConfig
-    from pipelines.training.ray_setup import connect_ray
     from tuning.schedulers import SchedulerConfig
     from tuning.search_space import SearchSpace
 

@@ -174,7 +174,7 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
     started here."""
     import ray
 
-    from pipelines.training.ray_setup import connect_ray
+    from pipelines.ray_setup import connect_ray
 
     if ray.is_initialized():
         yield

@@ -189,8 +189,8 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
     """Train on Ray Train (Ray must be initialised, or a local instance is
     started), track in MLflow, log the best model as a pyfunc and optionally
     register it as ``register_name`` (with ``alias``)."""
+    from pipelines.ray_setup import connect_ray
     from pipelines.registry import log_scoring_model, register_model
-    from pipelines.training.ray_setup import connect_ray
 
     connect_ray(os.environ.get("RAY_ADDRESS"))
     config, info = prepare_config(config)
