@@ -1,6 +1,6 @@
 """The registered model: SMILES in, one probability per assay out.
 
-Two ways in, one scoring code path (:class:`Scorer`):
+Two ways in, one scoring code path (:class:`pipelines.scorer.Scorer`):
 
 - :class:`PcbaPyfuncModel`, the MLflow pyfunc. Any MLflow client
   (``mlflow.pyfunc.load_model``, ``mlflow models predict``/``serve``) sends a
@@ -15,106 +15,19 @@ Two ways in, one scoring code path (:class:`Scorer`):
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from featurize.fingerprints import fingerprint_matrix
-from featurize.spec import FingerprintSpec
-from featurize.standardize import standardize_smiles
-from featurize.tensors import unpack_fingerprints
-from models.networks.sparse_input import Features, SparseRows
-from pipelines.model_bundle import ModelBundle
+from pipelines.scorer import Scorer
 
 SMILES_COLUMN = "smiles"
 ERROR_COLUMN = "error"
 #: Key of the bundle directory in the pyfunc's MLflow artifacts.
 BUNDLE_ARTIFACT = "bundle"
-
-
-def resolve_device(device: torch.device | str = "auto") -> torch.device:
-    """"auto" is the first CUDA device where there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class Scorer:
-    """A trained model ready to score: ``spec``, ``tasks``, ``score_packed``,
-    ``score_smiles``. Cheap to call from many threads' worth of batches; build
-    one per process (e.g. in a Ray Data actor's ``__init__``)."""
-
-    def __init__(self, bundle: ModelBundle, device: torch.device | str = "auto",
-                 batch_size: int | None = None) -> None:
-        self.device = resolve_device(device)
-        self.model = bundle.model.to(self.device).eval()
-        self.spec: FingerprintSpec = bundle.spec
-        self.tasks: list[str] = list(bundle.tasks)
-        # Rows per forward pass. A CPU is memory-bound on the per-task
-        # activations ([K, B, h] floats: 268 MB at 4096 rows, K = h = 128);
-        # 256 rows keep them in cache, 2x faster. A GPU wants big batches.
-        self.batch_size = batch_size or (256 if self.device.type == "cpu" else 8192)
-
-    @classmethod
-    def from_bundle(cls, directory: str | os.PathLike[str],
-                    device: torch.device | str = "auto") -> Scorer:
-        return cls(ModelBundle.load(directory, resolve_device(device)), device)
-
-    @torch.inference_mode()
-    def score_packed(self, fp: np.ndarray) -> np.ndarray:
-        """Packed fingerprints ``uint8[N, spec.n_bytes]`` -> probabilities
-        ``float32[N, K]``. Only packed bytes cross to the device."""
-        fp = np.asarray(fp)
-        if fp.dtype != np.uint8 or fp.ndim != 2 or fp.shape[1] != self.spec.n_bytes:
-            raise ValueError(f"expected packed fingerprints uint8[N, {self.spec.n_bytes}] "
-                             f"({self.spec.describe()}), got {fp.dtype}{list(fp.shape)}")
-        out = np.empty((len(fp), len(self.tasks)), dtype=np.float32)
-        for start in range(0, len(fp), self.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
-            x = self._features(chunk.to(self.device, non_blocking=True))
-            out[start:start + len(chunk)] = torch.sigmoid(self.model(x)).float().cpu().numpy()
-        return out
-
-    def _features(self, packed: torch.Tensor) -> Features:
-        """The model's input for packed fingerprints. On a CPU, bags of on-bits:
-        the first layers then add the ~2 % of weight rows that are on instead
-        of multiplying all of them (3x faster). A GPU keeps the dense product."""
-        x = unpack_fingerprints(packed, self.spec)
-        return SparseRows.from_dense(x) if self.device.type == "cpu" else x
-
-    def featurize_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
-        """Packed fingerprints of the SMILES that featurize (rows in input
-        order, failures left out) and one error per input (None where fine)."""
-        if self.spec.kind != "morgan":
-            reason = (f"model uses {self.spec.describe()} fingerprints, which cannot be "
-                      "computed from SMILES; score its packed fingerprints instead")
-            return np.zeros((0, self.spec.n_bytes), np.uint8), [reason] * len(smiles)
-        mols, errors = [], []
-        for raw in smiles:
-            standardized = standardize_smiles(raw if isinstance(raw, str) else None,
-                                              canonical=False)
-            errors.append(standardized.reason)
-            if standardized.mol is not None:
-                mols.append(standardized.mol)
-        if not mols:
-            return np.zeros((0, self.spec.n_bytes), np.uint8), errors
-        return fingerprint_matrix(mols, self.spec), errors
-
-    def score_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
-        """``float32[N, K]`` probabilities (NaN rows where a SMILES failed)
-        and the per-row error (None where it scored)."""
-        fp, errors = self.featurize_smiles(smiles)
-        probs = np.full((len(errors), len(self.tasks)), np.nan, dtype=np.float32)
-        ok = np.array([error is None for error in errors], dtype=bool)
-        if ok.any():
-            probs[ok] = self.score_packed(fp)
-        return probs, errors
 
 
 class PcbaPyfuncModel(PythonModel):

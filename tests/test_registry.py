@@ -19,7 +19,8 @@ from featurize.standardize import standardize_smiles
 from models.config import ModelConfig
 from models.factory import build_model
 from pipelines.model_bundle import ModelBundle
-from pipelines.pyfunc_model import ERROR_COLUMN, Scorer
+from pipelines.pyfunc_model import ERROR_COLUMN
+from pipelines.scorer import Scorer
 
 TASKS = ["PCBA-1030", "PCBA-1379", "PCBA-1452"]
 SPEC = FingerprintSpec(radius=2, n_bits=128)

@@ -1,9 +1,11 @@
 """The model a screening job scores with, pulled once from the registry.
 
-The driver resolves ``models:/NAME@ALIAS`` (any tracking URI) and downloads
-the pyfunc once; scoring actors get it as a zip through Ray's object store
-and load it with :func:`pipelines.pyfunc_model.load_scorer`, so workers on
-other nodes need neither the MLflow server nor a shared filesystem.
+The driver resolves ``models:/NAME@ALIAS`` (any tracking URI), downloads
+the pyfunc once and loads it through MLflow; scoring actors get the model's
+bundle (weights, spec, assay names) as a zip through Ray's object store and
+load it with :meth:`pipelines.scorer.Scorer.from_bundle`, so workers
+on other nodes need neither the MLflow server nor a shared filesystem, nor
+MLflow's import time.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ class ScreeningModel:
     uri: str
     spec: FingerprintSpec
     tasks: list[str]
-    archive: bytes  # the pyfunc folder, zipped
-    sha256: str  # of the folder's files (names and bytes): the model's identity
+    archive: bytes  # the ModelBundle folder, zipped
+    sha256: str  # of the pyfunc folder's files (names and bytes): the model's identity
 
     def assay_indices(self, assays: list[str] | None) -> list[int]:
         """Output columns for ``assays`` (all when None), in the order asked."""
@@ -49,6 +51,7 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
+    from pipelines.model_bundle import ModelBundle
     from pipelines.pyfunc_model import load_scorer
     from pipelines.tracking import use_tracking_uri
 
@@ -63,7 +66,9 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
                             f"{error.message.splitlines()[0]}") from error
         scorer = load_scorer(local, device="cpu")
         logger.info("model %s: %d assays, %s", model_uri, len(scorer.tasks), scorer.spec.describe())
-        archive, digest = zip_folder(Path(local))
+        _, digest = zip_folder(Path(local))
+        bundle = ModelBundle(scorer.model, scorer.spec, scorer.tasks)
+        archive, _ = zip_folder(bundle.save(Path(scratch) / "bundle"))
         return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks), archive, digest)
 
 

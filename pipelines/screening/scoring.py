@@ -104,12 +104,12 @@ class AssayScorer:
                  threads: int | None = None) -> None:
         import torch
 
-        from pipelines.pyfunc_model import load_scorer
+        from pipelines.scorer import Scorer
 
         if threads:
             torch.set_num_threads(threads)
         self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")
-        self.scorer = load_scorer(str(unzip_to(archive, Path(self._folder.name))), device=device)
+        self.scorer = Scorer.from_bundle(unzip_to(archive, Path(self._folder.name)), device)
         self.columns = np.asarray(columns, dtype=np.int64)
         self.assays = assays
         # One torch thread computes in the calling thread, so its CPU time is
