@@ -32,6 +32,7 @@ from models.config import ModelConfig
 from models.factory import build_model
 from models.steps import StepConfig, build_step
 from pipelines.summary import format_table
+from pipelines.torch_setup import use_huge_pages
 from tests.maml_reference import reference_maml_step
 
 log = logging.getLogger("maml_step")
@@ -150,6 +151,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    use_huge_pages()  # as the jobs run; THP_MEM_ALLOC_ENABLE=0 to compare
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args()
     if args.threads:

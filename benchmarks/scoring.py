@@ -29,9 +29,11 @@ from models.config import ModelConfig  # noqa: E402
 from models.factory import build_model  # noqa: E402
 from models.networks.sparse_input import SparseRows  # noqa: E402
 from pipelines.summary import format_table  # noqa: E402
+from pipelines.torch_setup import use_huge_pages  # noqa: E402
 
 
 def main() -> None:
+    use_huge_pages()  # as the jobs run; THP_MEM_ALLOC_ENABLE=0 to compare
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecules", type=int, default=8192)
     parser.add_argument("--chunks", type=int, nargs="+", default=[8192, 1024, 256])

@@ -35,6 +35,7 @@ from models.config import ModelConfig  # noqa: E402
 from models.factory import build_model  # noqa: E402
 from models.steps import StepConfig, build_step  # noqa: E402
 from pipelines.summary import format_table  # noqa: E402
+from pipelines.torch_setup import use_huge_pages  # noqa: E402
 from pipelines.training.engine import EpochLoop, iter_dataset_batches  # noqa: E402
 
 logger = logging.getLogger("benchmarks.train")
@@ -183,6 +184,7 @@ def pcba_epoch(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    use_huge_pages()  # as the jobs run; THP_MEM_ALLOC_ENABLE=0 to compare
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=48_000,

@@ -1,4 +1,8 @@
 """`python -m pipelines <job> ...`: see pipelines.cli."""
-from pipelines.cli import main
+from pipelines.torch_setup import use_huge_pages
+
+use_huge_pages()  # before any job allocates; local Ray workers inherit it
+
+from pipelines.cli import main  # noqa: E402
 
 raise SystemExit(main())

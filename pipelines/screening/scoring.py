@@ -105,7 +105,9 @@ class AssayScorer:
         import torch
 
         from pipelines.scorer import Scorer
+        from pipelines.torch_setup import use_huge_pages
 
+        use_huge_pages()  # cluster actors too: 256-row forwards allocate ~17 MB each
         if threads:
             torch.set_num_threads(threads)
         self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")

@@ -28,6 +28,7 @@ from featurize.dataset import read_dataset_info
 from featurize.reader import fixed_binary_to_numpy
 from models.factory import build_model
 from models.steps import build_step
+from pipelines.torch_setup import use_huge_pages
 from pipelines.training.collective import Collective, LocalCollective, TorchDistributedCollective
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import (
@@ -53,6 +54,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    use_huge_pages()  # cluster workers too, where the job's env may not have it
     _configure_worker_logging()
     config = TrainConfig.from_dict(loop_config["train"])
     info = read_dataset_info(config.data_dir)
