@@ -202,6 +202,23 @@ def test_featurize_stage_is_the_training_featurization(smiles_csv: Path) -> None
     assert screened[FEATURIZE_SECONDS].to_numpy().sum() > 0
 
 
+def test_sdf_records_are_screened_with_canonical_smiles(tmp_path: Path, nci_smiles: list[str]) -> None:
+    from rdkit import Chem
+
+    path = tmp_path / "library.sdf"
+    with Chem.SDWriter(str(path)) as writer:
+        for text in nci_smiles[:30]:
+            writer.write(Chem.MolFromSmiles(text))
+    spec = FingerprintSpec(n_bits=1024)
+    batch = next(LibrarySource(path, tasks=None).iter_batches())
+    screened = featurize_block(batch, spec=spec, kind="molblock")
+    trained = featurize_batch(batch, spec=spec, tasks=[], kind="molblock", with_scaffold=False)
+    assert screened.num_rows == 30 and screened["reason"].null_count == 30
+    assert screened["fp"].equals(trained["fp"]) and screened["smiles"].equals(trained["smiles"])
+    assert screened["smiles"].to_pylist() == [Chem.MolToSmiles(Chem.MolFromSmiles(text))
+                                              for text in nci_smiles[:30]]
+
+
 def test_options_are_checked_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="top-k"):
         ScreeningConfig("models:/m@champion", tmp_path, tmp_path / "out", top_k=0)
