@@ -3,11 +3,12 @@
 Transparent huge pages for large CPU tensors. A MAML-MTL step allocates
 tensors of 50-400 MB afresh every step (per-task expert deltas and outer
 activations, `[E, K, B, h]`); with 4 KiB pages each costs one page fault per
-page, which on a 2-core machine was a quarter to a third of the step.
+page, which on a 2-core machine was 16-45 % of the step.
 PyTorch's allocator asks the kernel for 2 MiB pages when
 THP_MEM_ALLOC_ENABLE=1. Measured on the 2-core development machine
-(`benchmarks/maml_step.py`): E = 8, one layer 0.62 -> 0.38-0.48 s per fast
-step; E = 16, two layers 4.23 -> 3.44 s; scoring 120 -> 109 us/molecule.
+(`benchmarks/maml_step.py --threads 2`, same session): fast step 0.677 ->
+0.37-0.38 s (E = 8, one layer), 3.45 -> 2.50-2.89 s (E = 16, two layers);
+scoring 120 -> 109 us/molecule (`benchmarks/scoring.py`).
 """
 from __future__ import annotations
 
