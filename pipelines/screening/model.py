@@ -66,23 +66,34 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
                             f"{error.message.splitlines()[0]}") from error
         scorer = load_scorer(local, device="cpu")
         logger.info("model %s: %d assays, %s", model_uri, len(scorer.tasks), scorer.spec.describe())
-        _, digest = zip_folder(Path(local))
         bundle = ModelBundle(scorer.model, scorer.spec, scorer.tasks)
-        archive, _ = zip_folder(bundle.save(Path(scratch) / "bundle"))
-        return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks), archive, digest)
+        archive = zip_folder(bundle.save(Path(scratch) / "bundle"))
+        return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks), archive,
+                              folder_sha256(Path(local)))
 
 
-def zip_folder(folder: Path) -> tuple[bytes, str]:
-    """The folder as zip bytes, and a SHA-256 of its file names and contents
-    (unlike the zip's, it does not change with download times)."""
-    buffer, digest = io.BytesIO(), hashlib.sha256()
+def _files(folder: Path) -> list[tuple[str, Path]]:
+    """The folder's files, by relative name, in a fixed order."""
+    return [(path.relative_to(folder).as_posix(), path)
+            for path in sorted(folder.rglob("*")) if path.is_file()]
+
+
+def folder_sha256(folder: Path) -> str:
+    """SHA-256 of the folder's file names and contents (unlike a zip's, it
+    does not change with download times)."""
+    digest = hashlib.sha256()
+    for name, path in _files(folder):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The folder as zip bytes."""
+    buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                name = path.relative_to(folder).as_posix()
-                archive.write(path, name)
-                digest.update(name.encode() + b"\0" + path.read_bytes())
-    return buffer.getvalue(), digest.hexdigest()
+        for name, path in _files(folder):
+            archive.write(path, name)
+    return buffer.getvalue()
 
 
 def unzip_to(archive: bytes, folder: Path) -> Path:
