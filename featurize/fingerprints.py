@@ -7,11 +7,11 @@ unpacks it. Count fingerprints keep one byte per position, clipped at 255.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
-from rdkit import Chem
+from rdkit import Chem, DataStructs
 from rdkit.Chem import rdFingerprintGenerator
 
 from featurize.spec import BIT_ORDER, FingerprintSpec
@@ -25,20 +25,50 @@ def morgan_generator(radius: int, n_bits: int) -> rdFingerprintGenerator.Fingerp
     return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
 
 
-def fingerprint_matrix(mols: Sequence[Chem.Mol], spec: FingerprintSpec) -> np.ndarray:
+class FingerprintRows:
+    """Fingerprints taken one molecule at a time, stored as one matrix at the end.
+
+    Why one at a time: a Mol fingerprinted right after it is built can be
+    freed while its memory is still in cache. Holding a 4,096-row block's Mols
+    and freeing them together cost ~60 us per drug-like molecule, against
+    ~20 us when each is freed in the loop. Bits travel as FPS hex text
+    (``BitVectToFPSText``: bit i at bit i % 8 of byte i // 8, our packed
+    order), decoded for the whole block at once, instead of a 2,048-byte
+    NumPy array per molecule packed afterwards.
+    """
+
+    def __init__(self, spec: FingerprintSpec):
+        if spec.kind != "morgan":
+            raise ValueError(f"cannot compute fingerprints of kind {spec.kind!r} with RDKit")
+        self.spec = spec
+        self._generator = morgan_generator(spec.radius, spec.n_bits)
+        self._rows: list[str | np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, mol: Chem.Mol) -> None:
+        if self.spec.counts:
+            self._rows.append(np.minimum(self._generator.GetCountFingerprintAsNumPy(mol), 255))
+        else:
+            self._rows.append(DataStructs.BitVectToFPSText(self._generator.GetFingerprint(mol)))
+
+    def matrix(self) -> np.ndarray:
+        """The fingerprints added so far, as stored: ``uint8[len(self), spec.n_bytes]``."""
+        if not self._rows:
+            return np.zeros((0, self.spec.n_bytes), dtype=np.uint8)
+        if self.spec.counts:
+            return np.stack(self._rows).astype(np.uint8)
+        packed = np.frombuffer(bytes.fromhex("".join(self._rows)), dtype=np.uint8)
+        return packed.reshape(len(self._rows), self.spec.n_bytes)
+
+
+def fingerprint_matrix(mols: Iterable[Chem.Mol], spec: FingerprintSpec) -> np.ndarray:
     """Fingerprints of ``mols`` as stored: ``uint8[len(mols), spec.n_bytes]``."""
-    if spec.kind != "morgan":
-        raise ValueError(f"cannot compute fingerprints of kind {spec.kind!r} with RDKit")
-    generator = morgan_generator(spec.radius, spec.n_bits)
-    dense = np.zeros((len(mols), spec.n_bits), dtype=np.uint8)
-    if spec.counts:
-        for index, mol in enumerate(mols):
-            np.minimum(generator.GetCountFingerprintAsNumPy(mol), 255, out=dense[index],
-                       casting="unsafe")
-        return dense
-    for index, mol in enumerate(mols):
-        dense[index] = generator.GetFingerprintAsNumPy(mol)
-    return pack_bits(dense)
+    rows = FingerprintRows(spec)
+    for mol in mols:
+        rows.add(mol)
+    return rows.matrix()
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from featurize.dataset import DEFAULT_ROWS_PER_SHARD, REJECTS_FILE, DatasetInfo, DatasetWriter, find_finished
-from featurize.fingerprints import fingerprint_matrix
+from featurize.fingerprints import FingerprintRows
 from featurize.sources import LibrarySource, TaskSelection
 from featurize.spec import FingerprintSpec
 from featurize.splits import (
@@ -120,22 +120,21 @@ def featurize_batch(batch: pa.Table, *, spec: FingerprintSpec, tasks: Sequence[s
     smiles: list[str | None] = [None] * n_rows
     scaffolds: list[str | None] = [None] * n_rows
     accepted: list[int] = []
-    mols = []
+    fingerprints = FingerprintRows(spec)
     for index, raw in enumerate(batch["raw"].to_pylist()):
         if ids[index] is None:
             reasons[index] = "empty id"
             continue
         result = standardize(raw)
         reasons[index] = result.reason or label_reasons[index]
-        if reasons[index] is None:
+        if reasons[index] is None:  # each Mol is used up here, then freed (see FingerprintRows)
             smiles[index] = result.smiles
             if with_scaffold:
                 scaffolds[index] = scaffold_smiles(result.mol)
             accepted.append(index)
-            mols.append(result.mol)
+            fingerprints.add(result.mol)
     fp = np.zeros((n_rows, spec.n_bytes), dtype=np.uint8)
-    if mols:
-        fp[accepted] = fingerprint_matrix(mols, spec)
+    fp[accepted] = fingerprints.matrix()
     columns = {
         "_row": batch["_row"],
         "mol_id": batch["mol_id"],

@@ -25,16 +25,18 @@ class Standardized(NamedTuple):
 def standardize_smiles(raw: str | None, *, canonical: bool = True) -> Standardized:
     """Standardize one SMILES string (see :func:`standardize_mol`); with
     ``canonical=False`` the returned SMILES is ``raw`` stripped."""
-    if raw is None or not raw.strip():
+    text = raw.strip() if raw is not None else ""
+    if not text:
         return Standardized(None, None, "empty SMILES")
     with rdBase.BlockLogs():  # RDKit would print one stderr line per bad row
-        mol = Chem.MolFromSmiles(raw.strip(), sanitize=False)
-    if mol is None:
-        return Standardized(None, None, "unparsable SMILES")
-    standardized = standardize_mol(mol, canonical=canonical)
+        mol = Chem.MolFromSmiles(text, sanitize=False)
+        if mol is None:
+            return Standardized(None, None, "unparsable SMILES")
+        # Only a '.' separates fragments in SMILES: without one, skip the search.
+        standardized = standardize_mol(mol, canonical=canonical, single_fragment="." not in text)
     if canonical or standardized.mol is None:
         return standardized
-    return standardized._replace(smiles=raw.strip())
+    return standardized._replace(smiles=text)
 
 
 def standardize_molblock(raw: str | None) -> Standardized:
@@ -43,26 +45,28 @@ def standardize_molblock(raw: str | None) -> Standardized:
         return Standardized(None, None, "empty mol block")
     with rdBase.BlockLogs():
         mol = Chem.MolFromMolBlock(raw, sanitize=False)
-    if mol is None:
-        return Standardized(None, None, "unparsable mol block")
-    return standardize_mol(mol)
+        if mol is None:
+            return Standardized(None, None, "unparsable mol block")
+        return standardize_mol(mol)
 
 
-def standardize_mol(mol: Chem.Mol, *, canonical: bool = True) -> Standardized:
+def standardize_mol(mol: Chem.Mol, *, canonical: bool = True,
+                    single_fragment: bool = False) -> Standardized:
     """Sanitize ``mol`` (in place), keep its largest fragment (salts and
     solvents are not the active species; ties go to the fragment written
     first) and return it with its canonical SMILES (None if not
-    ``canonical``)."""
+    ``canonical``). ``single_fragment``: the caller knows there is one
+    fragment, so the search is skipped. Callers block RDKit's logging around
+    the call (one ``BlockLogs`` per molecule, not one per step)."""
     try:
-        with rdBase.BlockLogs():
-            Chem.SanitizeMol(mol)
+        Chem.SanitizeMol(mol)
     except Exception as error:  # RDKit raises several unrelated types here
         return Standardized(None, None, f"sanitization failed: {_first_line(error)}")
     if mol.GetNumAtoms() == 0:
         return Standardized(None, None, "no atoms")
     # Fragment indices first: building fragment Mols costs as much as parsing
     # the SMILES, and most molecules are one fragment.
-    if len(Chem.GetMolFrags(mol)) > 1:
+    if not single_fragment and len(Chem.GetMolFrags(mol)) > 1:
         fragments = Chem.GetMolFrags(mol, asMols=True)
         mol = max(fragments, key=lambda fragment: fragment.GetNumHeavyAtoms())
     return Standardized(mol, Chem.MolToSmiles(mol) if canonical else None, None)

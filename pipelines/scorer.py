@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featurize.fingerprints import fingerprint_matrix
+from featurize.fingerprints import FingerprintRows
 from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
@@ -80,16 +80,14 @@ class Scorer:
             reason = (f"model uses {self.spec.describe()} fingerprints, which cannot be "
                       "computed from SMILES; score its packed fingerprints instead")
             return np.zeros((0, self.spec.n_bytes), np.uint8), [reason] * len(smiles)
-        mols, errors = [], []
+        fingerprints, errors = FingerprintRows(self.spec), []
         for raw in smiles:
             standardized = standardize_smiles(raw if isinstance(raw, str) else None,
                                               canonical=False)
             errors.append(standardized.reason)
             if standardized.mol is not None:
-                mols.append(standardized.mol)
-        if not mols:
-            return np.zeros((0, self.spec.n_bytes), np.uint8), errors
-        return fingerprint_matrix(mols, self.spec), errors
+                fingerprints.add(standardized.mol)
+        return fingerprints.matrix(), errors
 
     def score_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
         """``float32[N, K]`` probabilities (NaN rows where a SMILES failed)

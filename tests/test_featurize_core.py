@@ -60,7 +60,7 @@ def test_non_canonical_standardization_keeps_the_input_text() -> None:
 
 
 @pytest.mark.parametrize("counts", [False, True])
-@pytest.mark.parametrize(("radius", "n_bits"), [(2, 2048), (3, 1000)])
+@pytest.mark.parametrize(("radius", "n_bits"), [(2, 2048), (3, 1001)])
 def test_fingerprints_equal_rdkit_reference(nci_smiles: list[str], counts: bool,
                                             radius: int, n_bits: int) -> None:
     spec = FingerprintSpec(radius=radius, n_bits=n_bits, counts=counts)
@@ -68,6 +68,7 @@ def test_fingerprints_equal_rdkit_reference(nci_smiles: list[str], counts: bool,
     mols = [item.mol for item in standardized if item.mol is not None]
     stored = fingerprint_matrix(mols, spec)
     assert stored.shape == (len(mols), spec.n_bytes) and stored.dtype == np.uint8
+    assert fingerprint_matrix([], spec).shape == (0, spec.n_bytes)
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
     for row, item in zip(stored, (i for i in standardized if i.mol is not None)):
         reference_mol = Chem.MolFromSmiles(item.smiles)  # from the stored canonical SMILES
