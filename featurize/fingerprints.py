@@ -59,7 +59,7 @@ class FingerprintRows:
             return np.zeros((0, self.spec.n_bytes), dtype=np.uint8)
         if self.spec.counts:
             return np.stack(self._rows).astype(np.uint8)
-        packed = np.frombuffer(bytes.fromhex("".join(self._rows)), dtype=np.uint8)
+        packed = np.frombuffer(bytearray.fromhex("".join(self._rows)), dtype=np.uint8)  # writable
         return packed.reshape(len(self._rows), self.spec.n_bytes)
 
 

@@ -68,6 +68,7 @@ def test_fingerprints_equal_rdkit_reference(nci_smiles: list[str], counts: bool,
     mols = [item.mol for item in standardized if item.mol is not None]
     stored = fingerprint_matrix(mols, spec)
     assert stored.shape == (len(mols), spec.n_bytes) and stored.dtype == np.uint8
+    assert stored.flags.writeable  # torch.from_numpy warns on read-only arrays
     assert fingerprint_matrix([], spec).shape == (0, spec.n_bytes)
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
     for row, item in zip(stored, (i for i in standardized if i.mol is not None)):
