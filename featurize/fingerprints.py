@@ -49,7 +49,8 @@ class FingerprintRows:
 
     def add(self, mol: Chem.Mol) -> None:
         if self.spec.counts:
-            self._rows.append(np.minimum(self._generator.GetCountFingerprintAsNumPy(mol), 255))
+            counts = self._generator.GetCountFingerprintAsNumPy(mol)  # uint32
+            self._rows.append(np.minimum(counts, 255).astype(np.uint8))
         else:
             self._rows.append(DataStructs.BitVectToFPSText(self._generator.GetFingerprint(mol)))
 
@@ -58,7 +59,7 @@ class FingerprintRows:
         if not self._rows:
             return np.zeros((0, self.spec.n_bytes), dtype=np.uint8)
         if self.spec.counts:
-            return np.stack(self._rows).astype(np.uint8)
+            return np.stack(self._rows)
         packed = np.frombuffer(bytearray.fromhex("".join(self._rows)), dtype=np.uint8)  # writable
         return packed.reshape(len(self._rows), self.spec.n_bytes)
 
