@@ -9,9 +9,10 @@ Two ways in, one scoring code path (:class:`pipelines.scorer.Scorer`):
   featurize/'s own standardization and fingerprint code, so the features equal
   the training features. A SMILES that cannot be featurized gets NaN scores
   and its reason in ``error``; the batch never fails because of one row.
-- :func:`load_scorer`, for screening: the same model with ``score_packed``
-  to score fingerprints already featurized (the Parquet ``fp`` column)
-  without going back to SMILES, on a chosen device (GPU actors in Ray Data).
+- :func:`load_scorer` (or :func:`load_pyfunc_model`, which also gives the
+  bundle folder screening ships to its actors): the same model with
+  ``score_packed`` to score fingerprints already featurized (the Parquet
+  ``fp`` column) without going back to SMILES, on a chosen device.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class PcbaPyfuncModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         device = (context.model_config or {}).get("device", "auto")
-        self.scorer = Scorer.from_bundle(context.artifacts[BUNDLE_ARTIFACT], device)
+        self.bundle_dir = Path(context.artifacts[BUNDLE_ARTIFACT])
+        self.scorer = Scorer.from_bundle(self.bundle_dir, device)
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -49,10 +51,10 @@ class PcbaPyfuncModel(PythonModel):
         return out
 
 
-def load_scorer(model_uri: str, device: torch.device | str = "auto") -> Scorer:
-    """The :class:`Scorer` of a logged or registered model
+def load_pyfunc_model(model_uri: str, device: torch.device | str = "auto") -> PcbaPyfuncModel:
+    """The loaded :class:`PcbaPyfuncModel` of a logged or registered model
     (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/<model_id>``
-    or a local pyfunc directory), loaded through MLflow on ``device``."""
+    or a local pyfunc directory), through MLflow, scoring on ``device``."""
     import mlflow.pyfunc
 
     pyfunc = mlflow.pyfunc.load_model(model_uri, model_config={"device": str(device)})
@@ -60,7 +62,13 @@ def load_scorer(model_uri: str, device: torch.device | str = "auto") -> Scorer:
     if not isinstance(python_model, PcbaPyfuncModel):
         raise TypeError(f"{model_uri} is not a PCBA scoring model "
                         f"(its python model is {type(python_model).__name__})")
-    return python_model.scorer
+    return python_model
+
+
+def load_scorer(model_uri: str, device: torch.device | str = "auto") -> Scorer:
+    """The :class:`Scorer` of a logged or registered model (see
+    :func:`load_pyfunc_model`)."""
+    return load_pyfunc_model(model_uri, device).scorer
 
 
 def pyfunc_entry_path() -> Path:

@@ -51,8 +51,7 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from pipelines.model_bundle import ModelBundle
-    from pipelines.pyfunc_model import load_scorer
+    from pipelines.pyfunc_model import load_pyfunc_model
     from pipelines.tracking import use_tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="screen-model-") as scratch:
@@ -64,12 +63,13 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
         except MlflowException as error:
             raise UserError(f"model {model_uri} not found in MLflow at {tracking_uri}: "
                             f"{error.message.splitlines()[0]}") from error
-        scorer = load_scorer(local, device="cpu")
+        pyfunc = load_pyfunc_model(local, device="cpu")  # validates the download
+        scorer = pyfunc.scorer
         logger.info("model %s: %d assays, %s", model_uri, len(scorer.tasks), scorer.spec.describe())
-        bundle = ModelBundle(scorer.model, scorer.spec, scorer.tasks)
-        archive = zip_folder(bundle.save(Path(scratch) / "bundle"))
-        return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks), archive,
-                              folder_sha256(Path(local)))
+        # Actors need only the bundle, already inside the download as the
+        # pyfunc's artifact: zip it as it is.
+        return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks),
+                              zip_folder(pyfunc.bundle_dir), folder_sha256(Path(local)))
 
 
 def _files(folder: Path) -> list[tuple[str, Path]]:
