@@ -107,7 +107,7 @@ class AssayScorer:
         from pipelines.scorer import Scorer
         from pipelines.torch_setup import use_huge_pages
 
-        use_huge_pages()  # cluster actors too: 256-row forwards allocate ~17 MB each
+        use_huge_pages()  # cluster actors run as the jobs do (see pipelines/torch_setup.py)
         if threads:
             torch.set_num_threads(threads)
         self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")
