@@ -104,7 +104,7 @@ def time_step(run: Callable[[], object], device: torch.device, reps: int,
 def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]) -> dict[str, object]:
     device = torch.device(args.device)
     config = ModelConfig(n_features=args.features, n_tasks=args.tasks, n_experts=n_experts,
-                         expert_hidden=hidden, alpha=0.5, seed=0)
+                         expert_hidden=hidden, alpha=args.alpha, seed=0)
     model = build_model(config).to(device).train()
     generator = torch.Generator().manual_seed(0)
     x = (torch.rand(args.batch, args.features, generator=generator) < 0.03).float().to(device)
@@ -142,6 +142,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--hidden", nargs="+", default=["256", "256,256"],
                         help="expert layer widths, one comma-separated list per case")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="share of exclusive experts (0 = MMoE, whose experts all serve every task)")
     parser.add_argument("--reps", type=int, default=5, help="timed runs of plain and fast steps")
     parser.add_argument("--reference-reps", type=int, default=1,
                         help="timed runs of the reference loop (0 skips it)")
@@ -161,7 +163,7 @@ def main() -> int:
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
         f"CPU, {torch.get_num_threads()} threads")
     print(format_table(rows, title=(
-        f"One training step, K={args.tasks}, d={args.features}, batch {args.batch}, "
+        f"One training step, K={args.tasks}, d={args.features}, batch {args.batch}, alpha {args.alpha}, "
         f"{device_name}, torch {torch.__version__}{', bf16 autocast' if args.bf16 else ''} "
         f"(median of {args.reps}; reference: median of {args.reference_reps})")))
     return 0

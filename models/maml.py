@@ -22,6 +22,11 @@ K copies of the weights. The mixture path below needs neither:
   a `[B_out, B_in]` Gram product per task instead of a `d x h` weight copy.
   For deeper layers x_o is task k's own (perturbed) outer activation and
   x_in the unperturbed inner activation.
+* An exclusive expert (MMoEEx) is open to one task's gate only: every other
+  task gives it a zero gate weight, hence a zero Delta_k, and never reads it
+  in the outer pass. Such experts are carried as `[E_x, 1, B, h]` (their own
+  task only) and added to that task's mixture, the rest as `[E_s, K, B, h]`;
+  with alpha = 0.5 this halves the expert work of the step, exactly.
 * The outer pass runs for all K tasks at once on `[E, K, B_out, h]` tensors
   and one backward gives the outer gradient: with the inner quantities
   detached it is the first-order gradient (each layer being affine in its
@@ -132,14 +137,81 @@ def _mixture_outer_losses(model: MixtureOfExpertsModel, split: _Split, inner_lr:
                           autocast: AutocastFactory) -> Tensor:
     """The low-rank exact path for MMoEEx, MMoE and shared bottom (module docstring)."""
     inner = _mixture_inner_pass(model, split, inner_lr, second_order, pos_weight, tasks, autocast)
+    n_tasks = inner.grad_mixture.shape[0]
     with autocast():
-        deltas = _expert_deltas(model, inner, second_order)
-        expert_out = _perturbed_expert_outputs(model, split, inner, deltas, inner_lr, second_order)
         weights = (functional_call(model.gates, inner.gates, (split.x_out, tasks))
                    if model.gates is not None else None)
-        mixed = model.mix(weights, expert_out, inner.grad_mixture.shape[0])
+        mixed = None
+        for group in _expert_groups(model, tasks):
+            deltas = _expert_deltas(model, inner, group, second_order)
+            expert_out = _perturbed_expert_outputs(model, split, inner, group, deltas, inner_lr,
+                                                   second_order)
+            mixed = group.add_to_mixture(mixed, weights, expert_out, model.mix, n_tasks)
         logits = functional_call(model.towers, inner.towers, (mixed, tasks)).transpose(0, 1)
     return masked_bce_per_task(logits, split.labels_out, split.mask_out, pos_weight)
+
+
+@dataclass(frozen=True)
+class _ExpertGroup:
+    """Experts whose outer pass runs together, and the tasks each one serves.
+
+    experts: `[G]` expert indices, or None for all experts (no copies made).
+    tasks: None when the experts serve every task in play (tensors laid out
+    `[G, K, B, h]`), or `[G]` the one task (its position among the tasks in
+    play) each expert is open to (`[G, 1, B, h]`).
+    """
+
+    experts: Tensor | None
+    tasks: Tensor | None
+
+    def pick(self, per_expert: Tensor) -> Tensor:
+        """This group's rows of an `[E, ...]` tensor."""
+        return per_expert if self.experts is None else per_expert[self.experts]
+
+    def per_task(self, per_task: Tensor) -> Tensor:
+        """`[K, ...]` -> `[1, K, ...]` (every task) or `[G, 1, ...]` (each expert's task)."""
+        return per_task.unsqueeze(0) if self.tasks is None else per_task[self.tasks].unsqueeze(1)
+
+    def gate_weights(self, weights: Tensor) -> Tensor:
+        """g^k_e for this group from `[B, K, E]` -> `[G, K or 1, B, 1]`."""
+        if self.tasks is None:
+            return self.pick(weights.permute(2, 1, 0)).unsqueeze(-1)
+        return weights[:, self.tasks, self.experts].transpose(0, 1)[:, None, :, None]
+
+    def add_to_mixture(self, mixed: Tensor | None, weights: Tensor | None, expert_out: Tensor,
+                       mix: Callable[[Tensor | None, Tensor, int], Tensor], n_tasks: int) -> Tensor:
+        """mixed + this group's share of f^k = sum_e g^k_e f^k_e, `[K, B, h]`."""
+        if self.tasks is None:
+            if weights is not None and self.experts is not None:
+                weights = weights[:, :, self.experts]
+            part = mix(weights, expert_out, n_tasks)
+            return part if mixed is None else mixed + part
+        share = (self.gate_weights(weights) * expert_out).squeeze(1)
+        return mixed.index_add(0, self.tasks, share.to(mixed.dtype))  # autocast: mixed may be bf16
+
+
+def _expert_groups(model: MixtureOfExpertsModel, tasks: Tensor | None) -> list[_ExpertGroup]:
+    """Split the experts by the gates open to them: experts open to several
+    tasks (shared ones) first, then those open to one task only (exclusive
+    ones, when more than one task is in play); experts no task in play may
+    read are left out, since nothing in the outer loss depends on them."""
+    if model.gates is None:
+        return [_ExpertGroup(experts=None, tasks=None)]
+    open_mask = model.gates.open_mask(tasks).cpu()  # [K, E]
+    n_tasks, n_experts = open_mask.shape
+    n_open = open_mask.sum(0)
+    single = (n_open == 1) & (n_tasks > 1)
+    shared = (n_open > 0) & ~single
+    if not single.any():
+        return [_ExpertGroup(experts=None if shared.all() else _on(model, shared.nonzero()[:, 0]),
+                             tasks=None)]
+    owners = open_mask[:, single].to(torch.int64).argmax(0)
+    return [_ExpertGroup(experts=_on(model, shared.nonzero()[:, 0]), tasks=None),
+            _ExpertGroup(experts=_on(model, single.nonzero()[:, 0]), tasks=_on(model, owners))]
+
+
+def _on(model: MixtureOfExpertsModel, index: Tensor) -> Tensor:
+    return index.to(model.experts.layers[0].weight.device)
 
 
 def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: float,
@@ -184,8 +256,10 @@ def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: f
     )
 
 
-def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order: bool) -> list[Tensor]:
-    """Delta_k at every expert layer's pre-activation: dL_k^in/dz, `[E, K, B_in, h]`.
+def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, group: _ExpertGroup,
+                   second_order: bool) -> list[Tensor]:
+    """Delta_k at every expert layer's pre-activation: dL_k^in/dz, `[G, K, B_in, h]`
+    (or `[G, 1, B_in, h]` for experts serving one task each).
 
     Starts from dL_k/da_e = g^k_e * dL_k/df^k and back-propagates through the
     layers batched over experts (bmm) and tasks (rows of the bmm). These are
@@ -196,20 +270,20 @@ def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order
     n_layers = len(experts.layers)
     deltas: list[Tensor] = []
     for index in reversed(range(n_layers)):
-        local = experts.activation.derivative(inner.pre_activations[index])
+        local = experts.activation.derivative(group.pick(inner.pre_activations[index]))
         if inner.dropout_masks[index] is not None:
-            local = local * inner.dropout_masks[index]
+            local = local * group.pick(inner.dropout_masks[index])
         if index == n_layers - 1:
-            # Contiguous operands make the product contiguous [E, K, B_in, h]
-            # (task-major): every later use views it as E * K blocks with no
+            # Contiguous operands make the product contiguous [G, K, B_in, h]
+            # (task-major): every later use views it as G * K blocks with no
             # copy of this large tensor (the layer above's pre-activation from
             # einsum is laid out rows-first, which the product would inherit).
-            grad = local.contiguous().unsqueeze(1) * inner.grad_mixture.contiguous().unsqueeze(0)
+            grad = local.contiguous().unsqueeze(1) * group.per_task(inner.grad_mixture.contiguous())
             if inner.mixture_weights is not None:
-                grad = _scale(grad, inner.mixture_weights.permute(2, 1, 0).unsqueeze(-1), second_order)
+                grad = _scale(grad, group.gate_weights(inner.mixture_weights), second_order)
         else:
             above = deltas[-1]
-            weight = _constant_unless(experts.layers[index + 1].weight, second_order)
+            weight = group.pick(_constant_unless(experts.layers[index + 1].weight, second_order))
             n_experts, n_tasks, n_rows, width = above.shape
             grad = torch.bmm(above.view(n_experts, n_tasks * n_rows, width), weight.transpose(1, 2))
             grad = _scale(grad.view(n_experts, n_tasks, n_rows, -1), local.unsqueeze(1), second_order)
@@ -218,8 +292,10 @@ def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, second_order
 
 
 def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner: _InnerPass,
-                              deltas: list[Tensor], inner_lr: float, second_order: bool) -> Tensor:
-    """Expert outputs on the outer rows at each task's theta'_k: `[E, K, B_out, h]`.
+                              group: _ExpertGroup, deltas: list[Tensor], inner_lr: float,
+                              second_order: bool) -> Tensor:
+    """The group's expert outputs on the outer rows at each task's theta'_k:
+    `[G, K, B_out, h]` (or `[G, 1, B_out, h]`).
 
     z_k = x_o W + b - beta * (x_o x_in^T + 1 1^T) Delta_k: the bias update
     (the row sum of Delta_k) rides along as a constant input feature 1.
@@ -231,19 +307,19 @@ def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner
         delta = deltas[index]
         if index == 0:
             # x_o x_in^T is the same for every expert and task; applying it
-            # as E * K small GEMMs was faster on CPU than as one
-            # [B_out, B_in] x [B_in, E*K*h] product (which also needs a
+            # as G * K small GEMMs was faster on CPU than as one
+            # [B_out, B_in] x [B_in, G*K*h] product (which also needs a
             # rows-first copy of delta).
             gram = (split.x_out @ split.x_in.transpose(0, 1) + 1.0) * -inner_lr
-            z = torch.matmul(gram, delta) + layer(split.x_out).unsqueeze(1)
+            z = torch.matmul(gram, delta) + layer(split.x_out, group.experts).unsqueeze(1)
         else:
             n_experts, n_tasks, n_inner, width = delta.shape
-            inner_in = _constant_unless(inner.layer_inputs[index], second_order)
+            inner_in = group.pick(_constant_unless(inner.layer_inputs[index], second_order))
             n_outer = h.shape[2]
             flat = h.reshape(n_experts, n_tasks * n_outer, -1)
             gram = torch.baddbmm(flat.new_full((1, 1, 1), -inner_lr), flat, inner_in.transpose(1, 2),
                                  alpha=-inner_lr)  # -beta (h x_in^T + 1) in one pass
-            base = torch.baddbmm(layer.bias.unsqueeze(1), flat, layer.weight)
+            base = torch.baddbmm(group.pick(layer.bias).unsqueeze(1), flat, group.pick(layer.weight))
             z = torch.baddbmm(base.view(n_experts * n_tasks, n_outer, width),
                               gram.view(n_experts * n_tasks, n_outer, n_inner),
                               delta.view(n_experts * n_tasks, n_inner, width))

@@ -65,6 +65,27 @@ def test_fast_maml_matches_the_reference_loop(architecture, hidden, alpha, activ
         torch.testing.assert_close(fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
+@pytest.mark.parametrize("n_tasks, n_experts, alpha, exclusivity", [
+    (5, 3, 0.67, "exclusion"),  # each assigned expert closed to its task only
+    (2, 4, 0.75, "exclusive"),  # 3 exclusive experts, 2 tasks: a task owns two
+    (2, 3, 0.67, "exclusion"),  # an expert open to one task of two
+])
+def test_fast_maml_matches_the_reference_for_every_expert_grouping(n_tasks, n_experts, alpha, exclusivity,
+                                                                    second_order) -> None:
+    """The outer pass carries experts open to one task only as `[G, 1, ...]`:
+    check the layouts the gates' open mask can give."""
+    config = ModelConfig(n_features=12, n_tasks=n_tasks, n_experts=n_experts, expert_hidden=(6, 4),
+                         tower_hidden=3, alpha=alpha, exclusivity=exclusivity, dropout=0.0, seed=1)
+    model = build_model(config).double()
+    x, labels, mask = batch(10, 12, n_tasks)
+    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, second_order=second_order), x, labels, mask)
+    loss, reference = reference_maml_step(model, x, labels, mask, inner_lr=0.7, second_order=second_order)
+    torch.testing.assert_close(output.loss, loss, rtol=1e-10, atol=1e-12)
+    for name, grad in reference.items():
+        torch.testing.assert_close(fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_second_order_differs_from_first_order() -> None:
     """The equality test above could not tell the two apart if they agreed."""
     x, labels, mask = batch(10, 12, 5)
@@ -106,18 +127,25 @@ def test_step_zeroes_old_gradients_and_fills_every_grad() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_task_subsampling_is_the_mean_over_the_sampled_tasks() -> None:
+@pytest.mark.parametrize("tasks_per_step, seed", [(2, 11), (2, 7), (2, 6), (1, 3)])
+def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int, seed: int) -> None:
+    """The model's exclusive experts belong to tasks 1 and 4. Seeds chosen so
+    that the sampled tasks are [1, 4] (both owners), [0, 1] (one: the other
+    expert is read by no task in play), [0, 2] (none) and [1] (one task in
+    play: every expert it reads is in the shared layout)."""
     model = tiny_model("mmoeex", (6, 4), 0.67)
+    assert model.gates.exclusive_expert_task.tolist() == [-1, 4, 1]
     x, labels, mask = batch(10, 12, 5)
-    torch.manual_seed(7)
-    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, tasks_per_step=2), x, labels, mask)
+    torch.manual_seed(seed)
+    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, tasks_per_step=tasks_per_step),
+                              x, labels, mask)
     sampled = ~torch.isnan(output.task_losses)
-    assert int(sampled.sum()) == 2
+    assert sampled.nonzero()[:, 0].tolist() == {11: [1, 4], 7: [0, 1], 6: [0, 2], 3: [1]}[seed]
     # The reference over all K tasks with the others' labels masked out,
-    # rescaled from a mean over K to a mean over the 2 sampled tasks.
+    # rescaled from a mean over K to a mean over the sampled tasks.
     _, reference = reference_maml_step(model, x, labels, mask & sampled, inner_lr=0.7)
     for name, grad in reference.items():
-        torch.testing.assert_close(fast[name], grad * 5 / 2, msg=name)
+        torch.testing.assert_close(fast[name], grad * 5 / tasks_per_step, msg=name)
 
 
 def test_dropout_in_train_mode_gives_finite_gradients() -> None:
