@@ -172,6 +172,10 @@ class LibrarySource:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise InputDataError(f"{self.path}: cannot read the table near data row {start}: "
                                  f"{error}") from error
+        if start == 0:  # no data rows: one empty batch, as for .smi and .sdf
+            yield pa.table({"_row": pa.array([], pa.int64()), "raw": pa.array([], pa.string()),
+                            "mol_id": pa.array([], pa.string()),
+                            **{task: pa.array([], pa.float64()) for task in tasks}})
 
     # -- .smi and .sdf ------------------------------------------------------------
     def _iter_smi(self) -> Iterator[tuple[str, str | None]]:

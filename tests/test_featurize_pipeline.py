@@ -152,10 +152,40 @@ def test_merge_restores_source_order_across_interleaved_files(tmp_path: Path) ->
     assert merged["value"].to_pylist() == list(range(0, 2000, 2))
 
 
+@pytest.mark.parametrize("n_rows, n_cpus, block_rows", [
+    (50_000, 2, 4096), (50_000, 1, 4096), (440_000, 16, 4096), (3, 2, 4096), (1, 4, 4096), (0, 2, 10)])
+def test_ray_task_ranges_cover_every_row_in_equal_shares(n_rows: int, n_cpus: int, block_rows: int) -> None:
+    ranges = pipeline.task_row_ranges(n_rows, n_cpus, block_rows)
+    bounds = [0, *(stop for _, stop in ranges)]  # contiguous, from row 0 to the last row
+    assert [start for start, _ in ranges] == bounds[:-1] and bounds[-1] == n_rows
+    sizes = [stop - start for start, stop in ranges]
+    assert all(0 < size <= block_rows for size in sizes) and max(sizes, default=0) - min(sizes, default=0) <= 1
+    if n_rows >= n_cpus:  # every CPU gets the same number of tasks
+        assert len(ranges) % n_cpus == 0
+
+
+def test_read_rows_reads_a_range_across_row_groups(tmp_path: Path) -> None:
+    path = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({"value": list(range(100))}), path, row_group_size=16)
+    for start, stop in [(0, 100), (10, 40), (16, 32), (95, 100), (7, 8)]:
+        assert pipeline._read_rows(str(path), start, stop)["value"].to_pylist() == list(range(start, stop))
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_an_input_without_rows_gives_an_empty_dataset(tmp_path: Path, backend: str) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("smiles,id\n")
+    summary = featurize_file(path, tmp_path / "out", backend=backend, id_col="id", progress=False)
+    assert (summary.input_rows, summary.accepted, summary.rejected) == (0, 0, 0)
+    assert read_all(read_dataset_info(tmp_path / "out")).fp.shape[0] == 0
+
+
 @pytest.mark.slow
 def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 40)  # 8 blocks on 2 CPUs
+    # 306 rows: 8 tasks of 38-39 rows on 2 CPUs, each reading across raw row groups of 16
+    monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 40)
+    monkeypatch.setattr(pipeline, "RAW_ROW_GROUP", 16)
     kwargs = {"id_col": "id", "split": "scaffold", "rows_per_shard": 100, "progress": False}
     local = featurize_file(library_csv, tmp_path / "local", backend="local", **kwargs)
     ray = featurize_file(library_csv, tmp_path / "ray", backend="ray", num_cpus=2, **kwargs)
