@@ -2,6 +2,9 @@
 
     python benchmarks/maml_step.py                  # CPU, the issue-3 table
     python benchmarks/maml_step.py --device cuda    # same table on a GPU
+    python benchmarks/maml_step.py --alpha 0        # MMoE: no exclusive experts to skip
+
+The model is MMoEEx with alpha 0.5 (half the experts exclusive) unless --alpha says otherwise.
 
 Median wall time per step for K tasks, d features, batch B and E experts of
 one and of two hidden layers, with the ratios the targets are stated in
