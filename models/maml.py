@@ -194,13 +194,14 @@ def _expert_groups(model: MixtureOfExpertsModel, tasks: Tensor | None) -> list[_
     """Split the experts by the gates open to them: experts open to several
     tasks (shared ones) first, then those open to one task only (exclusive
     ones, when more than one task is in play); experts no task in play may
-    read are left out, since nothing in the outer loss depends on them."""
+    read are left out, since nothing in the outer loss depends on them.
+    The `[K, E]` open mask is read on the host: one small synchronization
+    per step on CUDA."""
     if model.gates is None:
         return [_ExpertGroup(experts=None, tasks=None)]
     open_mask = model.gates.open_mask(tasks).cpu()  # [K, E]
-    n_tasks, n_experts = open_mask.shape
     n_open = open_mask.sum(0)
-    single = (n_open == 1) & (n_tasks > 1)
+    single = (n_open == 1) & (open_mask.shape[0] > 1)
     shared = (n_open > 0) & ~single
     if not single.any():
         return [_ExpertGroup(experts=None if shared.all() else _on(model, shared.nonzero()[:, 0]),
@@ -211,6 +212,7 @@ def _expert_groups(model: MixtureOfExpertsModel, tasks: Tensor | None) -> list[_
 
 
 def _on(model: MixtureOfExpertsModel, index: Tensor) -> Tensor:
+    """Index tensors live where the expert weights do."""
     return index.to(model.experts.layers[0].weight.device)
 
 
