@@ -25,10 +25,12 @@ def test_run_whole_pipeline_then_rerun_skips_everything(
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)  # main() sets it
     out = tmp_path / "e2e"
 
     assert main(["run", "--out", str(out), *TINY]) == 0
-    first = capsys.readouterr().out
+    first, first_err = capsys.readouterr()
+    assert "Downloading artifacts" not in first_err  # MLflow's per-download bars stay off
 
     info = read_dataset_info(out / "features")
     panel_rows = len(pd.read_csv(out / "panel.csv"))
