@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -172,16 +172,28 @@ def _stage_local(source: LibrarySource, staged: Path, options: _Options,
                  progress: bool) -> list[Path]:
     path = staged / "part-000000.parquet"
     staged.mkdir()
-    writer = None
     with tqdm(desc="featurize", unit=" mol", disable=not progress, smoothing=0.1) as bar:
-        for batch in source.iter_batches():
-            table = featurize_batch(batch, **options.batch_kwargs())
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-            bar.update(batch.num_rows)
-    writer.close()
+        def featurized() -> Iterator[pa.Table]:
+            for batch in source.iter_batches():
+                yield featurize_batch(batch, **options.batch_kwargs())
+                bar.update(batch.num_rows)
+
+        _write_tables(featurized(), path)
     return [path]
+
+
+def _write_tables(tables: Iterable[pa.Table], path: Path, row_group_size: int | None = None) -> int:
+    """Stream tables into one Parquet file (opened with the first one's
+    schema); returns the number of rows written."""
+    n_rows = 0
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for table in tables:
+            if writer is None:
+                writer = stack.enter_context(pq.ParquetWriter(path, table.schema))
+            writer.write_table(table, row_group_size=row_group_size)
+            n_rows += table.num_rows
+    return n_rows
 
 
 def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus: int | None,
@@ -189,7 +201,8 @@ def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus
     import ray
 
     raw_path, staged = scratch / "raw.parquet", scratch / "staged"
-    n_rows = _write_raw(source, raw_path)
+    # Row groups of RAW_ROW_GROUP rows, so a task reads little beyond its range.
+    n_rows = _write_tables(source.iter_batches(RAW_ROW_GROUP), raw_path, RAW_ROW_GROUP)
     if n_rows == 0:  # Ray Data writes no file for an empty block
         return _stage_local(source, staged, options, progress=False)
     started_here = not ray.is_initialized()
@@ -215,20 +228,6 @@ def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus
     return _sorted_runs(sorted(staged.glob("*.parquet")))
 
 
-def _write_raw(source: LibrarySource, path: Path) -> int:
-    """Stream the source into one Parquet file (row groups of RAW_ROW_GROUP
-    rows, so a task reads little beyond its range); returns its row count."""
-    n_rows = 0
-    with contextlib.ExitStack() as stack:
-        writer = None
-        for batch in source.iter_batches(RAW_ROW_GROUP):
-            if writer is None:
-                writer = stack.enter_context(pq.ParquetWriter(path, batch.schema))
-            writer.write_table(batch, row_group_size=RAW_ROW_GROUP)
-            n_rows += batch.num_rows
-    return n_rows
-
-
 def task_row_ranges(n_rows: int, n_cpus: int, block_rows: int) -> list[tuple[int, int]]:
     """[start, stop) row ranges of the Ray tasks: at most ``block_rows`` rows
     each, equal in size (to a row), and a multiple of n_cpus of them, so no
@@ -242,9 +241,8 @@ def task_row_ranges(n_rows: int, n_cpus: int, block_rows: int) -> list[tuple[int
 
 def _featurize_row_ranges(ranges: pa.Table, **batch_kwargs: object) -> pa.Table:
     """A Ray task's work: read its rows of the raw file and featurize them."""
-    return pa.concat_tables([featurize_batch(_read_rows(path, start, stop), **batch_kwargs)
-                             for path, start, stop in zip(*(ranges[name].to_pylist()
-                                                            for name in ("path", "start", "stop")))])
+    return pa.concat_tables([featurize_batch(_read_rows(item["path"], item["start"], item["stop"]),
+                                             **batch_kwargs) for item in ranges.to_pylist()])
 
 
 def _read_rows(path: str, start: int, stop: int) -> pa.Table:
