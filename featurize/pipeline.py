@@ -220,7 +220,8 @@ def _stage_ray(source: LibrarySource, scratch: Path, options: _Options, num_cpus
             (ray.data.from_items([{"path": str(raw_path), "start": start, "stop": stop}
                                   for start, stop in ranges], override_num_blocks=len(ranges))
              .map_batches(_featurize_row_ranges, batch_format="pyarrow", batch_size=1,
-                          num_cpus=1, concurrency=num_cpus, fn_kwargs=options.batch_kwargs())
+                          num_cpus=1, compute=ray.data.TaskPoolStrategy(size=num_cpus),
+                          fn_kwargs=options.batch_kwargs())
              .write_parquet(str(staged), concurrency=num_cpus))  # the same cap, so the two fuse
     finally:
         if started_here:
