@@ -37,16 +37,16 @@ JOBS: dict[str, str] = {
 }
 
 
-def _available_jobs() -> dict[str, object]:
-    """Import the job modules that exist (jobs land one issue at a time)."""
-    modules = {}
-    for name, module_name in JOBS.items():
-        try:
-            modules[name] = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-    return modules
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where X tells something: not for flags
+    that are off by default, options that are unset unless given, repeatable
+    options that start empty, or help that already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        unset = action.default is None or action.default is False or action.default == []
+        if unset or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="job", required=True, metavar="<job>")
-    for name, module in _available_jobs().items():
+    for name, module_name in JOBS.items():
+        module = importlib.import_module(module_name)
         job_parser = subparsers.add_parser(
-            name, help=module.HELP, description=module.HELP,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            name, help=module.HELP, description=module.HELP, formatter_class=_DefaultsHelpFormatter,
         )
         module.add_arguments(job_parser)
         job_parser.set_defaults(run=module.run)

@@ -40,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fp.add_argument("--counts", action="store_true", help="count fingerprint (uint8 per bit)")
 
     split = parser.add_argument_group("split")
-    split.add_argument("--split", choices=("random", "scaffold", "none"), default="random")
+    split.add_argument("--split", choices=("random", "scaffold", "none"), default="random",
+                       help="the split column: rows shuffled with --seed, Bemis-Murcko scaffolds "
+                            "(each in one split, largest groups to train first), or none")
     split.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
-                       metavar=("TRAIN", "VALID", "TEST"))
+                       metavar=("TRAIN", "VALID", "TEST"), help="split shares, summing to 1")
     split.add_argument("--seed", type=int, default=0, help="random split seed")
 
     scale = parser.add_argument_group("where it runs")

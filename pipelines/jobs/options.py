@@ -32,6 +32,24 @@ def add_tracking_arguments(group: ArgumentGroup, *, register_help: str, alias_he
     group.add_argument("--alias", default=None, help=alias_help)
 
 
+def add_architecture_arguments(group: ArgumentGroup) -> None:
+    """``--tower-hidden`` / ``--dropout``: model settings of train and of every tune trial."""
+    group.add_argument("--tower-hidden", type=int, default=32, help="tower hidden width (0 = linear)")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout in experts and towers")
+
+
+def add_optimization_arguments(group: ArgumentGroup) -> None:
+    """The step settings of train and of every tune trial."""
+    group.add_argument("--optimizer", default="maml-mtl", choices=["maml-mtl", "plain"],
+                       help="maml-mtl: the two-step (meta-learning) update that balances tasks; "
+                            "plain: one Adam step on the mean task loss")
+    group.add_argument("--batch-size", type=int, default=512, help="rows per step and worker")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
+    group.add_argument("--pos-weight", type=float, default=None,
+                       help="weight of positive labels in the BCE (default: 1; the paper's PCBA "
+                            "runs use 100)")
+
+
 def check_register_alias(args: argparse.Namespace) -> None:
     """An alias names a registered version: without --register there is none."""
     from pipelines.errors import UserError

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.jobs.options import add_ray_arguments, add_tracking_arguments, check_register_alias
+from pipelines.jobs.options import (
+    add_architecture_arguments,
+    add_optimization_arguments,
+    add_ray_arguments,
+    add_tracking_arguments,
+    check_register_alias,
+)
 
 HELP = "train MMoEEx (or a baseline) on Ray Train, track it in MLflow, optionally register it"
 
@@ -13,28 +19,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data and model")
     data.add_argument("--data", required=True, help="featurized dataset folder (with a split)")
     data.add_argument("--model", default="mmoeex",
-                      choices=["mmoeex", "mmoe", "shared-bottom", "single-task"])
+                      choices=["mmoeex", "mmoe", "shared-bottom", "single-task"],
+                      help="MMoEEx, MMoE (no exclusive experts), one shared bottom, or one network "
+                           "per task")
     data.add_argument("--alpha", type=float, default=0.5, help="share of exclusive experts (MMoEEx)")
-    data.add_argument("--exclusivity", default="exclusive", choices=["exclusive", "exclusion"])
+    data.add_argument("--exclusivity", default="exclusive", choices=["exclusive", "exclusion"],
+                      help="MMoEEx: an exclusive expert is open to one task only, or closed to "
+                           "one task only")
     data.add_argument("--experts", type=int, default=8, help="number of experts E")
     data.add_argument("--expert-hidden", type=int, nargs="+", default=[256],
                       help="expert layer widths (the last is the expert output width)")
-    data.add_argument("--tower-hidden", type=int, default=32, help="tower hidden width (0 = linear)")
-    data.add_argument("--dropout", type=float, default=0.1)
+    add_architecture_arguments(data)
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--optimizer", default="maml-mtl", choices=["maml-mtl", "plain"])
+    add_optimization_arguments(optim)
     optim.add_argument("--inner-lr", type=float, default=0.05, help="MAML-MTL inner learning rate beta")
     optim.add_argument("--second-order", action="store_true", help="second-order MAML-MTL")
     optim.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    optim.add_argument("--weight-decay", type=float, default=0.0)
-    optim.add_argument("--batch-size", type=int, default=512, help="rows per step and worker")
-    optim.add_argument("--epochs", type=int, default=20)
+    optim.add_argument("--epochs", type=int, default=20, help="passes over the training split")
     optim.add_argument("--patience", type=int, default=5,
                        help="stop after this many epochs without a better valid mean AP (0 = never)")
-    optim.add_argument("--pos-weight", type=float, default=None,
-                       help="weight of positive labels in the BCE (the paper's PCBA runs use 100)")
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=int, default=0,
+                       help="seeds initialization, data order, dropout and task sampling")
 
     cluster = parser.add_argument_group("Ray")
     cluster.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers")

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipelines.jobs.options import add_ray_arguments, add_tracking_arguments, check_register_alias
+from pipelines.jobs.options import (
+    add_architecture_arguments,
+    add_optimization_arguments,
+    add_ray_arguments,
+    add_tracking_arguments,
+    check_register_alias,
+)
 
 HELP = "sweep alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
 
@@ -20,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--search-space", default=None, metavar="FILE",
                        help="YAML/JSON overriding parameters of the default space "
                             "(tuning/search_space.py)")
-    sweep.add_argument("--searcher", default="random", choices=["random", "optuna"])
-    sweep.add_argument("--scheduler", default="asha", choices=["asha", "none"])
+    sweep.add_argument("--searcher", default="random", choices=["random", "optuna"],
+                       help="random search, or Optuna's TPE")
+    sweep.add_argument("--scheduler", default="asha", choices=["asha", "none"],
+                       help="ASHA stops poor trials early; none runs every trial to the end")
     sweep.add_argument("--grace-period", type=int, default=None,
                        help="epochs every trial runs before ASHA may stop it (default: 2, or --epochs "
                             "if smaller; after one epoch valid AP ranks trials poorly: see README)")
@@ -37,17 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("fixed training settings (every trial)")
     model.add_argument("--model", default="mmoeex", choices=["mmoeex", "mmoe", "shared-bottom"],
                        help="architecture (alpha matters for mmoeex only)")
-    model.add_argument("--optimizer", default="maml-mtl", choices=["maml-mtl", "plain"])
+    add_optimization_arguments(model)
     model.add_argument("--expert-layers", type=int, default=1,
                        help="expert depth (each layer gets the searched width)")
-    model.add_argument("--tower-hidden", type=int, default=32)
-    model.add_argument("--dropout", type=float, default=0.1)
-    model.add_argument("--batch-size", type=int, default=512)
-    model.add_argument("--weight-decay", type=float, default=0.0)
+    add_architecture_arguments(model)
     model.add_argument("--patience", type=int, default=0,
                        help="epochs without a better valid AP before a trial stops itself "
                             "(0 = never; ASHA already stops poor trials)")
-    model.add_argument("--pos-weight", type=float, default=None)
 
     cluster = parser.add_argument_group("Ray")
     cluster.add_argument("--num-workers-per-trial", type=int, default=1,
