@@ -60,6 +60,20 @@ def test_every_row_is_accounted_for(library_csv: Path, tmp_path: Path) -> None:
     assert sum(info.split_counts.values()) == info.accepted
 
 
+def test_first_of_each_id_matches_a_plain_loop() -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(5000)  # the driver's rows, in any order and several chunks
+    ids = [f"m{value}" for value in rng.integers(0, 1500, size=len(rows))]
+    keys = pa.concat_tables([pa.table({"_row": rows[start:start + 700], "mol_id": ids[start:start + 700]})
+                             for start in range(0, len(rows), 700)])
+    first_row: dict[str, int] = {}
+    for row, mol_id in sorted(zip(rows.tolist(), ids)):
+        first_row.setdefault(mol_id, row)
+    expected = np.zeros(6000, dtype=bool)
+    expected[list(first_row.values())] = True
+    assert np.array_equal(pipeline._first_of_each_id(keys, 6000), expected)
+
+
 def test_mol_id_column_is_the_default_id(library_csv: Path, tmp_path: Path) -> None:
     """With no --id-col, a table's mol_id column is the id: its duplicates are
     rejected and it is never mistaken for a task, even when numeric."""
