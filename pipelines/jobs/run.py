@@ -11,29 +11,41 @@ HELP = "end to end: data, featurize, train (Ray Train), register (MLflow), scree
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # Defaults live in pipelines.end_to_end.RunSettings (shown in the help
-    # below), so a --config file can set what the command line does not.
+    # The flags default to None so that a --config file can set what the
+    # command line does not; the defaults shown are RunSettings' own.
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML file of settings (keys: the long flags below); flags override it")
-    parser.add_argument("--out", type=Path, help="output folder [runs/e2e]")
+    parser.add_argument("--out", type=Path, help=_with_default("output folder", "out"))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--pcba", action="store_true", default=None,
                         help="use the real PCBA-128 download instead of the offline panel")
     source.add_argument("--pcba-path", type=Path, help="a local copy of pcba.csv.gz")
-    parser.add_argument("--molecules", type=int, help="panel molecules [20000]")
-    parser.add_argument("--tasks", type=int, help="panel assays [128]")
-    parser.add_argument("--library-size", type=int, help="generated molecules to screen [50000]")
-    parser.add_argument("--epochs", type=int, help="training epochs [3]")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers [1]")
-    parser.add_argument("--experts", type=int, help="MMoEEx experts [4]")
-    parser.add_argument("--expert-hidden", type=int, nargs="+", help="expert layer widths [128]")
-    parser.add_argument("--batch-size", type=int, help="training rows per step and worker [512]")
-    parser.add_argument("--bits", type=int, help="Morgan fingerprint bits [2048]")
-    parser.add_argument("--top-k", type=int, help="screening hits per assay [100]")
-    parser.add_argument("--seed", type=int, help="seed of data, split and model [0]")
-    parser.add_argument("--tracking-uri", help="MLflow URI (or MLFLOW_TRACKING_URI) [sqlite under --out]")
-    parser.add_argument("--address", help="Ray cluster address (or RAY_ADDRESS) [a local Ray]")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray [all]")
+    parser.add_argument("--molecules", type=int, help=_with_default("panel molecules", "molecules"))
+    parser.add_argument("--tasks", type=int, help=_with_default("panel assays", "tasks"))
+    parser.add_argument("--library-size", type=int,
+                        help=_with_default("generated molecules to screen", "library_size"))
+    parser.add_argument("--epochs", type=int, help=_with_default("training epochs", "epochs"))
+    parser.add_argument("--num-workers", type=int, help=_with_default("Ray Train workers", "num_workers"))
+    parser.add_argument("--experts", type=int, help=_with_default("MMoEEx experts", "experts"))
+    parser.add_argument("--expert-hidden", type=int, nargs="+",
+                        help=_with_default("expert layer widths", "expert_hidden"))
+    parser.add_argument("--batch-size", type=int,
+                        help=_with_default("training rows per step and worker", "batch_size"))
+    parser.add_argument("--bits", type=int, help=_with_default("Morgan fingerprint bits", "bits"))
+    parser.add_argument("--top-k", type=int, help=_with_default("screening hits per assay", "top_k"))
+    parser.add_argument("--seed", type=int, help=_with_default("seed of data, split and model", "seed"))
+    parser.add_argument("--tracking-uri",
+                        help="MLflow URI (default: MLFLOW_TRACKING_URI, else SQLite under --out)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
+
+def _with_default(text: str, setting: str) -> str:
+    from pipelines.end_to_end import RunSettings  # dataclasses only: --help stays instant
+
+    value = getattr(RunSettings(), setting)
+    shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"{text} (default: {shown})"
 
 
 def run(args: argparse.Namespace) -> int:
