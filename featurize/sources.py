@@ -145,37 +145,38 @@ class LibrarySource:
         return reader.schema
 
     def _iter_table(self, tasks: list[str], batch_rows: int) -> Iterator[pa.Table]:
-        columns = [self.smiles_col, *([self.id_col] if self.id_col else []), *tasks]
+        types = {self.smiles_col: pa.string(), **({self.id_col: pa.string()} if self.id_col
+                                                 else {}), **dict.fromkeys(tasks, pa.float64())}
         if suffix_of(self.path) == ".parquet":
             batches = pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows,
-                                                            columns=columns)
+                                                            columns=list(types))
         else:
-            types = {self.smiles_col: pa.string(), **({self.id_col: pa.string()} if self.id_col
-                                                     else {}), **dict.fromkeys(tasks, pa.float64())}
             batches = pacsv.open_csv(
                 self.path, read_options=pacsv.ReadOptions(block_size=1 << 22),
-                convert_options=pacsv.ConvertOptions(column_types=types, include_columns=columns,
+                convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
                                                      strings_can_be_null=False))
         start = 0
         try:
             for batch in _rebatch(batches, batch_rows):
-                rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
+                yield self._source_table(batch, start, tasks)
                 start += batch.num_rows
-                ids = (batch.column(self.id_col).cast(pa.string()) if self.id_col
-                       else generated_ids(rows))
-                yield pa.table({
-                    "_row": rows,
-                    "raw": batch.column(self.smiles_col).cast(pa.string()),
-                    "mol_id": _empty_to_null(ids),
-                    **{task: batch.column(task).cast(pa.float64()) for task in tasks},
-                })
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise InputDataError(f"{self.path}: cannot read the table near data row {start}: "
                                  f"{error}") from error
         if start == 0:  # no data rows: one empty batch, as for .smi and .sdf
-            yield pa.table({"_row": pa.array([], pa.int64()), "raw": pa.array([], pa.string()),
-                            "mol_id": pa.array([], pa.string()),
-                            **{task: pa.array([], pa.float64()) for task in tasks}})
+            yield self._source_table(pa.schema(types).empty_table(), 0, tasks)
+
+    def _source_table(self, batch: pa.Table, start: int, tasks: list[str]) -> pa.Table:
+        """A table's rows as featurize_batch takes them: ``_row`` from ``start``,
+        ``raw``, ``mol_id`` (given, or generated from the row) and the tasks as float."""
+        rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
+        ids = batch.column(self.id_col).cast(pa.string()) if self.id_col else generated_ids(rows)
+        return pa.table({
+            "_row": rows,
+            "raw": batch.column(self.smiles_col).cast(pa.string()),
+            "mol_id": _empty_to_null(ids),
+            **{task: batch.column(task).cast(pa.float64()) for task in tasks},
+        })
 
     # -- .smi and .sdf ------------------------------------------------------------
     def _iter_smi(self) -> Iterator[tuple[str, str | None]]:
