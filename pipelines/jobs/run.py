@@ -7,6 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipelines.end_to_end import RunSettings  # dataclasses only: --help stays instant
+
+_DEFAULTS = RunSettings()
+
 HELP = "end to end: data, featurize, train (Ray Train), register (MLflow), screen (Ray Data)"
 
 
@@ -41,9 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _with_default(text: str, setting: str) -> str:
-    from pipelines.end_to_end import RunSettings  # dataclasses only: --help stays instant
-
-    value = getattr(RunSettings(), setting)
+    value = getattr(_DEFAULTS, setting)
     shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
     return f"{text} (default: {shown})"
 
@@ -51,7 +53,7 @@ def _with_default(text: str, setting: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines.end_to_end import RunSettings, run_pipeline
+    from pipelines.end_to_end import run_pipeline
     from pipelines.summary import format_table
 
     overrides = {key: value for key, value in vars(args).items()
