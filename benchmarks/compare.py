@@ -13,7 +13,7 @@ Prints one table (mean +- std over seeds of the test mean PR-AUC and
 ROC-AUC, Delta versus single-task in percent, expert diversity, epochs,
 median training-epoch seconds, training samples/s, wall seconds per run,
 parameters) and tracks every configuration and seed in MLflow under one
-parent run (pipelines/comparison.py), with the table as CSV and markdown
+parent run (pipelines/experiments/comparison.py), with the table as CSV and markdown
 artifacts; ``--out DIR`` also writes them to disk. Timings on a shared
 machine are noisy.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurize.dataset import read_dataset_info
 from models.config import ModelConfig
 from models.steps import StepConfig
-from pipelines.comparison import (
+from pipelines.experiments.comparison import (
     DEFAULT_CONFIGURATIONS,
     DEFAULT_EXPERIMENT,
     Budget,

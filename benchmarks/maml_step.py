@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.config import ModelConfig
 from models.factory import build_model
 from models.steps import StepConfig, build_step
+from pipelines.platform.torch_setup import use_huge_pages
 from pipelines.summary import format_table
-from pipelines.torch_setup import use_huge_pages
 from tests.maml_reference import reference_maml_step
 
 log = logging.getLogger("maml_step")

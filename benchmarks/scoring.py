@@ -8,7 +8,7 @@ fingerprints -> model input -> probabilities. Rows are random fingerprints
 with the on-bit density of drug-like Morgan fingerprints (2 %, ~40 of 2048
 bits); speed does not depend on which bits are on. "dense" unpacks to float
 bits and runs the first layers as matrix products (the path before
-models.networks.sparse_input); "sparse" is what pipelines.scorer.Scorer runs
+models.networks.sparse_input); "sparse" is what pipelines.serving.scorer.Scorer runs
 on a CPU. Times are medians of --repeats runs, in microseconds per molecule.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from featurize.tensors import unpack_fingerprints  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 from models.factory import build_model  # noqa: E402
 from models.networks.sparse_input import SparseRows  # noqa: E402
+from pipelines.platform.torch_setup import use_huge_pages  # noqa: E402
 from pipelines.summary import format_table  # noqa: E402
-from pipelines.torch_setup import use_huge_pages  # noqa: E402
 
 
 def main() -> None:

@@ -47,10 +47,10 @@ def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bit
     from featurize.spec import FingerprintSpec
     from models.config import ModelConfig
     from models.factory import build_model
-    from pipelines import tracking
-    from pipelines.model_bundle import ModelBundle
-    from pipelines.registry import log_scoring_model
-    from pipelines.registry import register_model as register
+    from pipelines.platform import tracking
+    from pipelines.serving.bundle import ModelBundle
+    from pipelines.serving.registry import log_scoring_model
+    from pipelines.serving.registry import register_model as register
 
     model = build_model(ModelConfig(n_features=bits, n_tasks=tasks, n_experts=experts,
                                     expert_hidden=(hidden,))).eval()

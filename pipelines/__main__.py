@@ -1,5 +1,5 @@
 """`python -m pipelines <job> ...`: see pipelines.cli."""
-from pipelines.torch_setup import use_huge_pages
+from pipelines.platform.torch_setup import use_huge_pages
 
 use_huge_pages()  # before any job allocates; local Ray workers inherit it
 

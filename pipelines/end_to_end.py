@@ -138,8 +138,8 @@ def _jsonable(value: Any) -> Any:
 
 def run_pipeline(settings: RunSettings) -> RunReport:
     """Run every stage (skipping finished ones) and report where results are."""
-    from pipelines.ray_setup import connect_ray
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.platform.ray_setup import connect_ray
+    from pipelines.platform.tracking import resolve_tracking_uri
 
     out = settings.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ def _train_stage(settings: RunSettings, out: Path, dataset: Path, tracking_uri: 
                  records: StageRecords):
     from featurize.dataset import read_dataset_info
     from models.config import ModelConfig
-    from pipelines.registry import get_alias_version
+    from pipelines.serving.registry import get_alias_version
     from pipelines.training import TrainConfig, run_training
 
     info = read_dataset_info(dataset)

@@ -1,4 +1,4 @@
-"""The model comparison (pipelines/comparison.py, benchmarks/compare.py): a
+"""The model comparison (pipelines/experiments/comparison.py, benchmarks/compare.py): a
 tiny real run (2 configurations, 1 seed, real RDKit fingerprints, real
 Parquet, real MLflow SQLite store), and the row arithmetic against direct
 computation."""
@@ -15,7 +15,7 @@ from training_data import make_dataset
 from models.config import ModelConfig
 from models.metrics import TaskMetrics, delta_vs_reference
 from models.steps import StepConfig
-from pipelines.comparison import (
+from pipelines.experiments.comparison import (
     REFERENCE,
     Budget,
     RunOutcome,
@@ -97,7 +97,7 @@ def test_tiny_comparison_tracks_every_configuration_under_one_parent(
         tiny_dataset: Path, mlflow_uri: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.comparison import mlflow_tracker, table_csv
+    from pipelines.experiments.comparison import mlflow_tracker, table_csv
 
     configurations = [parse_configuration(text, BASE_MODEL, BASE_STEP)
                       for text in ("mmoeex/maml-mtl", REFERENCE)]

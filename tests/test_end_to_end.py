@@ -21,7 +21,7 @@ def test_run_whole_pipeline_then_rerun_skips_everything(
         ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from featurize.dataset import read_dataset_info
-    from pipelines.registry import get_alias_version
+    from pipelines.serving.registry import get_alias_version
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

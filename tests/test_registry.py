@@ -18,9 +18,9 @@ from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from models.config import ModelConfig
 from models.factory import build_model
-from pipelines.model_bundle import ModelBundle
-from pipelines.pyfunc_model import ERROR_COLUMN
-from pipelines.scorer import Scorer
+from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.pyfunc_model import ERROR_COLUMN
+from pipelines.serving.scorer import Scorer
 
 TASKS = ["PCBA-1030", "PCBA-1379", "PCBA-1452"]
 SPEC = FingerprintSpec(radius=2, n_bits=128)
@@ -70,10 +70,10 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
     import mlflow.pyfunc
     from mlflow import MlflowClient
 
-    from pipelines.pyfunc_model import load_scorer
-    from pipelines.registry import get_alias_version, log_scoring_model, register_model
+    from pipelines.platform.tracking import ensure_experiment, log_metrics, log_params
     from pipelines.screening.model import fetch_model
-    from pipelines.tracking import ensure_experiment, log_metrics, log_params
+    from pipelines.serving.pyfunc_model import load_scorer
+    from pipelines.serving.registry import get_alias_version, log_scoring_model, register_model
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     run_id = client.create_run(ensure_experiment(mlflow_uri, "tests"),

@@ -26,9 +26,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real SQLite MLflow registry with a small (untrained) MMoEEx as champion."""
     from models.config import ModelConfig
     from models.factory import build_model
-    from pipelines import tracking
-    from pipelines.model_bundle import ModelBundle
-    from pipelines.registry import log_scoring_model, register_model
+    from pipelines.platform import tracking
+    from pipelines.serving.bundle import ModelBundle
+    from pipelines.serving.registry import log_scoring_model, register_model
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -98,7 +98,7 @@ def test_featurized_library_scores_the_same_and_spec_is_checked(
         capsys: pytest.CaptureFixture[str]) -> None:
     from featurize.reader import read_all
     from pipelines.cli import main
-    from pipelines.pyfunc_model import load_scorer
+    from pipelines.serving.pyfunc_model import load_scorer
 
     featurize_file(library, tmp_path / "fp", spec=SPEC, id_col="name", backend="local", progress=False)
     result = _screen(tmp_path / "fp", tmp_path / "out", registry, assays=(TASKS[2], TASKS[0]))

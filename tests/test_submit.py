@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.submission import (
+from pipelines.platform.submission import (
     WORKING_DIR_EXCLUDES,
     build_entrypoint,
     build_runtime_env,

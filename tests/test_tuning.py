@@ -14,8 +14,8 @@ import pytest
 from models.config import ModelConfig
 from models.steps import StepConfig
 from pipelines.errors import UserError
-from pipelines.sweep import SweepConfig, plan_trials
-from pipelines.sweep_report import trial_rows, trials_figure
+from pipelines.experiments.sweep import SweepConfig, plan_trials
+from pipelines.experiments.sweep_report import trial_rows, trials_figure
 from pipelines.training.config import TrainConfig
 from tuning.schedulers import SchedulerConfig, build_scheduler
 from tuning.search_space import (

@@ -10,7 +10,7 @@ ArgumentGroup = argparse.ArgumentParser | argparse._ArgumentGroup
 
 def add_ray_arguments(group: ArgumentGroup) -> None:
     """``--address`` / ``--num-cpus``: a cluster to join, or the size of the
-    local Ray a job starts when there is none (pipelines/ray_setup.py)."""
+    local Ray a job starts when there is none (pipelines/platform/ray_setup.py)."""
     group.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     group.add_argument("--num-cpus", type=int, default=None,

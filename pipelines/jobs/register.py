@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
-    from pipelines.registry import register_model
+    from pipelines.platform.tracking import resolve_tracking_uri
+    from pipelines.serving.registry import register_model
     from pipelines.summary import format_key_values
-    from pipelines.tracking import resolve_tracking_uri
 
     bad = [tag for tag in args.tag if "=" not in tag]
     if bad:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
-    from pipelines.submission import (
+    from pipelines.platform.submission import (
         build_runtime_env,
         parse_env_vars,
         project_pins,

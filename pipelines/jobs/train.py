@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from models.config import ModelConfig
     from models.steps import StepConfig
     from pipelines.errors import UserError
-    from pipelines.ray_setup import connect_ray
+    from pipelines.platform.ray_setup import connect_ray
     from pipelines.summary import format_key_values, format_table
     from pipelines.training import TrainConfig, run_training
 

@@ -1,6 +1,6 @@
 """`python -m pipelines tune --data DIR --num-samples N [...]`: a Ray Tune sweep
 over alpha, E, the inner and outer learning rates and the expert width,
-each trial a run of the training job (pipelines/sweep.py)."""
+each trial a run of the training job (pipelines/experiments/sweep.py)."""
 from __future__ import annotations
 
 import argparse
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from models.config import ModelConfig
     from models.steps import StepConfig
     from pipelines.errors import UserError
-    from pipelines.ray_setup import connect_ray
+    from pipelines.experiments.sweep import SweepConfig, run_sweep
+    from pipelines.experiments.sweep_report import trial_rows
+    from pipelines.platform.ray_setup import connect_ray
     from pipelines.summary import format_key_values, format_table
-    from pipelines.sweep import SweepConfig, run_sweep
-    from pipelines.sweep_report import trial_rows
     from pipelines.training import TrainConfig
     from tuning.schedulers import SchedulerConfig
     from tuning.search_space import SearchSpace

@@ -3,7 +3,7 @@
 The driver resolves ``models:/NAME@ALIAS`` (any tracking URI), downloads
 the pyfunc once and loads it through MLflow; scoring actors get the model's
 bundle (weights, spec, assay names) as a zip through Ray's object store and
-load it with :meth:`pipelines.scorer.Scorer.from_bundle`, so workers
+load it with :meth:`pipelines.serving.scorer.Scorer.from_bundle`, so workers
 on other nodes need neither the MLflow server nor a shared filesystem, nor
 MLflow's import time.
 """
@@ -51,8 +51,8 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from pipelines.pyfunc_model import load_pyfunc_model
-    from pipelines.tracking import use_tracking_uri
+    from pipelines.platform.tracking import use_tracking_uri
+    from pipelines.serving.pyfunc_model import load_pyfunc_model
 
     with tempfile.TemporaryDirectory(prefix="screen-model-") as scratch:
         try:

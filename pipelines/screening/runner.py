@@ -110,7 +110,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     Re-running with the same model (by content), library (by content) and
     options finds the finished output and returns it without work.
     """
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.platform.tracking import resolve_tracking_uri
 
     started = time.perf_counter()
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
@@ -174,7 +174,7 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
     started here."""
     import ray
 
-    from pipelines.ray_setup import connect_ray
+    from pipelines.platform.ray_setup import connect_ray
 
     if ray.is_initialized():
         yield

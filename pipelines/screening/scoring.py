@@ -104,10 +104,10 @@ class AssayScorer:
                  threads: int | None = None) -> None:
         import torch
 
-        from pipelines.scorer import Scorer
-        from pipelines.torch_setup import use_huge_pages
+        from pipelines.platform.torch_setup import use_huge_pages
+        from pipelines.serving.scorer import Scorer
 
-        use_huge_pages()  # cluster actors run as the jobs do (see pipelines/torch_setup.py)
+        use_huge_pages()  # cluster actors run as the jobs do (see pipelines/platform/torch_setup.py)
         if threads:
             torch.set_num_threads(threads)
         self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")

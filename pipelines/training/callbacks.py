@@ -6,7 +6,7 @@ from typing import Any
 
 from ray.train import UserCallback
 
-from pipelines import tracking
+from pipelines.platform import tracking
 
 
 class MlflowEpochLogger(UserCallback):

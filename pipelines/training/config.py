@@ -16,7 +16,7 @@ from typing import Any
 from featurize.dataset import DatasetInfo
 from models.config import ModelConfig, reject_unknown_keys
 from models.steps import StepConfig
-from pipelines.tracking import DEFAULT_EXPERIMENT
+from pipelines.platform.tracking import DEFAULT_EXPERIMENT
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from featurize.dataset import DatasetInfo
 from featurize.tensors import unpack_fingerprints
 from models.diversity import ExpertDistanceAccumulator, diversity_score
 from models.metrics import TaskMetrics, evaluate_tasks
-from pipelines.model_bundle import ModelBundle
+from pipelines.serving.bundle import ModelBundle
 from pipelines.training.engine import iter_dataset_batches
 
 EVAL_BATCH_SIZE = 4096

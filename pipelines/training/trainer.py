@@ -28,8 +28,8 @@ from featurize.dataset import DatasetInfo, read_dataset_info
 from featurize.errors import InputDataError
 from models.factory import build_model
 from models.metrics import TaskMetrics
-from pipelines import tracking
-from pipelines.model_bundle import ModelBundle
+from pipelines.platform import tracking
+from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
 from pipelines.training.config import TrainConfig
 from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle
@@ -189,8 +189,8 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
     """Train on Ray Train (Ray must be initialised, or a local instance is
     started), track in MLflow, log the best model as a pyfunc and optionally
     register it as ``register_name`` (with ``alias``)."""
-    from pipelines.ray_setup import connect_ray
-    from pipelines.registry import log_scoring_model, register_model
+    from pipelines.platform.ray_setup import connect_ray
+    from pipelines.serving.registry import log_scoring_model, register_model
 
     connect_ray(os.environ.get("RAY_ADDRESS"))
     config, info = prepare_config(config)

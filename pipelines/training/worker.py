@@ -28,7 +28,7 @@ from featurize.dataset import read_dataset_info
 from featurize.reader import fixed_binary_to_numpy
 from models.factory import build_model
 from models.steps import build_step
-from pipelines.torch_setup import use_huge_pages
+from pipelines.platform.torch_setup import use_huge_pages
 from pipelines.training.collective import Collective, LocalCollective, TorchDistributedCollective
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import (

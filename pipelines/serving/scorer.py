@@ -2,8 +2,8 @@
 SMILES in, one probability per assay out.
 
 :class:`Scorer` is the one scoring code path. The MLflow pyfunc
-(:mod:`pipelines.pyfunc_model`) wraps it; screening actors build it straight
-from a :class:`~pipelines.model_bundle.ModelBundle` folder, so they import
+(:mod:`pipelines.serving.pyfunc_model`) wraps it; screening actors build it straight
+from a :class:`~pipelines.serving.bundle.ModelBundle` folder, so they import
 neither MLflow nor its model-loading machinery (seconds per actor).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
 from models.networks.sparse_input import Features, SparseRows
-from pipelines.model_bundle import ModelBundle
+from pipelines.serving.bundle import ModelBundle
 
 
 def resolve_device(device: torch.device | str = "auto") -> torch.device:

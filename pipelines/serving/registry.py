@@ -20,14 +20,14 @@ from typing import Any
 import pandas as pd
 
 from pipelines.errors import UserError
-from pipelines.model_bundle import ModelBundle
-from pipelines.pyfunc_model import (
+from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
+from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.pyfunc_model import (
     BUNDLE_ARTIFACT,
     ERROR_COLUMN,
     SMILES_COLUMN,
     pyfunc_entry_path,
 )
-from pipelines.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
     import mlflow.pyfunc
 
     signature = scoring_signature(bundle.tasks)
-    package_root = Path(__file__).resolve().parents[1]
+    package_root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="pcba-bundle-") as scratch:
         bundle_dir = bundle.save(Path(scratch) / BUNDLE_ARTIFACT)
         code_paths = [shutil.copytree(package_root / name, Path(scratch) / "code" / name,
@@ -115,7 +115,7 @@ def register_model(run_id: str, name: str, *, alias: str | None = None,
     except MlflowException:
         mlflow_client.create_registered_model(
             name, description="PCBA multi-task bioactivity model: SMILES in, one "
-                              "probability per assay out (pipelines/pyfunc_model.py).")
+                              "probability per assay out (pipelines/serving/pyfunc_model.py).")
     # The registry store resolves models:/<id> through the process-wide
     # tracking URI, so point it at this store for the call.
     with use_tracking_uri(tracking_uri):

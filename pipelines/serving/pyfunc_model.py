@@ -1,6 +1,6 @@
 """The registered model: SMILES in, one probability per assay out.
 
-Two ways in, one scoring code path (:class:`pipelines.scorer.Scorer`):
+Two ways in, one scoring code path (:class:`pipelines.serving.scorer.Scorer`):
 
 - :class:`PcbaPyfuncModel`, the MLflow pyfunc. Any MLflow client
   (``mlflow.pyfunc.load_model``, ``mlflow models predict``/``serve``) sends a
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from pipelines.scorer import Scorer
+from pipelines.serving.scorer import Scorer
 
 SMILES_COLUMN = "smiles"
 ERROR_COLUMN = "error"
@@ -33,7 +33,7 @@ BUNDLE_ARTIFACT = "bundle"
 
 class PcbaPyfuncModel(PythonModel):
     """MLflow pyfunc around :class:`Scorer` (logged from code, see
-    pipelines/pyfunc_entry.py). ``model_config={"device": ...}`` at load time
+    pipelines/serving/pyfunc_entry.py). ``model_config={"device": ...}`` at load time
     picks the device (default "auto")."""
 
     def load_context(self, context: PythonModelContext) -> None:

@@ -44,8 +44,8 @@ from models.config import ModelConfig
 from models.factory import build_model
 from models.metrics import delta_vs_reference
 from models.steps import StepConfig, build_step
-from pipelines import tracking
-from pipelines.model_bundle import bundle_from_state
+from pipelines.platform import tracking
+from pipelines.serving.bundle import bundle_from_state
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import (
     Batch,

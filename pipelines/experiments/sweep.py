@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
 from pipelines.errors import UserError
-from pipelines.sweep_report import trial_rows, trials_figure
-from pipelines.sweep_trial import (
+from pipelines.experiments.sweep_report import trial_rows, trials_figure
+from pipelines.experiments.sweep_trial import (
     EPOCHS_COMPLETED,
     TrialSettings,
     make_trainable,
     trial_run_name,
 )
+from pipelines.platform import tracking
 from pipelines.training.config import TrainConfig
 from pipelines.training.trainer import prepare_config
 from tuning.schedulers import (
@@ -248,7 +248,7 @@ def register_best(result: SweepResult, name: str, alias: str | None) -> tuple[in
     """Register the best trial's model; point ``alias`` at it only if it
     beats the alias's current version on the same data
     (:func:`tuning.selection.decide_promotion`)."""
-    from pipelines.registry import get_alias_version, register_model
+    from pipelines.serving.registry import get_alias_version, register_model
 
     assert result.best is not None and result.best.mlflow_run_id is not None
     run = tracking.client(result.tracking_uri).get_run(result.best.mlflow_run_id)

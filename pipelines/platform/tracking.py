@@ -195,7 +195,7 @@ def system_info() -> dict[str, str]:
 def git_commit() -> str:
     """The project's git commit (``+dirty`` with uncommitted changes), or
     "unknown" outside a checkout."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True, timeout=10).stdout.strip()
