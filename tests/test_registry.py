@@ -123,3 +123,48 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
         else pd.DataFrame(pd.read_json(output)["predictions"].tolist())
     np.testing.assert_allclose(predictions[TASKS].to_numpy(np.float32), expected, rtol=1e-6)
     assert predictions[ERROR_COLUMN].notna().sum() == len(BAD)
+
+
+def test_a_model_saved_by_the_earlier_code_layout_still_loads_and_scores(tmp_path: Path) -> None:
+    """tests/data holds a pyfunc logged by commit 2355ed5, whose entry file
+    imports ``pipelines.pyfunc_model`` (before serving/ existed), with the
+    scores that code gave. This process has imported today's ``pipelines``,
+    so the old import path must resolve in it."""
+    import json
+    import tarfile
+
+    import mlflow.pyfunc
+
+    from pipelines.serving.pyfunc_model import load_scorer
+
+    data = Path(__file__).with_name("data")
+    with tarfile.open(data / "legacy_pyfunc_model.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    model_dir = tmp_path / "pyfunc_model"
+    assert "from pipelines.pyfunc_model import" in (model_dir / "pyfunc_entry.py").read_text()
+    expected = json.loads((data / "legacy_pyfunc_scores.json").read_text())
+    frame = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame({"smiles": expected["smiles"]}))
+    scores = np.array([[np.nan if value is None else value for value in row] for row in expected["scores"]])
+    np.testing.assert_allclose(frame[expected["tasks"]].to_numpy(np.float64), scores, rtol=1e-6)
+    assert [error is not None for error in frame[ERROR_COLUMN]] == \
+        [error is not None for error in expected["errors"]]
+    assert load_scorer(str(model_dir), device="cpu").tasks == expected["tasks"]
+
+
+def test_a_model_carries_the_serving_code_only(tmp_path: Path) -> None:
+    """The code logged with a model is featurize/, models/ and
+    pipelines/serving/ (not the jobs, training or Ray code), and the pyfunc
+    imports from that copy alone."""
+    from pipelines.serving.registry import bundle_code
+
+    code = tmp_path / "code"
+    roots = bundle_code(Path(__file__).resolve().parents[1], code)
+    assert [root.name for root in roots] == ["featurize", "models", "pipelines"]
+    assert sorted(path.name for path in (code / "pipelines").iterdir()) == ["__init__.py", "serving"]
+    # MLflow copies each code path into the model's code/ folder and puts
+    # that folder first on sys.path at load time.
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import pipelines.serving.pyfunc_model as m, "
+             "models; print(m.__file__); print(models.__file__)")
+    printed = subprocess.run([sys.executable, "-c", probe, str(code)], cwd=tmp_path, check=True,
+                             capture_output=True, text=True, timeout=120).stdout.split()
+    assert all(Path(path).is_relative_to(code) for path in printed), printed

@@ -35,9 +35,11 @@ MODEL_NAME_IN_RUN = "model"
 MODEL_ID_TAG = "pcba.model_id"
 #: Packages the pyfunc needs at load time (exact versions of this environment).
 PYFUNC_REQUIREMENTS = ("mlflow", "torch", "rdkit", "numpy", "pandas", "safetensors")
-#: Our packages, bundled with the model as code so a registered version keeps
-#: the featurization code it was trained with.
-BUNDLED_PACKAGES = ("featurize", "models", "pipelines")
+#: Our code, bundled with the model so a registered version keeps the
+#: featurization and network code it was trained with: the packages scoring
+#: imports and nothing of the jobs, training or Ray (pipelines/serving/ stands
+#: on featurize/ and models/ alone).
+BUNDLED_CODE = ("featurize", "models", "pipelines/serving")
 INPUT_EXAMPLE = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1", "not a smiles"]
 #: Run params/metrics copied onto each registered version.
 VERSION_TAGS_FROM_PARAMS = ("data.path", "data.metadata_hash", "data.rows",
@@ -57,9 +59,7 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
     package_root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="pcba-bundle-") as scratch:
         bundle_dir = bundle.save(Path(scratch) / BUNDLE_ARTIFACT)
-        code_paths = [shutil.copytree(package_root / name, Path(scratch) / "code" / name,
-                                      ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-                      for name in BUNDLED_PACKAGES]
+        code_paths = bundle_code(package_root, Path(scratch) / "code")
         with use_tracking_uri(tracking_uri), \
                 mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
@@ -77,6 +77,20 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
             )
     client(tracking_uri).set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return info.model_uri
+
+
+def bundle_code(package_root: Path, destination: Path) -> list[Path]:
+    """Copy :data:`BUNDLED_CODE` under ``destination`` and return the top-level
+    folders to hand MLflow as ``code_paths``. A sub-package comes with its
+    parent packages' ``__init__.py`` files only, so it imports under its own
+    name (``pipelines.serving``) without the rest of its parent."""
+    for relative in BUNDLED_CODE:
+        shutil.copytree(package_root / relative, destination / relative,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for parent in Path(relative).parents:
+            if parent != Path("."):
+                shutil.copy2(package_root / parent / "__init__.py", destination / parent / "__init__.py")
+    return sorted({destination / Path(relative).parts[0] for relative in BUNDLED_CODE})
 
 
 def scoring_signature(tasks: list[str]):  # -> mlflow.models.ModelSignature
