@@ -41,7 +41,6 @@ REJECTS_FILE = "rejects.parquet"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "valid", "test")
-MISSING_LABEL = -1
 DEFAULT_ROWS_PER_SHARD = 100_000
 DEFAULT_ROW_GROUP_SIZE = 10_000
 

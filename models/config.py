@@ -1,13 +1,20 @@
-"""The model configuration: one plain dataclass every architecture is built
-from (models/factory.py), so training, tuning and the registry never
-special-case a model."""
+"""The configurations of what is learned and how: :class:`ModelConfig` (the
+network, built by models/factory.py) and :class:`StepConfig` (the optimizer
+step, models/steps.py), with the registries of their names.
+
+The registries are plain data and this module imports no torch, so the CLI's
+choices, Tune's search space, the comparison and the MLflow params all read
+one list. Each name carries the config fields it reads: a field an
+architecture or step does not have is neither logged nor tuned for it
+(LibMTL's prepare_args hands each architecture only its own arguments).
+Adding an architecture is a network file, its entry here and in
+models/factory.py.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-from models.activations import ACTIVATIONS
 
 
 def reject_unknown_keys(config_class: type, values: Mapping[str, Any]) -> None:
@@ -20,8 +27,20 @@ def reject_unknown_keys(config_class: type, values: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown {config_class.__name__} keys {unknown}; "
                          f"known keys are {sorted(known)}")
 
-ARCHITECTURES = ("mmoeex", "mmoe", "shared-bottom", "single-task")
+#: Architecture -> the ModelConfig fields it reads besides n_features,
+#: n_tasks and seed. MMoE (Ma et al. 2018) is MMoEEx without exclusive experts:
+#: it has no alpha, so it gets none (:attr:`ModelConfig.n_exclusive_experts`).
+ARCHITECTURE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "mmoeex": ("n_experts", "expert_hidden", "tower_hidden", "alpha", "exclusivity", "dropout",
+               "activation"),
+    "mmoe": ("n_experts", "expert_hidden", "tower_hidden", "dropout", "activation"),
+    "shared-bottom": ("expert_hidden", "tower_hidden", "dropout", "activation"),
+    "single-task": ("expert_hidden", "tower_hidden", "dropout", "activation"),
+}
+ARCHITECTURES = tuple(ARCHITECTURE_PARAMETERS)
 EXCLUSIVITY_KINDS = ("exclusive", "exclusion")
+#: Fields every architecture has (the data decides the first two).
+COMMON_MODEL_FIELDS = ("architecture", "n_features", "n_tasks", "seed")
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,8 @@ class ModelConfig:
             problems.append(f"exclusivity {self.exclusivity!r} is not one of {EXCLUSIVITY_KINDS}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        from models.activations import ACTIVATIONS  # torch: not needed to read the registries
+
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         if problems:
@@ -79,8 +100,9 @@ class ModelConfig:
 
     @property
     def n_exclusive_experts(self) -> int:
-        """round(alpha * E) for MMoEEx (half rounds up), at most E - 1; 0 otherwise."""
-        if self.architecture != "mmoeex":
+        """round(alpha * E) (half rounds up), at most E - 1, for an
+        architecture with alpha; 0 otherwise."""
+        if "alpha" not in ARCHITECTURE_PARAMETERS[self.architecture]:
             return 0
         return min(int(self.alpha * self.n_experts + 0.5), self.n_experts - 1)
 
@@ -90,8 +112,85 @@ class ModelConfig:
         out["expert_hidden"] = list(self.expert_hidden)
         return out
 
+    def params(self) -> dict[str, Any]:
+        """The fields this architecture reads (what a run logs and a sweep may
+        vary); ``to_dict`` keeps every field for round trips."""
+        active = (*COMMON_MODEL_FIELDS, *ARCHITECTURE_PARAMETERS[self.architecture])
+        return {key: value for key, value in self.to_dict().items() if key in active}
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Build from a dict (e.g. MLflow params, a checkpoint); unknown keys are an error."""
+        reject_unknown_keys(cls, values)
+        return cls(**values)
+
+
+#: Optimizer step -> the StepConfig fields it reads (models/steps.py).
+OPTIMIZER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "maml-mtl": ("inner_lr", "inner_fraction", "second_order", "tasks_per_step", "pos_weight",
+                 "autocast"),
+    "plain": ("pos_weight", "autocast"),
+}
+OPTIMIZERS = tuple(OPTIMIZER_PARAMETERS)
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """How one batch becomes a gradient.
+
+    optimizer: "maml-mtl" (Aoki et al. 2021, Sec. 3.2; models/maml.py) or
+        "plain" (gradient of the mean task loss).
+    inner_lr: beta, the inner (temporary) learning rate of MAML-MTL.
+    inner_fraction: share of the batch rows used for the inner step (the
+        first rows); the rest evaluate the temporary weights.
+    second_order: differentiate through the inner step (exact MAML) instead
+        of treating the temporary weights as constants (first order).
+    tasks_per_step: if set (m < K), each MAML-MTL step uses m tasks drawn at
+        random (torch's global RNG); the outer loss is their mean, an unbiased
+        estimate of the all-task mean. Off by default: it trades variance for
+        speed and is not needed for speed by the exact path.
+    pos_weight: weight of positive labels in the BCE (the reference uses 100).
+    autocast: "bfloat16" / "float16" to run forward passes under
+        torch.autocast on the batch's device (gradients are taken outside it).
+    """
+
+    optimizer: str = "maml-mtl"
+    inner_lr: float = 0.05
+    inner_fraction: float = 0.8
+    second_order: bool = False
+    tasks_per_step: int | None = None
+    pos_weight: float | None = None
+    autocast: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.inner_lr < 0:
+            problems.append(f"inner_lr must be >= 0, got {self.inner_lr}")
+        if not 0.0 < self.inner_fraction < 1.0:
+            problems.append(f"inner_fraction must be in (0, 1), got {self.inner_fraction}")
+        if self.tasks_per_step is not None and self.tasks_per_step < 1:
+            problems.append(f"tasks_per_step must be >= 1 or None, got {self.tasks_per_step}")
+        if self.tasks_per_step is not None and self.optimizer != "maml-mtl":
+            problems.append("tasks_per_step applies to the maml-mtl optimizer only")
+        if self.pos_weight is not None and self.pos_weight <= 0:
+            problems.append(f"pos_weight must be > 0 or None, got {self.pos_weight}")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            problems.append(f"autocast {self.autocast!r} is not one of {AUTOCAST_DTYPES} or None")
+        if problems:
+            raise ValueError("invalid StepConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def params(self) -> dict[str, Any]:
+        """The fields this optimizer step reads (logged, tunable)."""
+        active = ("optimizer", *OPTIMIZER_PARAMETERS[self.optimizer])
+        return {key: value for key, value in self.to_dict().items() if key in active}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StepConfig:
         reject_unknown_keys(cls, values)
         return cls(**values)

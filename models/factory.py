@@ -5,17 +5,16 @@ from __future__ import annotations
 from models.config import ModelConfig
 from models.networks import MMoEEx, MultiTaskModel, SharedBottom, SingleTaskNets
 
+#: Architecture name (models.config.ARCHITECTURE_PARAMETERS) -> its network.
+#: "mmoe" is MMoEEx with no exclusive expert: it has no alpha.
+NETWORKS: dict[str, type[MultiTaskModel]] = {
+    "mmoeex": MMoEEx,
+    "mmoe": MMoEEx,
+    "shared-bottom": SharedBottom,
+    "single-task": SingleTaskNets,
+}
+
 
 def build_model(config: ModelConfig) -> MultiTaskModel:
-    """A freshly initialised network for `config` (seeded by `config.seed`).
-
-    "mmoe" is MMoEEx with no exclusive expert (config.n_exclusive_experts is
-    0 for it, whatever alpha says).
-    """
-    if config.architecture in ("mmoeex", "mmoe"):
-        return MMoEEx(config)
-    if config.architecture == "shared-bottom":
-        return SharedBottom(config)
-    if config.architecture == "single-task":
-        return SingleTaskNets(config)
-    raise ValueError(f"no network for architecture {config.architecture!r}")
+    """A freshly initialised network for `config` (seeded by `config.seed`)."""
+    return NETWORKS[config.architecture](config)

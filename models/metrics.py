@@ -11,6 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The per-task metrics every evaluation computes (TaskMetrics' fields).
+METRICS = ("ap", "roc_auc")
+
+
+def metric_key(split: str, metric: str) -> str:
+    """The logged name of a split's mean metric: ``valid_mean_ap``."""
+    return f"{split}_mean_{metric}"
+
+
+#: What early stopping, checkpoints, Tune and the registry rank models by.
+SELECTION_METRIC = metric_key("valid", "ap")
+
 
 @dataclass(frozen=True)
 class TaskMetrics:
@@ -22,6 +34,10 @@ class TaskMetrics:
     n_skipped: int
     mean_ap: float
     mean_roc_auc: float
+
+    def means(self, split: str) -> dict[str, float]:
+        """Every metric's mean under its logged name (:func:`metric_key`)."""
+        return {metric_key(split, metric): getattr(self, f"mean_{metric}") for metric in METRICS}
 
 
 def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:

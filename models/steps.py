@@ -11,75 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from models.config import reject_unknown_keys
+from models.config import StepConfig
 from models.losses import masked_bce_per_task
 from models.maml import maml_outer_losses
 from models.networks.base import MultiTaskModel
-
-OPTIMIZERS = ("maml-mtl", "plain")
-AUTOCAST_DTYPES = ("bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """How one batch becomes a gradient.
-
-    optimizer: "maml-mtl" (Aoki et al. 2021, Sec. 3.2; models/maml.py) or
-        "plain" (gradient of the mean task loss).
-    inner_lr: beta, the inner (temporary) learning rate of MAML-MTL.
-    inner_fraction: share of the batch rows used for the inner step (the
-        first rows); the rest evaluate the temporary weights.
-    second_order: differentiate through the inner step (exact MAML) instead
-        of treating the temporary weights as constants (first order).
-    tasks_per_step: if set (m < K), each MAML-MTL step uses m tasks drawn at
-        random (torch's global RNG); the outer loss is their mean, an unbiased
-        estimate of the all-task mean. Off by default: it trades variance for
-        speed and is not needed for speed by the exact path.
-    pos_weight: weight of positive labels in the BCE (the reference uses 100).
-    autocast: "bfloat16" / "float16" to run forward passes under
-        torch.autocast on the batch's device (gradients are taken outside it).
-    """
-
-    optimizer: str = "maml-mtl"
-    inner_lr: float = 0.05
-    inner_fraction: float = 0.8
-    second_order: bool = False
-    tasks_per_step: int | None = None
-    pos_weight: float | None = None
-    autocast: str | None = None
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
-        if self.inner_lr < 0:
-            problems.append(f"inner_lr must be >= 0, got {self.inner_lr}")
-        if not 0.0 < self.inner_fraction < 1.0:
-            problems.append(f"inner_fraction must be in (0, 1), got {self.inner_fraction}")
-        if self.tasks_per_step is not None and self.tasks_per_step < 1:
-            problems.append(f"tasks_per_step must be >= 1 or None, got {self.tasks_per_step}")
-        if self.tasks_per_step is not None and self.optimizer != "maml-mtl":
-            problems.append("tasks_per_step applies to the maml-mtl optimizer only")
-        if self.pos_weight is not None and self.pos_weight <= 0:
-            problems.append(f"pos_weight must be > 0 or None, got {self.pos_weight}")
-        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            problems.append(f"autocast {self.autocast!r} is not one of {AUTOCAST_DTYPES} or None")
-        if problems:
-            raise ValueError("invalid StepConfig: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> StepConfig:
-        reject_unknown_keys(cls, values)
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -182,8 +122,10 @@ def fill_missing_grads(model: torch.nn.Module) -> None:
             param.grad = torch.zeros_like(param)
 
 
+#: Optimizer name (models.config.OPTIMIZER_PARAMETERS) -> its step.
+STEPS: dict[str, type[TrainStep]] = {"maml-mtl": MamlMtlStep, "plain": PlainStep}
+
+
 def build_step(config: StepConfig) -> TrainStep:
     """The step object for `config.optimizer`."""
-    if config.optimizer == "plain":
-        return PlainStep(config)
-    return MamlMtlStep(config)
+    return STEPS[config.optimizer](config)

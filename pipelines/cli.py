@@ -31,6 +31,7 @@ JOBS: dict[str, str] = {
     "train": "pipelines.jobs.train",
     "register": "pipelines.jobs.register",
     "tune": "pipelines.jobs.tune",
+    "compare": "pipelines.jobs.compare",
     "screen": "pipelines.jobs.screen",
     "submit": "pipelines.jobs.submit",
     "run": "pipelines.jobs.run",

@@ -9,7 +9,6 @@ that record, and what it points to, is still there.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -20,26 +19,25 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
+from pipelines.names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "pcba-mmoeex"
-ALIAS = "champion"
-
-
 @dataclass(frozen=True)
 class RunSettings:
-    """The end-to-end run's knobs; defaults fit 5 minutes on 2 CPU cores."""
+    """The end-to-end run's own knobs (data, featurization, screening, and
+    the epoch budget that fits the run in 5 minutes on 2 CPU cores).
+
+    train: the model, step and training options (pipelines/options.py keys,
+    e.g. ``{"experts": 4}``); what it leaves out takes the configs' own
+    defaults, the same as ``train`` would.
+    """
 
     out: Path = Path("runs/e2e")
     molecules: int = 20_000  # panel molecules (offline default)
     tasks: int = 128
     library_size: int = 50_000  # generated molecules to screen
     epochs: int = 3
-    num_workers: int = 1
-    experts: int = 4
-    expert_hidden: tuple[int, ...] = (128,)
-    batch_size: int = 512
     pcba: bool = False  # download the real PCBA-128 instead of the panel
     pcba_path: Path | None = None  # a local copy of pcba.csv.gz
     bits: int = 2048
@@ -48,38 +46,18 @@ class RunSettings:
     tracking_uri: str | None = None  # default: sqlite under OUT
     address: str | None = None
     num_cpus: int | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("out",):
-            object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "out", Path(self.out))
         if self.pcba_path is not None:
             object.__setattr__(self, "pcba_path", Path(self.pcba_path))
-        object.__setattr__(self, "expert_hidden", tuple(int(w) for w in self.expert_hidden))
-        small = [name for name in ("molecules", "tasks", "library_size", "epochs", "num_workers",
-                                   "experts", "batch_size", "top_k") if getattr(self, name) < 1]
+        small = [name for name in ("molecules", "tasks", "library_size", "epochs", "top_k")
+                 if getattr(self, name) < 1]
         if small:
             raise UserError(f"run settings must be >= 1: {', '.join(small)}")
-
-    @classmethod
-    def from_sources(cls, config_file: Path | None, overrides: Mapping[str, Any]) -> RunSettings:
-        """Defaults, then a YAML config file (keys are the run job's long flag
-        names, with - or _), then the flags given on the command line."""
-        values: dict[str, Any] = {}
-        if config_file is not None:
-            import yaml
-
-            if not config_file.is_file():
-                raise FileNotFoundError(f"--config {config_file} not found")
-            loaded = yaml.safe_load(config_file.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise UserError(f"--config {config_file}: expected a mapping of settings")
-            values.update({key.replace("-", "_"): value for key, value in loaded.items()})
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown run settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        if self.pcba and self.pcba_path is not None:
+            raise UserError("give --pcba (download) or --pcba-path (a local copy), not both")
 
     @property
     def data_source(self) -> str:
@@ -219,25 +197,22 @@ def _featurize_stage(settings: RunSettings, out: Path, source):
 def _train_stage(settings: RunSettings, out: Path, dataset: Path, tracking_uri: str,
                  records: StageRecords):
     from featurize.dataset import read_dataset_info
-    from models.config import ModelConfig
+    from pipelines.options import build_train_config
     from pipelines.serving.registry import get_alias_version
-    from pipelines.training import TrainConfig, run_training
+    from pipelines.training.trainer import run_training
 
     info = read_dataset_info(dataset)
-    config = TrainConfig(
-        data_dir=str(dataset),
-        model=ModelConfig(n_experts=settings.experts, expert_hidden=settings.expert_hidden,
-                          seed=settings.seed),
-        batch_size=settings.batch_size, epochs=settings.epochs, patience=0, seed=settings.seed,
-        num_workers=settings.num_workers, run_name=f"e2e-{info.metadata_hash}",
-        storage_path=str(out / "ray"), tracking_uri=tracking_uri)
+    config = build_train_config(settings.train, data_dir=str(dataset), epochs=settings.epochs,
+                                seed=settings.seed, run_name=f"e2e-{info.metadata_hash}",
+                                storage_path=str(out / "ray"), tracking_uri=tracking_uri)
     inputs = {"config": config.to_dict(), "data": info.metadata_hash, "rows": info.accepted,
               "tracking_uri": tracking_uri}
     done = records.finished("train", inputs)
-    champion = get_alias_version(MODEL_NAME, ALIAS, tracking_uri=tracking_uri)
+    champion = get_alias_version(DEFAULT_MODEL_NAME, CHAMPION_ALIAS, tracking_uri=tracking_uri)
     if done and champion is not None and int(champion.version) == done["outputs"]["version"]:
-        return None, _line(True, _train_result(done["outputs"]), f"models:/{MODEL_NAME}@{ALIAS}")
-    trained = run_training(config, register_name=MODEL_NAME, alias=ALIAS)
+        return None, _line(True, _train_result(config, done["outputs"]),
+                           f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}")
+    trained = run_training(config, register_name=DEFAULT_MODEL_NAME, alias=CHAMPION_ALIAS)
     outputs = {
         "version": trained.registered_version, "run_id": trained.mlflow_run_id,
         "epochs": trained.epochs_completed,
@@ -245,16 +220,16 @@ def _train_stage(settings: RunSettings, out: Path, dataset: Path, tracking_uri: 
         "test_mean_roc_auc": trained.test.mean_roc_auc if trained.test else None,
     }
     records.save("train", inputs, outputs)
-    return None, _line(False, _train_result(outputs), f"models:/{MODEL_NAME}@{ALIAS}")
+    return None, _line(False, _train_result(config, outputs), f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}")
 
 
-def _train_result(outputs: Mapping[str, Any]) -> str:
+def _train_result(config, outputs: Mapping[str, Any]) -> str:
     metrics = ""
     if outputs.get("test_mean_ap") is not None:
         metrics = (f", test mean AP {outputs['test_mean_ap']:.3f}"
                    f" / ROC-AUC {outputs['test_mean_roc_auc']:.3f}")
-    return (f"MMoEEx + MAML-MTL, {outputs['epochs']} epochs{metrics}; "
-            f"registered v{outputs['version']} @{ALIAS} (run {outputs['run_id'][:8]})")
+    return (f"{config.model.architecture} + {config.step.optimizer}, {outputs['epochs']} epochs{metrics}; "
+            f"registered v{outputs['version']} @{CHAMPION_ALIAS} (run {outputs['run_id'][:8]})")
 
 
 def _library_stage(settings: RunSettings, out: Path, records: StageRecords):
@@ -279,7 +254,7 @@ def _screen_stage(settings: RunSettings, out: Path, library: Path, tracking_uri:
     from pipelines.screening import ScreeningConfig, screen_library
 
     result = screen_library(ScreeningConfig(
-        model_uri=f"models:/{MODEL_NAME}@{ALIAS}", library=library, out_dir=out / "screen",
+        model_uri=f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}", library=library, out_dir=out / "screen",
         tracking_uri=tracking_uri, id_col="mol_id", top_k=settings.top_k, overwrite=True))
     summary = (f"{result.scored:,} scored, {result.rejected:,} rejected, "
                f"{result.molecules_per_second:,.0f} mol/s; {result.hits:,} top-{settings.top_k} hits, "

@@ -1,12 +1,20 @@
 """`python -m pipelines <job> --help`: every job answers, every option says
-what it does, and no default is printed that tells nothing."""
+what it does, and no default is printed that tells nothing; every job that
+trains takes its defaults from the config dataclasses and reads --config
+files the same way (pipelines/options.py)."""
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 import pytest
 
+from models.config import ModelConfig, StepConfig
 from pipelines.cli import JOBS, build_parser, main
+from pipelines.errors import UserError
+from pipelines.options import build_train_config, field_default, resolve_options
+from pipelines.training.config import TrainConfig
 
 
 def _job_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -15,8 +23,11 @@ def _job_parsers() -> dict[str, argparse.ArgumentParser]:
     return dict(subparsers.choices)
 
 
-def test_every_job_is_in_the_cli() -> None:
-    assert list(_job_parsers()) == list(JOBS)
+def test_every_job_module_is_in_the_cli() -> None:
+    folder = Path(__file__).resolve().parents[1] / "pipelines" / "jobs"
+    modules = {path.stem for path in folder.glob("*.py") if path.stem != "__init__"}
+    assert {module.rsplit(".", 1)[1] for module in JOBS.values()} == modules
+    assert set(_job_parsers()) == set(JOBS)
 
 
 @pytest.mark.parametrize("job", list(JOBS))
@@ -37,4 +48,74 @@ def test_defaults_shown_where_they_inform() -> None:
     text = _job_parsers()["train"].format_help()
     assert "share of exclusive experts (MMoEEx) (default: 0.5)" in text
     assert "(default: 0)" in text  # --seed: a zero default is still shown
-    assert "--use-gpu             one GPU per worker (NCCL)\n" in text
+    assert "--use-gpu, --no-use-gpu\n                        one GPU per worker (NCCL)\n" in text
+
+
+def _parse(job: str, *argv: str):
+    from importlib import import_module
+
+    args = build_parser().parse_args([job, *argv])
+    return args, import_module(JOBS[job])
+
+
+@pytest.mark.parametrize("job", ["train", "tune", "run", "compare"])
+def test_each_training_job_shows_the_dataclass_defaults(job: str) -> None:
+    """Every model, step and training option's help ends with its config
+    field's default (or shows none where the default is None or off)."""
+    from importlib import import_module
+
+    groups = import_module(JOBS[job]).GROUPS
+    actions = {action.dest: action for action in _job_parsers()[job]._actions}
+    for group in groups:
+        for option in group.options:
+            default = field_default(group.config, option.field)
+            help_text = actions[option.key].help
+            if default is None or default is False:
+                assert "(default: " not in help_text or "(default: " in option.help, option.flag
+            else:
+                shown = " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+                assert help_text.endswith(f"(default: {shown})"), (option.flag, help_text)
+
+
+def test_train_tune_compare_and_run_build_the_dataclass_defaults() -> None:
+    expected = TrainConfig(data_dir="d")
+    args, module = _parse("train", "--data", "d")
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
+    args, module = _parse("compare", "--data", "d")
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
+    args, module = _parse("tune", "--data", "d", "--num-samples", "2")
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
+    args, module = _parse("run")
+    values = resolve_options(args, module.GROUPS)
+    from pipelines.end_to_end import RunSettings
+
+    assert RunSettings(**module.PIPELINE.fields_of(values)) == RunSettings()
+    assert values == {}
+
+
+def test_config_file_under_the_command_line(tmp_path: Path) -> None:
+    config = tmp_path / "champion.yaml"
+    config.write_text("model: mmoe\nexperts: 6\nexpert-hidden: [64, 32]\npos_weight: 10\n"
+                      "second-order: true\nepochs: 7\n")
+    args, module = _parse("train", "--data", "d", "--config", str(config), "--experts", "5",
+                          "--no-second-order")
+    built = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
+    assert built.model == ModelConfig(architecture="mmoe", n_experts=5, expert_hidden=(64, 32))
+    assert built.step == StepConfig(pos_weight=10.0, second_order=False)
+    assert built.epochs == 7 and built.lr == TrainConfig.lr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("colour: red\n", "unknown setting 'colour'"),
+    ("experts: 2.5\n", "experts: expected a int"),
+    ("second-order: 1\n", "second-order: expected true or false"),
+    ("model: transformer\n", "'transformer' is not one of"),
+    ("- experts\n", "expected a mapping"),
+    ("alpha: 3\n", "alpha must be in [0, 1]"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    args, module = _parse("train", "--data", "d", "--config", str(config))
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_train_config(resolve_options(args, module.GROUPS), data_dir="d")

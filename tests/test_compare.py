@@ -1,4 +1,4 @@
-"""The model comparison (pipelines/experiments/comparison.py, benchmarks/compare.py): a
+"""The model comparison (pipelines/experiments/comparison/, `python -m pipelines compare`): a
 tiny real run (2 configurations, 1 seed, real RDKit fingerprints, real
 Parquet, real MLflow SQLite store), and the row arithmetic against direct
 computation."""
@@ -12,18 +12,12 @@ import pandas as pd
 import pytest
 from training_data import make_dataset
 
-from models.config import ModelConfig
+from models.config import ModelConfig, StepConfig
 from models.metrics import TaskMetrics, delta_vs_reference
-from models.steps import StepConfig
-from pipelines.experiments.comparison import (
-    REFERENCE,
-    Budget,
-    RunOutcome,
-    parse_configuration,
-    reference_per_task,
-    run_comparison,
-    summarize,
-)
+from pipelines.experiments.comparison.configurations import REFERENCE, Budget, parse_configuration
+from pipelines.experiments.comparison.runner import run_comparison
+from pipelines.experiments.comparison.runs import RunOutcome
+from pipelines.experiments.comparison.summary import reference_per_task, summarize
 from pipelines.training.engine import EpochResult
 from pipelines.training.evaluation import FinalEvaluation
 
@@ -97,11 +91,12 @@ def test_tiny_comparison_tracks_every_configuration_under_one_parent(
         tiny_dataset: Path, mlflow_uri: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.experiments.comparison import mlflow_tracker, table_csv
+    from pipelines.experiments.comparison.summary import table_csv
+    from pipelines.experiments.comparison.tracking import mlflow_tracker
 
     configurations = [parse_configuration(text, BASE_MODEL, BASE_STEP)
                       for text in ("mmoeex/maml-mtl", REFERENCE)]
-    budget = Budget(epochs=2, patience=0, batch_size=64, lr=3e-3)
+    budget = Budget(epochs=2, patience=0, batch_size=64, lr=3e-3, weight_decay=0.0)
     result = run_comparison(tiny_dataset, configurations, [0], budget, progress=False,
                             tracker=mlflow_tracker(mlflow_uri, "compare-test", "tiny", seeds=[0],
                                                    budget=budget, device="cpu"))
@@ -159,7 +154,7 @@ def _split_rows(dataset: Path, split: str):
 
 def test_budget_seconds_stops_every_row_after_the_epoch_that_spends_it(tiny_dataset: Path) -> None:
     configuration = parse_configuration("shared-bottom/plain", BASE_MODEL, BASE_STEP)
-    budget = dataclasses.replace(Budget(epochs=5, patience=0, batch_size=64), seconds=1e-9)
+    budget = dataclasses.replace(Budget(epochs=5, patience=0, batch_size=64, lr=1e-3, weight_decay=0.0), seconds=1e-9)
     result = run_comparison(tiny_dataset, [configuration], [0], budget, progress=False)
     assert result.parent_run_id is None
     [outcome] = result.outcomes

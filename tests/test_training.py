@@ -32,6 +32,13 @@ def test_train_config_round_trips_and_rejects_bad_values() -> None:
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert config.params()["model.n_experts"] == 4 and config.params()["step.inner_lr"] == 0.1
     assert "tracking_uri" not in config.params()
+    # An architecture or step logs only the parameters it has.
+    bottom = TrainConfig(data_dir="d", model=ModelConfig(architecture="shared-bottom"),
+                         step=StepConfig(optimizer="plain"))
+    logged = set(bottom.params())
+    assert {"model.expert_hidden", "model.dropout", "step.pos_weight"} <= logged
+    assert not {"model.alpha", "model.n_experts", "model.exclusivity", "step.inner_lr"} & logged
+    assert "model.alpha" not in TrainConfig(data_dir="d", model=ModelConfig(architecture="mmoe")).params()
     with pytest.raises(ValueError, match="lr must be > 0.*fail_at_epoch"):
         TrainConfig(data_dir="d", lr=0.0, epochs=2, fail_at_epoch=5)
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
@@ -145,7 +152,7 @@ def _ray_config(dataset: Path, root: Path, run_name: str, **overrides: object) -
 def two_ray_runs(ray_local: None, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     """The same 2-worker run twice: once failing at epoch 1 (and recovering
     from its epoch-0 checkpoint), once clean."""
-    from pipelines.training import run_training
+    from pipelines.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("ray-runs")
     uri = f"sqlite:///{root / 'mlflow.db'}"

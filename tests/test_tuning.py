@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.config import ModelConfig
-from models.steps import StepConfig
+from models.config import ModelConfig, StepConfig
 from pipelines.errors import UserError
 from pipelines.experiments.sweep import SweepConfig, plan_trials
 from pipelines.experiments.sweep_report import trial_rows, trials_figure
@@ -117,13 +116,31 @@ def test_optuna_define_by_run_samples_the_same_space() -> None:
 def test_trial_params_apply_to_the_base_configs() -> None:
     params = TrialParams.from_config({"alpha": 0.0, "n_experts": 12, "inner_lr": 0.02, "lr": 0.003,
                                       "expert_width": 64})
-    model, step = params.apply(ModelConfig(expert_hidden=(256, 256), tower_hidden=8),
-                               StepConfig(optimizer="plain"))
+    model, step, lr = params.apply(ModelConfig(expert_hidden=(256, 256), tower_hidden=8),
+                                   StepConfig(optimizer="maml-mtl"), 1e-3)
     assert (model.alpha, model.n_experts, model.expert_hidden, model.tower_hidden) == (0.0, 12, (64, 64), 8)
     assert model.n_exclusive_experts == 0  # alpha 0 is plain MMoE
-    assert (step.inner_lr, step.optimizer) == (0.02, "plain")
-    with pytest.raises(ValueError, match="lacks"):
-        TrialParams.from_config({"alpha": 0.5})
+    assert (step.inner_lr, step.optimizer, lr) == (0.02, "maml-mtl", 0.003)
+    # A space without a parameter leaves the base's value.
+    model, step, lr = TrialParams.from_config({"alpha": 0.25}).apply(ModelConfig(), StepConfig(), 1e-3)
+    assert (model.alpha, model.n_experts, step.inner_lr, lr) == (0.25, ModelConfig.n_experts,
+                                                                 StepConfig.inner_lr, 1e-3)
+
+
+@pytest.mark.parametrize("architecture, optimizer, searched", [
+    ("mmoeex", "maml-mtl", {"alpha", "n_experts", "inner_lr", "lr", "expert_width"}),
+    ("mmoe", "maml-mtl", {"n_experts", "inner_lr", "lr", "expert_width"}),
+    ("shared-bottom", "plain", {"lr", "expert_width"}),
+    ("mmoeex", "plain", {"alpha", "n_experts", "lr", "expert_width"}),
+])
+def test_the_space_samples_only_what_the_architecture_and_step_have(
+        architecture: str, optimizer: str, searched: set[str]) -> None:
+    space = SearchSpace.from_mapping().applicable_to(ModelConfig(architecture=architecture),
+                                                     StepConfig(optimizer=optimizer))
+    assert set(space.parameters) == searched
+    params = {**ModelConfig(architecture=architecture).params(), **StepConfig(optimizer=optimizer).params()}
+    assert ("alpha" in params) == ("alpha" in searched)
+    assert ("inner_lr" in params) == ("inner_lr" in searched)
 
 
 def test_asha_rungs_and_settings() -> None:

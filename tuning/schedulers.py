@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from models.metrics import SELECTION_METRIC
 from tuning.search_space import SearchSpace, optuna_define_by_run
 
 #: The metric every epoch reports (pipelines/training) and the sweep ranks by.
-METRIC = "valid_mean_ap"
+METRIC = SELECTION_METRIC
 MODE = "max"
 #: ASHA's clock: the epochs a trial's Train run has completed (reported with
 #: every epoch; the Train run's own count, so a trial resumed from its Train

@@ -25,11 +25,20 @@ from typing import Any
 
 from ray.tune.search.sample import Domain, Sampler
 
-from models.config import ModelConfig
-from models.steps import StepConfig
+from models.config import ModelConfig, StepConfig
 
+#: Parameter -> the config and field it sets in a trial: a ModelConfig or
+#: StepConfig field, or the TrainConfig's learning rate. ``expert_width`` is
+#: the width of every expert layer.
+TARGETS: dict[str, tuple[str, str]] = {
+    "alpha": ("model", "alpha"),
+    "n_experts": ("model", "n_experts"),
+    "inner_lr": ("step", "inner_lr"),
+    "lr": ("train", "lr"),
+    "expert_width": ("model", "expert_hidden"),
+}
 #: Parameter names a sampled trial config may carry.
-PARAMETERS = ("alpha", "n_experts", "inner_lr", "lr", "expert_width")
+PARAMETERS = tuple(TARGETS)
 
 #: The default space (YAML/JSON overrides use the same layout).
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -178,6 +187,20 @@ class SearchSpace:
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error
 
+    def applicable_to(self, model: ModelConfig, step: StepConfig) -> SearchSpace:
+        """The parameters the trials' architecture and step have: a shared
+        bottom samples no alpha and no E, MMoE no alpha, the plain step no
+        inner learning rate (models.config's registries)."""
+        active = {"model": model.params(), "step": step.params()}
+        return SearchSpace({name: parameter for name, parameter in self.parameters.items()
+                            if TARGETS[name][0] == "train" or TARGETS[name][1] in active[TARGETS[name][0]]})
+
+    @property
+    def searched_params(self) -> set[str]:
+        """The MLflow param names (``model.alpha``, ``lr``...) the sweep varies."""
+        return {field if config == "train" else f"{config}.{field}"
+                for config, field in (TARGETS[name] for name in self.parameters)}
+
     def to_mapping(self) -> dict[str, Any]:
         """The file form (logged to MLflow with the sweep)."""
         out: dict[str, Any] = {}
@@ -247,29 +270,27 @@ def optuna_define_by_run(space: SearchSpace):  # -> Callable[[optuna.Trial], dic
 
 @dataclass(frozen=True)
 class TrialParams:
-    """The searched values of one trial, applied to the base model and step."""
+    """The searched values of one trial (those of :data:`PARAMETERS` its
+    space holds), applied to the base model, step and learning rate."""
 
-    alpha: float
-    n_experts: int
-    inner_lr: float
-    lr: float
-    expert_width: int
+    values: dict[str, Any]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrialParams:
-        missing = [name for name in PARAMETERS if name not in config]
-        if missing:
-            raise ValueError(f"trial config lacks {missing}: {dict(config)}")
-        return cls(alpha=float(config["alpha"]), n_experts=int(config["n_experts"]),
-                   inner_lr=float(config["inner_lr"]), lr=float(config["lr"]),
-                   expert_width=int(config["expert_width"]))
+        return cls({name: _plain(config[name]) for name in PARAMETERS if name in config})
 
-    def apply(self, model: ModelConfig, step: StepConfig) -> tuple[ModelConfig, StepConfig]:
+    def apply(self, model: ModelConfig, step: StepConfig, lr: float
+              ) -> tuple[ModelConfig, StepConfig, float]:
         """The base configs with this trial's values: every expert layer gets
         ``expert_width`` units (the layer count stays the base's)."""
-        model = dataclasses.replace(model, alpha=self.alpha, n_experts=self.n_experts,
-                                    expert_hidden=(self.expert_width,) * len(model.expert_hidden))
-        return model, dataclasses.replace(step, inner_lr=self.inner_lr)
+        changes: dict[str, dict[str, Any]] = {"model": {}, "step": {}, "train": {}}
+        for name, value in self.values.items():
+            config, field = TARGETS[name]
+            if name == "expert_width":
+                value = (int(value),) * len(model.expert_hidden)
+            changes[config][field] = value
+        return (dataclasses.replace(model, **changes["model"]),
+                dataclasses.replace(step, **changes["step"]), float(changes["train"].get("lr", lr)))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(self.values)

@@ -353,7 +353,7 @@ def _log_sweep_end(result: SweepResult, info: Any) -> None:
 def _sweep_params(config: SweepConfig) -> dict[str, Any]:
     """The parent run's params: the sweep's settings and the fixed training
     settings every trial shares."""
-    searched = {"model.alpha", "model.n_experts", "model.expert_hidden", "step.inner_lr", "lr"}
+    searched = config.space.searched_params
     fixed = {key: value for key, value in config.base.params().items() if key not in searched}
     return {**fixed, "tune.num_samples": config.num_samples,
             "tune.max_concurrent": config.max_concurrent, "tune.searcher": config.searcher,

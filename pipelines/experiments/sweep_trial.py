@@ -55,10 +55,10 @@ class TrialSettings:
         """The training config of one trial: the base with the sampled values,
         a run name from the trial id (stable across --resume, so Ray Train
         and MLflow continue the same run) and the sweep's MLflow parent."""
-        params = TrialParams.from_config(sampled)
-        model, step = params.apply(self.base.model, self.base.step)
+        model, step, lr = TrialParams.from_config(sampled).apply(self.base.model, self.base.step,
+                                                                  self.base.lr)
         return dataclasses.replace(
-            self.base, model=model, step=step, lr=params.lr,
+            self.base, model=model, step=step, lr=lr,
             run_name=trial_run_name(self.sweep_name, trial_id), storage_path=self.train_storage,
             mlflow_parent_run_id=self.mlflow_parent_run_id)
 
@@ -97,7 +97,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     import ray
     import ray.tune
 
-    from pipelines.training import run_training
+    from pipelines.training.trainer import run_training
 
     trial_id = ray.tune.get_context().get_trial_id()
     train_config = settings.trial_config(trial_id, config)

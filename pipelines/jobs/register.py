@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.jobs.options import add_tracking_uri_argument
+from pipelines.names import DEFAULT_MODEL_NAME
+from pipelines.options import add_tracking_uri_argument
 
 HELP = "register a training run's model in the MLflow registry (optionally under an alias)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", required=True, help="MLflow run id of a finished training run")
-    parser.add_argument("--name", default="pcba-mmoeex", help="registered model name")
+    parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
     parser.add_argument("--alias", default=None, help="alias to point at the new version (e.g. champion)")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                         help="extra version tag (repeatable)")

@@ -1,73 +1,73 @@
 """`python -m pipelines run`: the whole pipeline on its offline default in one
-go (panel -> featurize -> train MMoEEx with MAML-MTL on Ray Train -> MLflow
-register @champion -> screen a generated library with the registered model).
-Re-running skips the stages that are already done."""
+go (panel -> featurize -> train on Ray Train -> MLflow register @champion ->
+screen a generated library with the registered model). Re-running skips the
+stages that are already done. Every model, step and training option of
+`train` applies to its training stage."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from pipelines.end_to_end import RunSettings  # dataclasses only: --help stays instant
-
-_DEFAULTS = RunSettings()
+from pipelines.names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from pipelines.options import (
+    MODEL,
+    RAY_TRAIN,
+    STEP,
+    TRAINING,
+    Option,
+    OptionGroup,
+    add_option_groups,
+    resolve_options,
+)
 
 HELP = "end to end: data, featurize, train (Ray Train), register (MLflow), screen (Ray Data)"
 
+#: The run's own settings (RunSettings); its seed and epochs are those of training too.
+PIPELINE = OptionGroup("pipeline", RunSettings, (
+    Option("out", "out", "output folder"),
+    Option("pcba", "pcba", "use the real PCBA-128 download instead of the offline panel"),
+    Option("pcba-path", "pcba_path", "a local copy of pcba.csv.gz"),
+    Option("molecules", "molecules", "panel molecules"),
+    Option("tasks", "tasks", "panel assays"),
+    Option("library-size", "library_size", "generated molecules to screen"),
+    Option("bits", "bits", "Morgan fingerprint bits"),
+    Option("top-k", "top_k", "screening hits per assay"),
+    Option("epochs", "epochs", "training epochs (the main job's time budget)"),
+    Option("seed", "seed", "seed of data, split and model"),
+    Option("tracking-uri", "tracking_uri", "MLflow URI (default: MLFLOW_TRACKING_URI, else SQLite "
+                                           "under --out)"),
+    Option("address", "address", "Ray cluster address (default: RAY_ADDRESS, else a local Ray)"),
+    Option("num-cpus", "num_cpus", "CPUs of the local Ray (default: all)"),
+))
+#: What the training stage takes from the command line or --config.
+TRAIN_GROUPS = (MODEL, STEP, TRAINING.without("epochs", "seed"),
+                RAY_TRAIN.without("max-failures", "run-name", "storage"))
+GROUPS = (PIPELINE, *TRAIN_GROUPS)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # The flags default to None so that a --config file can set what the
-    # command line does not; the defaults shown are RunSettings' own.
-    parser.add_argument("--config", type=Path, default=None,
-                        help="YAML file of settings (keys: the long flags below); flags override it")
-    parser.add_argument("--out", type=Path, help=_with_default("output folder", "out"))
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--pcba", action="store_true", default=None,
-                        help="use the real PCBA-128 download instead of the offline panel")
-    source.add_argument("--pcba-path", type=Path, help="a local copy of pcba.csv.gz")
-    parser.add_argument("--molecules", type=int, help=_with_default("panel molecules", "molecules"))
-    parser.add_argument("--tasks", type=int, help=_with_default("panel assays", "tasks"))
-    parser.add_argument("--library-size", type=int,
-                        help=_with_default("generated molecules to screen", "library_size"))
-    parser.add_argument("--epochs", type=int, help=_with_default("training epochs", "epochs"))
-    parser.add_argument("--num-workers", type=int, help=_with_default("Ray Train workers", "num_workers"))
-    parser.add_argument("--experts", type=int, help=_with_default("MMoEEx experts", "experts"))
-    parser.add_argument("--expert-hidden", type=int, nargs="+",
-                        help=_with_default("expert layer widths", "expert_hidden"))
-    parser.add_argument("--batch-size", type=int,
-                        help=_with_default("training rows per step and worker", "batch_size"))
-    parser.add_argument("--bits", type=int, help=_with_default("Morgan fingerprint bits", "bits"))
-    parser.add_argument("--top-k", type=int, help=_with_default("screening hits per assay", "top_k"))
-    parser.add_argument("--seed", type=int, help=_with_default("seed of data, split and model", "seed"))
-    parser.add_argument("--tracking-uri",
-                        help="MLflow URI (default: MLFLOW_TRACKING_URI, else SQLite under --out)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-
-
-def _with_default(text: str, setting: str) -> str:
-    value = getattr(_DEFAULTS, setting)
-    shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
-    return f"{text} (default: {shown})"
+    add_option_groups(parser, GROUPS)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from pipelines.end_to_end import run_pipeline
     from pipelines.summary import format_table
 
-    overrides = {key: value for key, value in vars(args).items()
-                 if key not in ("config", "run", "job", "verbose")}
-    overrides["tracking_uri"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    overrides["address"] = args.address or os.environ.get("RAY_ADDRESS")
-    settings = RunSettings.from_sources(args.config, overrides)
+    values = resolve_options(args, GROUPS)
+    values.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI"))
+    values.setdefault("address", os.environ.get("RAY_ADDRESS"))
+    train_keys = {option.key for group in TRAIN_GROUPS for option in group.options}
+    train = {key: value for key, value in values.items() if key in train_keys}
+    settings = RunSettings(**PIPELINE.fields_of(values), train=train)
     report = run_pipeline(settings)
     rows = [{"stage": line.stage, "status": line.status, "seconds": round(line.seconds, 1),
              "result": line.result, "where": line.where} for line in report.stages]
     total = sum(line.seconds for line in report.stages)
     print(format_table(rows, title=f"pipeline run ({settings.data_source}) in {total:.0f} s "
-                                   f"-> {settings.out}"))
+                                   f"-> {Path(settings.out)}"))
     print(f"\nMLflow UI:  {report.mlflow_ui}")
-    print(f"Screen again: python -m pipelines screen --model models:/pcba-mmoeex@champion "
+    print(f"Screen again: python -m pipelines screen --model models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS} "
           f"--tracking-uri {report.tracking_uri} --library FILE --out DIR")
     return 0

@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.jobs.options import add_ray_arguments, add_tracking_uri_argument
+from pipelines.names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from pipelines.options import add_ray_arguments, add_tracking_uri_argument
 
 HELP = "score a molecule library with a registered model (Ray Data) and rank hits"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="registered model, e.g. models:/pcba-mmoeex@champion (or models:/NAME/VERSION)")
+                        help=f"registered model, e.g. models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS} "
+                             "(or models:/NAME/VERSION)")
     parser.add_argument("--library", required=True, type=Path,
                         help="molecules (.csv/.csv.gz/.parquet/.smi/.sdf) or a featurize output folder")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

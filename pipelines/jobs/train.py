@@ -4,89 +4,41 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.jobs.options import (
-    add_architecture_arguments,
-    add_optimization_arguments,
+from pipelines.options import (
+    TRAIN_CONFIG_GROUPS,
+    add_option_groups,
     add_ray_arguments,
-    add_tracking_arguments,
-    check_register_alias,
+    add_register_arguments,
 )
 
 HELP = "train MMoEEx (or a baseline) on Ray Train, track it in MLflow, optionally register it"
 
+GROUPS = TRAIN_CONFIG_GROUPS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data and model")
-    data.add_argument("--data", required=True, help="featurized dataset folder (with a split)")
-    data.add_argument("--model", default="mmoeex",
-                      choices=["mmoeex", "mmoe", "shared-bottom", "single-task"],
-                      help="MMoEEx, MMoE (no exclusive experts), one shared bottom, or one network "
-                           "per task")
-    data.add_argument("--alpha", type=float, default=0.5, help="share of exclusive experts (MMoEEx)")
-    data.add_argument("--exclusivity", default="exclusive", choices=["exclusive", "exclusion"],
-                      help="MMoEEx: an exclusive expert is open to one task only, or closed to "
-                           "one task only")
-    data.add_argument("--experts", type=int, default=8, help="number of experts E")
-    data.add_argument("--expert-hidden", type=int, nargs="+", default=[256],
-                      help="expert layer widths (the last is the expert output width)")
-    add_architecture_arguments(data)
-
-    optim = parser.add_argument_group("optimization")
-    add_optimization_arguments(optim)
-    optim.add_argument("--inner-lr", type=float, default=0.05, help="MAML-MTL inner learning rate beta")
-    optim.add_argument("--second-order", action="store_true", help="second-order MAML-MTL")
-    optim.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    optim.add_argument("--epochs", type=int, default=20, help="passes over the training split")
-    optim.add_argument("--patience", type=int, default=5,
-                       help="stop after this many epochs without a better valid mean AP (0 = never)")
-    optim.add_argument("--seed", type=int, default=0,
-                       help="seeds initialization, data order, dropout and task sampling")
-
+    parser.add_argument("--data", required=True, help="featurized dataset folder (with a split)")
+    add_option_groups(parser, GROUPS)
     cluster = parser.add_argument_group("Ray")
-    cluster.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers")
-    cluster.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
     cluster.add_argument("--cpus-per-worker", type=float, default=None,
                          help="CPUs per worker (default: a share that leaves room for data reads)")
     add_ray_arguments(cluster)
-    cluster.add_argument("--storage", default="runs/ray",
-                         help="Ray Train storage (checkpoints); shared storage on a cluster")
-    cluster.add_argument("--run-name", default=None,
-                         help="Ray run name; re-running with the same name resumes it")
-    cluster.add_argument("--max-failures", type=int, default=2,
-                         help="worker failures survived by restarting from the last checkpoint")
-
-    add_tracking_arguments(parser.add_argument_group("MLflow"),
+    add_register_arguments(parser.add_argument_group("registry"),
                            register_help="register the trained model under this name",
                            alias_help="alias for the registered version (e.g. champion)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.config import ModelConfig
-    from models.steps import StepConfig
-    from pipelines.errors import UserError
+    from pipelines.options import build_train_config, check_register_alias, resolve_options
     from pipelines.platform.ray_setup import connect_ray
     from pipelines.summary import format_key_values, format_table
-    from pipelines.training import TrainConfig, run_training
+    from pipelines.training.trainer import run_training
 
     check_register_alias(args)
-    try:
-        config = TrainConfig(
-            data_dir=args.data,
-            model=ModelConfig(architecture=args.model, n_experts=args.experts,
-                              expert_hidden=tuple(args.expert_hidden), tower_hidden=args.tower_hidden,
-                              alpha=args.alpha, exclusivity=args.exclusivity, dropout=args.dropout,
-                              seed=args.seed),
-            step=StepConfig(optimizer=args.optimizer, inner_lr=args.inner_lr,
-                            second_order=args.second_order, pos_weight=args.pos_weight),
-            lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-            epochs=args.epochs, patience=args.patience, seed=args.seed,
-            num_workers=args.num_workers, use_gpu=args.use_gpu,
-            resources_per_worker=None if args.cpus_per_worker is None else
-            {"CPU": args.cpus_per_worker, **({"GPU": 1.0} if args.use_gpu else {})},
-            max_failures=args.max_failures, run_name=args.run_name, storage_path=args.storage,
-            tracking_uri=args.tracking_uri, experiment_name=args.experiment)
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    values = resolve_options(args, GROUPS)
+    resources = None if args.cpus_per_worker is None else \
+        {"CPU": args.cpus_per_worker, **({"GPU": 1.0} if values.get("use_gpu") else {})}
+    config = build_train_config(values, data_dir=args.data, resources_per_worker=resources)
     connect_ray(args.address, args.num_cpus)
     result = run_training(config, register_name=args.register, alias=args.alias)
 

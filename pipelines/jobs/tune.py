@@ -6,15 +6,20 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipelines.jobs.options import (
-    add_architecture_arguments,
-    add_optimization_arguments,
+from pipelines.options import (
+    MLFLOW,
+    MODEL,
+    STEP,
+    TRAINING,
+    add_option_groups,
     add_ray_arguments,
-    add_tracking_arguments,
-    check_register_alias,
+    add_register_arguments,
 )
 
 HELP = "sweep alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
+
+#: The settings every trial shares (the searched ones are the trials' own).
+GROUPS = (MODEL, STEP, TRAINING, MLFLOW)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,33 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="trials at once (default: what the cluster's CPUs or GPUs allow)")
     sweep.add_argument("--search-space", default=None, metavar="FILE",
                        help="YAML/JSON overriding parameters of the default space "
-                            "(tuning/search_space.py)")
+                            "(tuning/search_space.py); parameters the architecture or step does "
+                            "not have are left out")
     sweep.add_argument("--searcher", default="random", choices=["random", "optuna"],
                        help="random search, or Optuna's TPE")
     sweep.add_argument("--scheduler", default="asha", choices=["asha", "none"],
-                       help="ASHA stops poor trials early; none runs every trial to the end")
+                       help="ASHA stops poor trials early (its budget is --epochs); none runs "
+                            "every trial to the end")
     sweep.add_argument("--grace-period", type=int, default=None,
                        help="epochs every trial runs before ASHA may stop it (default: 2, or --epochs "
                             "if smaller; after one epoch valid AP ranks trials poorly: see README)")
     sweep.add_argument("--reduction-factor", type=float, default=2.0,
                        help="ASHA keeps the top 1/factor of trials at each rung")
-    sweep.add_argument("--epochs", type=int, default=8, help="epochs per trial (ASHA's budget)")
-    sweep.add_argument("--seed", type=int, default=0, help="seeds the search and every trial")
     sweep.add_argument("--name", default=None, help="sweep name (default tune-<time>)")
     sweep.add_argument("--storage", default="runs/tune", help="where sweeps keep their state")
     sweep.add_argument("--resume", action="store_true",
                        help="continue the interrupted sweep --name (finished trials are kept)")
-
-    model = parser.add_argument_group("fixed training settings (every trial)")
-    model.add_argument("--model", default="mmoeex", choices=["mmoeex", "mmoe", "shared-bottom"],
-                       help="architecture (alpha matters for mmoeex only)")
-    add_optimization_arguments(model)
-    model.add_argument("--expert-layers", type=int, default=1,
-                       help="expert depth (each layer gets the searched width)")
-    add_architecture_arguments(model)
-    model.add_argument("--patience", type=int, default=0,
-                       help="epochs without a better valid AP before a trial stops itself "
-                            "(0 = never; ASHA already stops poor trials)")
+    add_option_groups(parser, GROUPS)
 
     cluster = parser.add_argument_group("Ray")
     cluster.add_argument("--num-workers-per-trial", type=int, default=1,
@@ -62,46 +57,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="GPUs of a trial's workers in all (fractions share a GPU)")
     add_ray_arguments(cluster)
 
-    add_tracking_arguments(parser.add_argument_group("MLflow"),
+    add_register_arguments(parser.add_argument_group("registry"),
                            register_help="register the best trial's model under this name",
                            alias_help="point this alias at it if it beats the alias's version on the same data")
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.config import ModelConfig
-    from models.steps import StepConfig
     from pipelines.errors import UserError
     from pipelines.experiments.sweep import SweepConfig, run_sweep
     from pipelines.experiments.sweep_report import trial_rows
+    from pipelines.options import build_train_config, check_register_alias, resolve_options
     from pipelines.platform.ray_setup import connect_ray
     from pipelines.summary import format_key_values, format_table
-    from pipelines.training import TrainConfig
     from tuning.schedulers import SchedulerConfig
     from tuning.search_space import SearchSpace
 
     check_register_alias(args)
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the sweep to continue")
+    base = build_train_config(resolve_options(args, GROUPS), data_dir=args.data,
+                              num_workers=args.num_workers_per_trial,
+                              use_gpu=args.gpus_per_trial > 0, max_failures=0)
     try:
-        base = TrainConfig(
-            data_dir=args.data,
-            model=ModelConfig(architecture=args.model, expert_hidden=(256,) * args.expert_layers,
-                              tower_hidden=args.tower_hidden, dropout=args.dropout, seed=args.seed),
-            step=StepConfig(optimizer=args.optimizer, pos_weight=args.pos_weight),
-            weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
-            patience=args.patience, seed=args.seed, num_workers=args.num_workers_per_trial,
-            use_gpu=args.gpus_per_trial > 0, max_failures=0, tracking_uri=args.tracking_uri,
-            experiment_name=args.experiment)
         config = SweepConfig(
             base=base, name=args.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage=args.storage, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
             searcher=args.searcher,
-            scheduler=SchedulerConfig(kind=args.scheduler, max_epochs=args.epochs,
+            scheduler=SchedulerConfig(kind=args.scheduler, max_epochs=base.epochs,
                                       grace_period=args.grace_period if args.grace_period is not None
-                                      else min(2, args.epochs),
+                                      else min(2, base.epochs),
                                       reduction_factor=args.reduction_factor),
-            space=SearchSpace.from_file(args.search_space), cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial, seed=args.seed)
+            space=SearchSpace.from_file(args.search_space).applicable_to(base.model, base.step),
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, seed=base.seed)
     except ValueError as error:
         raise UserError(str(error)) from error
     connect_ray(args.address, args.num_cpus)

@@ -29,7 +29,6 @@ from featurize.dataset import DatasetInfo
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-DEFAULT_EXPERIMENT = "pcba-mmoeex"
 #: Tag naming the Ray Train run (RunConfig name): a re-run with the same
 #: name resumes the same MLflow run.
 RAY_RUN_TAG = "pcba.ray_run_name"

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from models.metrics import METRICS, SELECTION_METRIC, metric_key
 from pipelines.errors import UserError
 from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 from pipelines.serving.bundle import ModelBundle
@@ -45,7 +46,7 @@ INPUT_EXAMPLE = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1", "not a smiles"]
 VERSION_TAGS_FROM_PARAMS = ("data.path", "data.metadata_hash", "data.rows",
                             "data.rows.train", "data.rows.valid", "data.rows.test",
                             "model.architecture", "step.optimizer")
-VERSION_TAGS_FROM_METRICS = ("test_mean_ap", "test_mean_roc_auc", "valid_mean_ap")
+VERSION_TAGS_FROM_METRICS = (*(metric_key("test", metric) for metric in METRICS), SELECTION_METRIC)
 
 
 def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> str:

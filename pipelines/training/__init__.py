@@ -1,6 +1,4 @@
-"""Training on Ray Train: the config, the Ray-free epoch loop, the worker
-function, the trainer and the whole tracked run (see trainer.py)."""
-from pipelines.training.config import TrainConfig
-from pipelines.training.trainer import TrainingResult, build_trainer, prepare_config, run_training
-
-__all__ = ["TrainConfig", "TrainingResult", "build_trainer", "prepare_config", "run_training"]
+"""Training on Ray Train: the config (config.py), the Ray-free epoch loop
+(engine.py), the worker function (worker.py), the trainer and the whole
+tracked run (trainer.py: run_training). No re-exports here, so that reading
+the config (every job's --help does) imports neither Ray nor MLflow."""

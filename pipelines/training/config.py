@@ -11,12 +11,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from featurize.dataset import DatasetInfo
-from models.config import ModelConfig, reject_unknown_keys
-from models.steps import StepConfig
-from pipelines.platform.tracking import DEFAULT_EXPERIMENT
+from models.config import ModelConfig, StepConfig, reject_unknown_keys
+from pipelines.names import TRAINING_EXPERIMENT
+
+if TYPE_CHECKING:
+    from featurize.dataset import DatasetInfo
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,11 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
-    max_failures: int = 0
+    max_failures: int = 2
     run_name: str | None = None
     storage_path: str = "runs/ray"
     tracking_uri: str | None = None
-    experiment_name: str = DEFAULT_EXPERIMENT
+    experiment_name: str = TRAINING_EXPERIMENT
     mlflow_parent_run_id: str | None = None
     fail_at_epoch: int | None = None
 
@@ -94,9 +95,6 @@ class TrainConfig:
         model = dataclasses.replace(self.model, n_features=info.spec.n_bits, n_tasks=info.n_tasks)
         return dataclasses.replace(self, data_dir=str(Path(info.path).resolve()), model=model)
 
-    def with_run_name(self, run_name: str) -> TrainConfig:
-        return dataclasses.replace(self, run_name=run_name)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; ``from_dict(to_dict())`` gives an equal config."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,11 +111,12 @@ class TrainConfig:
         return cls(**values)
 
     def params(self) -> dict[str, Any]:
-        """Flat MLflow params (``model.n_experts``, ``step.inner_lr``, ...);
-        where the run goes (run name, storage, tracking) is left to tags."""
+        """Flat MLflow params (``model.n_experts``, ``step.inner_lr``, ...) of
+        the fields the architecture and step have (a shared bottom logs no
+        alpha); where the run goes (run name, storage, tracking) is left to tags."""
         skip = {"model", "step", "run_name", "storage_path", "tracking_uri",
                 "experiment_name", "mlflow_parent_run_id", "fail_at_epoch"}
         out = {name: value for name, value in self.to_dict().items() if name not in skip}
-        out.update({f"model.{key}": value for key, value in self.model.to_dict().items()})
-        out.update({f"step.{key}": value for key, value in self.step.to_dict().items()})
+        out.update({f"model.{key}": value for key, value in self.model.params().items()})
+        out.update({f"step.{key}": value for key, value in self.step.params().items()})
         return out

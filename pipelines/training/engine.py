@@ -84,8 +84,7 @@ class EpochResult:
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
             "train_samples_per_s": self.train_samples / max(self.train_seconds, 1e-9),
-            "valid_mean_ap": self.valid.mean_ap,
-            "valid_mean_roc_auc": self.valid.mean_roc_auc,
+            **self.valid.means("valid"),
             "best_valid_mean_ap": state.best_valid_mean_ap,
             "best_epoch": state.best_epoch,
         }

@@ -27,7 +27,7 @@ import numpy as np
 from featurize.dataset import DatasetInfo, read_dataset_info
 from featurize.errors import InputDataError
 from models.factory import build_model
-from models.metrics import TaskMetrics
+from models.metrics import SELECTION_METRIC, TaskMetrics
 from pipelines.platform import tracking
 from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
@@ -37,7 +37,6 @@ from pipelines.training.worker import TRAIN_SPLIT, VALID_SPLIT, restore_checkpoi
 
 logger = logging.getLogger(__name__)
 
-SCORE_METRIC = "valid_mean_ap"
 #: CPUs a Ray Data read task asks for: reading Parquet is I/O, and the
 #: training workers hold the cores.
 DATA_TASK_CPUS = 0.25
@@ -170,7 +169,7 @@ def build_trainer(config: TrainConfig, info: DatasetInfo | None = None, *,
             failure_config=FailureConfig(max_failures=config.max_failures),
             # Keeps the best checkpoint by validation mean AP, and the latest
             # (Ray never deletes the latest), which resumption starts from.
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC,
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION_METRIC,
                                                checkpoint_score_order="max"),
             callbacks=list(callbacks),
             # Ray Train's per-report INFO lines repeat every metric; the
@@ -236,7 +235,7 @@ def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
         raise RuntimeError(f"training run at {fit.path} reported no checkpoint")
     best_epoch = fit.metrics["best_epoch"]
     by_epoch = {metrics["epoch"]: checkpoint for checkpoint, metrics in fit.best_checkpoints}
-    best = by_epoch.get(best_epoch) or fit.get_best_checkpoint(SCORE_METRIC, "max") or fit.checkpoint
+    best = by_epoch.get(best_epoch) or fit.get_best_checkpoint(SELECTION_METRIC, "max") or fit.checkpoint
     return best, fit.checkpoint, fit.metrics
 
 
@@ -261,8 +260,7 @@ def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
                       "config/dataset.json")
     if evaluation is not None:
         test = evaluation.metrics
-        summary.update({"test_mean_ap": test.mean_ap, "test_mean_roc_auc": test.mean_roc_auc,
-                        "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
+        summary.update({**test.means("test"), "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
         tracking.log_table_csv(uri, run_id, [
             {"task": task, "ap": ap, "roc_auc": auc}
             for task, ap, auc in zip(info.tasks, test.ap, test.roc_auc)], "test/per_task_metrics.csv")

@@ -1,0 +1,135 @@
+"""`python -m pipelines compare --data DIR [--configs ARCH/OPT[:option=value,...] ...]`:
+the comparison users choose a model from (pipelines/experiments/comparison/).
+
+Every row (an architecture and an optimizer step, with overrides) trains for
+each seed on the same split with the same budget; each best-validation
+model is scored on the test split once. Prints the table (mean +- std over
+seeds of the test PR-AUC and ROC-AUC, Delta versus single-task, expert
+diversity, epochs, epoch seconds, samples/s, wall seconds, parameters) and
+tracks every row and seed in MLflow under one parent run.
+
+    python -m pipelines compare --data runs/pcba-subset --seeds 3 --epochs 4
+    python -m pipelines compare --data DIR --configs mmoe/plain mmoeex/maml-mtl:experts=8,inner-lr=0.1
+    # where MLflow is not reachable (a GPU box): save the runs, log them elsewhere
+    python -m pipelines compare --data DIR --no-tracking --save-outcomes runs.pkl
+    python -m pipelines compare --data DIR --log-outcomes runs.pkl
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.names import COMPARISON_EXPERIMENT
+from pipelines.options import MLFLOW, MODEL, STEP, TRAINING, add_option_groups
+
+HELP = "compare architectures and optimizer steps on one split and budget, several seeds"
+
+#: The settings every row shares: a row names its architecture and step and
+#: may override model and step options; seeds come from --seeds.
+GROUPS = (MODEL.without("model"), STEP.without("optimizer"), TRAINING.without("seed"),
+          MLFLOW.without("experiment"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.experiments.comparison.configurations import DEFAULT_CONFIGURATIONS
+
+    rows = parser.add_argument_group("rows")
+    rows.add_argument("--data", required=True, help="featurized dataset with train/valid/test splits")
+    rows.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (model init, data order)")
+    rows.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGURATIONS),
+                      metavar="ARCH/OPT[:option=value,...]",
+                      help="rows; an override names a model or step option (flag or field name)")
+    rows.add_argument("--budget-seconds", type=float, default=None,
+                      help="also stop a run once its training time reaches this (checked per epoch)")
+    add_option_groups(parser, GROUPS)
+    where = parser.add_argument_group("where")
+    where.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    where.add_argument("--experiment", default=COMPARISON_EXPERIMENT, help="MLflow experiment")
+    where.add_argument("--run-name", default=None, help="MLflow parent run name")
+    where.add_argument("--out", type=Path, default=None,
+                       help="also write comparison.csv and comparison.md here")
+    where.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    where.add_argument("--save-outcomes", type=Path, default=None,
+                       help="pickle every run's outcome here (for --log-outcomes)")
+    where.add_argument("--log-outcomes", type=Path, default=None,
+                       help="train nothing: log the runs saved by --save-outcomes to MLflow")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pickle
+
+    from pipelines.errors import UserError
+    from pipelines.experiments.comparison.configurations import Budget, parse_configuration
+    from pipelines.experiments.comparison.runner import run_comparison
+    from pipelines.experiments.comparison.tracking import mlflow_tracker
+    from pipelines.options import build_train_config, resolve_options
+
+    base = build_train_config(resolve_options(args, GROUPS), data_dir=args.data)
+    try:
+        configurations = [parse_configuration(text, base.model, base.step) for text in args.configs]
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    budget = Budget.of(base, args.budget_seconds)
+    if args.log_outcomes is not None:
+        return _log_saved(args)
+    seeds = list(range(args.seeds))
+    title = (f"{args.data}: {args.seeds} seeds, at most {budget.epochs} epochs (patience "
+             f"{budget.patience}), batch {budget.batch_size}, {args.device}")
+    tracker = None if args.no_tracking else mlflow_tracker(
+        base.tracking_uri, args.experiment, args.run_name, seeds=seeds, budget=budget,
+        device=args.device)
+    try:
+        result = run_comparison(args.data, configurations, seeds, budget, device=args.device,
+                                tracker=tracker, render=lambda summaries: _text_table(summaries, title))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    print(_text_table(result.summaries, title))
+    if result.parent_run_id is not None:
+        print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri} "
+              f"(experiment {args.experiment})")
+    if args.save_outcomes is not None:
+        with args.save_outcomes.open("wb") as handle:
+            pickle.dump({"title": title, "configurations": configurations, "seeds": seeds,
+                         "budget": budget, "device": args.device, "outcomes": result.outcomes}, handle)
+        print(f"outcomes saved to {args.save_outcomes}")
+    _write_tables(args.out, result.summaries)
+    return 0
+
+
+def _log_saved(args: argparse.Namespace) -> int:
+    """--log-outcomes: the saved runs into MLflow, with the local copy of
+    their dataset (--data) as the parent run's data identity."""
+    import pickle
+
+    from featurize.dataset import read_dataset_info
+    from pipelines.experiments.comparison.runner import log_outcomes
+    from pipelines.experiments.comparison.tracking import mlflow_tracker
+
+    with args.log_outcomes.open("rb") as handle:
+        saved = pickle.load(handle)
+    info = read_dataset_info(args.data)
+    tracker = mlflow_tracker(args.tracking_uri, args.experiment, args.run_name, seeds=saved["seeds"],
+                             budget=saved["budget"], device=saved["device"])(info, saved["configurations"])
+    summaries = log_outcomes(saved["outcomes"], saved["configurations"], tracker,
+                             render=lambda rows: _text_table(rows, saved["title"]))
+    print(_text_table(summaries, saved["title"]))
+    print(f"MLflow: parent run {tracker.parent_run_id} in {tracker.uri} (experiment {args.experiment})")
+    _write_tables(args.out, summaries)
+    return 0
+
+
+def _text_table(summaries, title: str) -> str:
+    from pipelines.summary import format_table
+
+    return format_table([summary.display_row() for summary in summaries], title=title)
+
+
+def _write_tables(out: Path | None, summaries) -> None:
+    if out is None:
+        return
+    from pipelines.experiments.comparison.summary import table_csv, table_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.csv").write_text(table_csv(summaries))
+    (out / "comparison.md").write_text(table_markdown(summaries))
+    print(f"tables written to {out}")

@@ -1,0 +1,9 @@
+"""Names several jobs and libraries share, written once."""
+
+#: The registered model the jobs train, screen and promote by default.
+DEFAULT_MODEL_NAME = "pcba-mmoeex"
+#: The alias a promoted version gets (the one screening pulls).
+CHAMPION_ALIAS = "champion"
+#: MLflow experiments of training runs (train, tune, run) and of comparisons.
+TRAINING_EXPERIMENT = "pcba-mmoeex"
+COMPARISON_EXPERIMENT = "pcba-mmoeex-comparison"
