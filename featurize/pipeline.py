@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from featurize.crash_guard import crashing_rows
 from featurize.dataset import DEFAULT_ROWS_PER_SHARD, REJECTS_FILE, DatasetInfo, DatasetWriter, find_finished
 from featurize.fingerprints import FingerprintRows
 from featurize.sources import LibrarySource, TaskSelection
@@ -49,7 +50,7 @@ from featurize.splits import (
     scaffold_split,
     split_names,
 )
-from featurize.standardize import standardize_molblock, standardize_smiles
+from featurize.standardize import DEFAULT_LIMITS, SizeLimits, standardize_molblock, standardize_smiles
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +101,21 @@ class FeaturizeSummary:
 
 
 def _reason_kind(reasons: pa.ChunkedArray) -> pa.ChunkedArray:
-    """"sanitization failed: Explicit valence for atom # 3..." -> "sanitization failed"."""
-    return pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(reasons, ":"), 0))
+    """The reason without its details, so the summary counts kinds:
+    "sanitization failed: Explicit valence for atom # 3..." -> "sanitization
+    failed", "too large (20000 heavy atoms > 1000)" -> "too large"."""
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(reasons, r"[:(].*", ""))
 
 
 # -- pass 1: one batch ---------------------------------------------------------------
 def featurize_batch(batch: pa.Table, *, spec: FingerprintSpec, tasks: Sequence[str],
                     kind: Literal["smiles", "molblock"], with_scaffold: bool,
-                    canonical_smiles: bool = True) -> pa.Table:
+                    canonical_smiles: bool = True, limits: SizeLimits = DEFAULT_LIMITS) -> pa.Table:
     """Standardize, fingerprint and encode labels for one source batch.
 
+    A ``reason`` column in ``batch`` (the readers' rejects, e.g. "not
+    UTF-8"; tables built by hand may leave it out) wins over everything
+    else: such rows are never parsed. ``limits``: see :class:`SizeLimits`.
     Returns every input row (``_row``, ``mol_id``, ``raw``, ``smiles`` (canonical,
     or with ``canonical_smiles=False`` the input SMILES as given), ``fp``
     as fixed_size_binary (zeros for rejects), int8 task columns, ``scaffold``
@@ -117,16 +123,19 @@ def featurize_batch(batch: pa.Table, *, spec: FingerprintSpec, tasks: Sequence[s
     pure function of its arguments, one cached RDKit generator per process.
     """
     n_rows = batch.num_rows
-    standardize = (standardize_molblock if kind == "molblock"
-                   else partial(standardize_smiles, canonical=canonical_smiles))
+    standardize = (partial(standardize_molblock, limits=limits) if kind == "molblock"
+                   else partial(standardize_smiles, canonical=canonical_smiles, limits=limits))
     labels, label_reasons = encode_labels(batch, tasks)
     ids = batch["mol_id"].to_pylist()
-    reasons: list[str | None] = [None] * n_rows
+    reasons: list[str | None] = (batch["reason"].to_pylist() if "reason" in batch.column_names
+                                 else [None] * n_rows)
     smiles: list[str | None] = [None] * n_rows
     scaffolds: list[str | None] = [None] * n_rows
     accepted: list[int] = []
     fingerprints = FingerprintRows(spec)
     for index, raw in enumerate(batch["raw"].to_pylist()):
+        if reasons[index] is not None:
+            continue
         if ids[index] is None:
             reasons[index] = "empty id"
             continue
@@ -244,8 +253,39 @@ def task_row_ranges(n_rows: int, n_cpus: int, block_rows: int) -> list[tuple[int
 
 def _featurize_row_ranges(ranges: pa.Table, **batch_kwargs: object) -> pa.Table:
     """A Ray task's work: read its rows of the raw file and featurize them."""
-    return pa.concat_tables([featurize_batch(_read_rows(item["path"], item["start"], item["stop"]),
-                                             **batch_kwargs) for item in ranges.to_pylist()])
+    return pa.concat_tables([featurize_row_range(Path(item["path"]), item["start"], item["stop"],
+                                                 batch_kwargs) for item in ranges.to_pylist()])
+
+
+def featurize_row_range(raw_path: Path, start: int, stop: int,
+                        batch_kwargs: dict[str, object]) -> pa.Table:
+    """Featurize rows [start, stop) of the raw file, surviving rows that
+    crash RDKit (see :mod:`featurize.crash_guard`): a mark file is left
+    beside the raw file while the range is being featurized. Ray retries a
+    task whose worker died; the retry finds the mark, finds the crashing
+    rows in child processes and rejects them, so the range completes."""
+    batch = _read_rows(str(raw_path), start, stop)
+    mark = raw_path.parent / "attempts" / f"{start}-{stop}"
+    if mark.exists():
+        crashed = crashing_rows(batch, batch_kwargs)
+        logger.warning("rows %d-%d: an earlier attempt died; %d row(s) crash RDKit",
+                       start, stop, len(crashed))
+        batch = _with_reasons(batch, crashed)
+    else:
+        mark.parent.mkdir(exist_ok=True)
+        mark.touch()
+    table = featurize_batch(batch, **batch_kwargs)
+    mark.unlink()
+    return table
+
+
+def _with_reasons(batch: pa.Table, reasons: dict[int, str]) -> pa.Table:
+    """``batch`` with ``reasons`` (row index -> reason) set in its ``reason`` column."""
+    merged = batch["reason"].to_pylist()
+    for index, reason in reasons.items():
+        merged[index] = merged[index] or reason
+    return batch.set_column(batch.schema.get_field_index("reason"), "reason",
+                            pa.array(merged, pa.string()))
 
 
 def _read_rows(path: str, start: int, stop: int) -> pa.Table:
@@ -398,10 +438,11 @@ class _Options:
     fractions: tuple[float, float, float]
     seed: int
     rows_per_shard: int
+    limits: SizeLimits
 
     def batch_kwargs(self) -> dict[str, object]:
         return {"spec": self.spec, "tasks": self.tasks, "kind": self.kind,
-                "with_scaffold": self.split == "scaffold"}
+                "with_scaffold": self.split == "scaffold", "limits": self.limits}
 
     def manifest(self, source: LibrarySource) -> dict[str, object]:
         """What must match for a re-run to be a no-op (backend and CPUs do
@@ -420,7 +461,8 @@ def featurize_file(input_path: str | os.PathLike[str] | LibrarySource,
                    split: str = "none", fractions: Sequence[float] = DEFAULT_FRACTIONS,
                    seed: int = 0, backend: Backend = "auto", num_cpus: int | None = None,
                    address: str | None = None, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
-                   overwrite: bool = False, progress: bool = True) -> FeaturizeSummary:
+                   limits: SizeLimits = DEFAULT_LIMITS, overwrite: bool = False,
+                   progress: bool = True) -> FeaturizeSummary:
     """Featurize a molecule file into a fingerprint dataset at ``out_dir``.
 
     ``input_path``: a .csv/.csv.gz/.parquet/.smi/.sdf file (read with
@@ -430,6 +472,8 @@ def featurize_file(input_path: str | os.PathLike[str] | LibrarySource,
     ``backend``: "local" (this process), "ray" (Ray Data; ``address`` or
     RAY_ADDRESS picks the cluster, ``num_cpus`` caps the CPUs it uses) or
     "auto" (Ray for an address or inputs of 32 MiB or more).
+    ``limits``: the largest SMILES and molecules handed to RDKit; larger
+    rows are rejected as "too long" / "too large" (:class:`SizeLimits`).
     A finished dataset made from the same input and options is left as it is
     (``skipped_existing`` in the summary).
     """
@@ -443,7 +487,7 @@ def featurize_file(input_path: str | os.PathLike[str] | LibrarySource,
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     options = _Options(spec=spec or FingerprintSpec(), tasks=source.task_names(),
                        kind=source.kind, split=split, fractions=check_fractions(fractions),
-                       seed=seed, rows_per_shard=rows_per_shard)
+                       seed=seed, rows_per_shard=rows_per_shard, limits=limits)
     identity = source.identity()
     chosen = _choose_backend(backend, source, address)
     finished = find_finished(out_dir, identity, options.manifest(source), overwrite=overwrite)

@@ -5,8 +5,16 @@ Every reader yields batches with the same columns, whatever the format:
 table, non-blank line of a .smi, record of an .sdf), ``raw`` (the SMILES, or
 the mol block for .sdf), ``mol_id`` (string; kept from the id column or
 generated from the position as MOL000001...; null where the id cell is
-empty) and one float64 column per task (null = missing label). Memory stays
+empty), ``reason`` (string, null unless the reader itself rejects the row:
+a SMILES, id or record that is not UTF-8 becomes "hex " and its bytes in
+hex, which no parser takes for a molecule, with the reason "not UTF-8 ...")
+and one float64 column per task (null = missing label). Memory stays
 bounded by one batch, so libraries larger than RAM stream through.
+
+A file that cannot be read at all (missing, a directory, empty, a ragged
+CSV line, a cut-off gzip, not Parquet) raises :class:`InputDataError` with
+one line naming the file, where it failed and what to do, never a
+traceback of the library that read it.
 
 PCBA-128: the MoleculeNet file and its 128 task names are those DeepChem's
 ``load_pcba`` uses, read from DeepChem's own source (importing deepchem costs
@@ -22,11 +30,12 @@ import logging
 import os
 import shutil
 import urllib.request
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +52,9 @@ BATCH_ROWS = 8192
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 SUFFIXES = (*TABLE_SUFFIXES, ".smi", ".smi.gz", ".sdf", ".sdf.gz")
 TaskSelection = Literal["auto"] | Sequence[str] | None
+#: What the ``raw`` (or ``mol_id``) cell of a row that is not UTF-8 starts
+#: with, before its bytes in hex: the space makes it an invalid SMILES.
+HEX_PREFIX = "hex "
 
 
 def generated_ids(rows: np.ndarray) -> pa.Array:
@@ -82,6 +94,9 @@ class LibrarySource:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+        if self.path.is_dir():
+            raise InputDataError(f"{self.path}: is a directory; give one molecule file "
+                                 f"({', '.join(SUFFIXES)})")
         if not self.path.is_file():
             raise FileNotFoundError(f"input file not found: {self.path}")
         suffix = suffix_of(self.path)  # fail early on an unknown format
@@ -121,10 +136,12 @@ class LibrarySource:
         suffix = suffix_of(self.path)
         if suffix in TABLE_SUFFIXES:
             yield from self._iter_table(self.task_names(), batch_rows)
-        elif suffix.startswith(".smi"):
-            yield from _chunks(self._iter_smi(), batch_rows)
-        else:
-            yield from _chunks(self._iter_sdf(), batch_rows)
+            return
+        records = self._iter_smi() if suffix.startswith(".smi") else self._iter_sdf()
+        try:
+            yield from _chunks(records, batch_rows)
+        except (OSError, EOFError, zlib.error) as error:
+            raise _unreadable(self.path, error) from error
 
     # -- tables --------------------------------------------------------------------
     def _key_columns(self) -> set[str]:
@@ -138,14 +155,21 @@ class LibrarySource:
                                      f"{' ...' if len(schema.names) > 12 else ''})")
 
     def _table_schema(self) -> pa.Schema:
-        if suffix_of(self.path) == ".parquet":
-            return pq.read_schema(self.path)
-        # Type inference on the first block only decides which columns are numeric.
-        reader = pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=1 << 20))
-        return reader.schema
+        try:
+            if suffix_of(self.path) == ".parquet":
+                schema = pq.read_schema(self.path)
+            else:  # type inference on the first block only decides which columns are numeric
+                schema = pacsv.open_csv(self.path,
+                                        read_options=pacsv.ReadOptions(block_size=1 << 20)).schema
+            schema.names  # noqa: B018  (names are decoded when first read: a bad byte fails here)
+        except _READ_ERRORS as error:
+            raise _unreadable(self.path, error, "near the start") from error
+        return schema
 
     def _iter_table(self, tasks: list[str], batch_rows: int) -> Iterator[pa.Table]:
-        types = {self.smiles_col: pa.string(), **({self.id_col: pa.string()} if self.id_col
+        # SMILES and ids are read as bytes and decoded row by row where needed
+        # (see _text_cells), so one cell that is not UTF-8 rejects one row.
+        types = {self.smiles_col: pa.binary(), **({self.id_col: pa.binary()} if self.id_col
                                                  else {}), **dict.fromkeys(tasks, pa.float64())}
         if suffix_of(self.path) == ".parquet":
             batches = pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows,
@@ -160,9 +184,8 @@ class LibrarySource:
             for batch in _rebatch(batches, batch_rows):
                 yield self._source_table(batch, start, tasks)
                 start += batch.num_rows
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise InputDataError(f"{self.path}: cannot read the table near data row {start}: "
-                                 f"{error}") from error
+        except _READ_ERRORS as error:
+            raise _unreadable(self.path, error, f"near data row {start}") from error
         if start == 0:  # no data rows: one empty batch, as for .smi and .sdf
             yield self._source_table(pa.schema(types).empty_table(), 0, tasks)
 
@@ -170,29 +193,40 @@ class LibrarySource:
         """A table's rows as featurize_batch takes them: ``_row`` from ``start``,
         ``raw``, ``mol_id`` (given, or generated from the row) and the tasks as float."""
         rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
-        ids = batch.column(self.id_col).cast(pa.string()) if self.id_col else generated_ids(rows)
+        raw, raw_reasons = _text_cells(batch.column(self.smiles_col), f"column {self.smiles_col!r}")
+        ids, id_reasons = (_text_cells(batch.column(self.id_col), f"column {self.id_col!r}")
+                           if self.id_col else (generated_ids(rows), None))
         return pa.table({
             "_row": rows,
-            "raw": batch.column(self.smiles_col).cast(pa.string()),
+            "raw": raw,
             "mol_id": _empty_to_null(ids),
+            "reason": _first_reasons(batch.num_rows, raw_reasons, id_reasons),
             **{task: batch.column(task).cast(pa.float64()) for task in tasks},
         })
 
     # -- .smi and .sdf ------------------------------------------------------------
-    def _iter_smi(self) -> Iterator[tuple[str, str | None]]:
-        with _open_text(self.path) as handle:
+    def _iter_smi(self) -> Iterator[_Record]:
+        """One record per line with a field: SMILES, then the rest as the
+        name. Lines are split as bytes, on ASCII whitespace only (the .smi
+        separators), so a no-break space or a byte that is not UTF-8 stays
+        inside its field and is rejected there, not used as a separator."""
+        with _open_binary(self.path) as handle:
             for line in handle:
                 fields = line.split(maxsplit=1)
-                if fields:
-                    yield fields[0], fields[1].strip() if len(fields) > 1 else None
+                if not fields:
+                    continue
+                raw, raw_reason = _decode(fields[0], "SMILES field")
+                name, name_reason = (_decode(fields[1].strip(), "name field") if len(fields) > 1
+                                     else (None, None))
+                yield _Record(raw, name, raw_reason or name_reason)
 
-    def _iter_sdf(self) -> Iterator[tuple[str, str | None]]:
+    def _iter_sdf(self) -> Iterator[_Record]:
         """Records split on ``$$$$`` as text (the raw text goes to the rejects
         file and travels to Ray workers; RDKit parses it there)."""
-        with _open_text(self.path) as handle:
-            lines: list[str] = []
+        with _open_binary(self.path) as handle:
+            lines: list[bytes] = []
             for line in handle:
-                if line.startswith("$$$$"):
+                if line.startswith(b"$$$$"):
                     yield self._sdf_record(lines)
                     lines = []
                 else:
@@ -200,17 +234,23 @@ class LibrarySource:
             if any(line.strip() for line in lines):
                 yield self._sdf_record(lines)
 
-    def _sdf_record(self, lines: list[str]) -> tuple[str, str | None]:
+    def _sdf_record(self, byte_lines: list[bytes]) -> _Record:
+        """A record's mol block and id; a record that is not UTF-8 keeps its
+        bytes in hex and gets the reason (its id is still read, with
+        replacement characters, so the row can be found)."""
+        _, reason = _decode(b"".join(byte_lines), "record")
+        lines = [line.decode("utf-8", errors="replace") for line in byte_lines]
         end = next((i for i, line in enumerate(lines) if line.startswith("M  END")), len(lines) - 1)
-        molblock = "".join(lines[:end + 1])
+        molblock = ("".join(lines[:end + 1]) if reason is None
+                    else HEX_PREFIX + b"".join(byte_lines[:end + 1]).hex())
         if self.id_col is None:
-            return molblock, None
+            return _Record(molblock, None, reason)
         if self.id_col == "_Name":
-            return molblock, lines[0].strip() if lines else ""
+            return _Record(molblock, lines[0].strip() if lines else "", reason)
         for i, line in enumerate(lines[end + 1:], start=end + 1):
             if line.startswith(">") and f"<{self.id_col}>" in line and i + 1 < len(lines):
-                return molblock, lines[i + 1].strip()
-        return molblock, ""
+                return _Record(molblock, lines[i + 1].strip(), reason)
+        return _Record(molblock, "", reason)
 
     def identity(self) -> dict[str, object]:
         """What makes a re-run a no-op: the same bytes at the same path."""
@@ -218,30 +258,105 @@ class LibrarySource:
                 "sha256": file_sha256(self.path)}
 
 
-def _chunks(records: Iterator[tuple[str, str | None]], batch_rows: int) -> Iterator[pa.Table]:
+class _Record(NamedTuple):
+    """One .smi line or .sdf record: its text, its id (None: generate one;
+    "": empty) and the reader's reason to reject it (None: fine)."""
+
+    raw: str
+    mol_id: str | None
+    reason: str | None
+
+
+def _chunks(records: Iterator[_Record], batch_rows: int) -> Iterator[pa.Table]:
     start = 0
-    raws: list[str] = []
-    ids: list[str | None] = []
-    for raw, mol_id in records:
-        raws.append(raw)
-        ids.append(mol_id)
-        if len(raws) == batch_rows:
-            yield _record_table(start, raws, ids)
-            start += len(raws)
-            raws, ids = [], []
-    if raws or start == 0:
-        yield _record_table(start, raws, ids)
+    chunk: list[_Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == batch_rows:
+            yield _record_table(start, chunk)
+            start += len(chunk)
+            chunk = []
+    if chunk or start == 0:
+        yield _record_table(start, chunk)
 
 
-def _record_table(start: int, raws: list[str], ids: list[str | None]) -> pa.Table:
-    rows = np.arange(start, start + len(raws), dtype=np.int64)
+def _record_table(start: int, records: list[_Record]) -> pa.Table:
+    rows = np.arange(start, start + len(records), dtype=np.int64)
     generated = generated_ids(rows).to_pylist()
     return pa.table({
         "_row": rows,
-        "raw": pa.array(raws, pa.string()),
-        "mol_id": pa.array([(given or None) if given is not None else auto
-                            for given, auto in zip(ids, generated)], pa.string()),
+        "raw": pa.array([record.raw for record in records], pa.string()),
+        "mol_id": pa.array([(record.mol_id or None) if record.mol_id is not None else auto
+                            for record, auto in zip(records, generated)], pa.string()),
+        "reason": pa.array([record.reason for record in records], pa.string()),
     })
+
+
+def _decode(data: bytes, what: str) -> tuple[str, str | None]:
+    """``data`` as text and None; where it is not UTF-8, :data:`HEX_PREFIX`
+    and its bytes in hex, and the reason naming ``what`` and the byte."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as error:
+        return HEX_PREFIX + data.hex(), (f"not UTF-8 ({what}: byte 0x{data[error.start]:02x} "
+                                         f"at offset {error.start})")
+
+
+def _text_cells(cells: pa.ChunkedArray, what: str) -> tuple[pa.ChunkedArray | pa.Array,
+                                                             list[str | None] | None]:
+    """A table column as strings and, only where some cell is not UTF-8,
+    one reason per cell (see :func:`_decode`). Text columns are validated
+    in Arrow (one pass in C); cells are decoded one by one only in a batch
+    that holds a bad one."""
+    if not (patypes.is_string(cells.type) or patypes.is_large_string(cells.type)
+            or patypes.is_binary(cells.type) or patypes.is_large_binary(cells.type)):
+        return cells.cast(pa.string()), None  # numbers: ids such as PubChem CIDs
+    data = cells.cast(pa.binary())  # a string column read from Parquet is not checked yet
+    try:
+        return data.cast(pa.string()), None
+    except pa.ArrowInvalid:
+        decoded = [(None, None) if value is None else _decode(value, what)
+                   for value in data.to_pylist()]
+        return (pa.array([text for text, _ in decoded], pa.string()),
+                [reason for _, reason in decoded])
+
+
+def _first_reasons(n_rows: int, *per_column: list[str | None] | None) -> pa.Array:
+    """Per row, the first reader reason of the columns that have any."""
+    given = [reasons for reasons in per_column if reasons is not None]
+    if not given:
+        return pa.nulls(n_rows, pa.string())
+    return pa.array([next((reason for reason in row if reason), None) for row in zip(*given)],
+                    pa.string())
+
+
+#: What pyarrow and the decompressors raise on a file they cannot read.
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, zlib.error,
+                UnicodeDecodeError)
+
+
+def _unreadable(path: Path, error: Exception, where: str = "") -> InputDataError:
+    """One line on a file that cannot be read: which file, where, what to do."""
+    detail = " ".join(str(error).split()) or type(error).__name__
+    at = f" {where}" if where else ""
+    if isinstance(error, UnicodeDecodeError):
+        return InputDataError(f"{path}: the header line is not UTF-8 (byte 0x"
+                              f"{error.object[error.start]:02x} at offset {error.start}); save "
+                              "the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    if path.name.lower().endswith(".gz") and not isinstance(error, pa.ArrowInvalid | pa.ArrowTypeError):
+        return InputDataError(f"{path}: the gzip data is cut short or damaged ({detail}); the "
+                              f"file ends at byte {path.stat().st_size}; download or copy it "
+                              "again (gzip -t checks a file)")
+    if detail == "Empty CSV file":
+        return InputDataError(f"{path}: empty file; a CSV needs a header line naming its columns")
+    if detail.startswith("CSV parse error: "):
+        return InputDataError(f"{path}: bad CSV line{at}: {detail.removeprefix('CSV parse error: ')}"
+                              "; every line needs as many fields as the header (quote fields "
+                              "that hold a comma)")
+    if suffix_of(path) == ".parquet":
+        return InputDataError(f"{path}: not a readable Parquet file ({detail}); write it again, "
+                              "or name it by its real format")
+    return InputDataError(f"{path}: cannot read the table{at}: {detail}")
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], batch_rows: int) -> Iterator[pa.Table]:
@@ -276,9 +391,9 @@ def _is_numeric(data_type: pa.DataType) -> bool:
             or patypes.is_boolean(data_type) or patypes.is_null(data_type))
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_binary(path: Path) -> IO[bytes]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    return opener(path, "rt", encoding="utf-8", errors="replace")
+    return opener(path, "rb")
 
 
 def file_sha256(path: Path) -> str:

@@ -44,3 +44,23 @@ def test_from_arrays_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     info = read_dataset_info(tmp_path / "ds")
     assert info.tasks == ["t1", "t2"] and info.spec.kind == "imported"
     assert info.spec.source == "test bits" and info.accepted == 30
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("ragged.csv", b"smiles,t1\nCCO,1\nCCN\n", "bad CSV line"),
+    ("empty.csv", b"", "empty file"),
+    ("folder", None, "is a directory"),
+    ("absent.csv", None, "input file not found"),
+])
+def test_unreadable_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                name: str, content: bytes | None,
+                                                message: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    elif name == "folder":
+        path.mkdir()
+    assert main(["featurize", "--input", str(path), "--out", str(tmp_path / "ds"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and message in err

@@ -11,7 +11,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from featurize.errors import SpecMismatchError
 from featurize.fingerprints import fingerprint_matrix, pack_bits, unpack_bits
 from featurize.spec import FingerprintSpec
-from featurize.standardize import standardize_smiles
+from featurize.standardize import SizeLimits, smiles_text_problem, standardize_molblock, standardize_smiles
 from featurize.tensors import labels_to_tensors, unpack_fingerprints
 
 
@@ -34,7 +34,7 @@ def test_spec_mismatch_names_both_specs() -> None:
 
 @pytest.mark.parametrize(("raw", "reason"), [
     ("", "empty SMILES"), ("   ", "empty SMILES"), (None, "empty SMILES"),
-    ("C1CC(", "unparsable SMILES"), ("not a smiles", "unparsable SMILES"),
+    ("C1CC(", "unparsable SMILES"), ("Xyz", "unparsable SMILES"),
     ("CN(=O)(=O)=O", "sanitization failed: Explicit valence"),
     ("c1cccc1", "sanitization failed: Can't kekulize"),
 ])
@@ -43,6 +43,57 @@ def test_bad_smiles_get_reasons(raw: str | None, reason: str) -> None:
         result = standardize_smiles(raw, canonical=canonical)
         assert result.mol is None and result.smiles is None
         assert result.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("CCÖ", "not a SMILES: non-ASCII character 'Ö' at position 2"),
+    ("CC\nO", "not a SMILES: whitespace '\\n' at position 2"),
+    ("CCO\tCCN", "not a SMILES: whitespace '\\t' at position 3"),
+    ("c1ccccc1 |$;;;;;$|", "not a SMILES: whitespace ' ' at position 8"),  # CXSMILES
+    ("CC\u200bO", "not a SMILES: non-ASCII character '\\u200b' at position 2"),
+    ("C\x00C", "not a SMILES: control character '\\x00' at position 1"),
+    ("[#6]~[#7]", "not a SMILES: query feature '#' at position 1 (SMARTS, not a molecule)"),
+    ("C~N", "not a SMILES: query feature '~' at position 1 (SMARTS, not a molecule)"),
+    ("[C;H2]O", "not a SMILES: query feature ';' at position 2 (SMARTS, not a molecule)"),
+    ("C@C", "not a SMILES: query feature '@' at position 1 (SMARTS, not a molecule)"),
+    ("[$(CC)]C", "not a SMILES: query feature '$' at position 1 (SMARTS, not a molecule)"),
+    ("C*", "not a SMILES: dummy atom '*' at position 1 (a placeholder, not a compound)"),
+    ("[*:1]CC", "not a SMILES: dummy atom '*' at position 1 (a placeholder, not a compound)"),
+    ("CC>>O", "not a SMILES: character '>' at position 2 is not used in SMILES"),
+])
+def test_text_that_is_not_plain_smiles_is_never_read_as_a_prefix(raw: str, reason: str) -> None:
+    for canonical in (True, False):
+        assert standardize_smiles(raw, canonical=canonical) == (None, None, reason)
+
+
+def test_the_field_is_stripped_and_plain_smiles_pass_the_text_check(nci_smiles: list[str]) -> None:
+    assert standardize_smiles(" \tCCO\u00a0\r\n").smiles == "CCO"  # str.strip: any whitespace
+    for raw in ("C$C", "[13CH3][C@@H](N)C(=O)[O-]", "C%12CC%12", "F/C=C\\F", "[CH3:1]O",
+                "[NH4+].[Cl-]", "[Fe+3]"):
+        assert smiles_text_problem(raw) is None, raw
+    # No real molecule RDKit reads is turned away by the text check.
+    readable = [s for s in nci_smiles if Chem.MolFromSmiles(s) is not None]
+    assert len(readable) > 4000
+    assert [s for s in readable if smiles_text_problem(s)] == []
+
+
+def test_size_limits_reject_before_rdkit_crashes() -> None:
+    # RDKit's canonical SMILES of this chain overflows the stack (a segfault);
+    # reaching the assertion at all shows it is rejected before that step.
+    chain = "C" * 20_000
+    for canonical in (True, False):
+        assert standardize_smiles(chain, canonical=canonical).reason == \
+            "too large (20000 heavy atoms > 1000)"
+    small = SizeLimits(max_heavy_atoms=5, max_smiles_length=8)
+    assert standardize_smiles("CCCCC", limits=small).smiles == "CCCCC"
+    assert standardize_smiles("CCCCCC", limits=small).reason == "too large (6 heavy atoms > 5)"
+    assert standardize_smiles("[2H]C([2H])[2H]", limits=small).reason == \
+        "too long (15 characters > 8)"
+    molblock = Chem.MolToMolBlock(Chem.MolFromSmiles("CCCCCC"))
+    assert standardize_molblock(molblock, limits=small).reason == "too large (6 heavy atoms > 5)"
+    assert standardize_molblock(molblock).reason is None
+    with pytest.raises(ValueError, match="max_heavy_atoms must be a positive integer"):
+        SizeLimits(max_heavy_atoms=0)
 
 
 def test_standardize_keeps_largest_fragment_canonical() -> None:

@@ -20,6 +20,7 @@ from featurize.reader import read_all
 from featurize.sources import pcba_reference, pcba_source
 from featurize.spec import SPEC_METADATA_KEY, TASKS_METADATA_KEY, FingerprintSpec
 from featurize.splits import scaffold_smiles
+from featurize.standardize import SizeLimits
 
 BAD_ROWS = [("", "m-empty", "empty SMILES"), ("C1CC(", "m-unparsable", "unparsable SMILES"),
             ("c1cccc1", "m-kekulize", "sanitization failed"), ("CCO", "", "empty id")]
@@ -210,3 +211,71 @@ def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path, tmp_
     assert len(names) == (local.accepted + 99) // 100 + 1  # feature shards + rejects
     for name in names:
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
+
+
+HOSTILE_ROWS = [  # (raw bytes of the SMILES cell, mol_id, reason prefix)
+    (b"C" * 20_000, "chain", "too large (20000 heavy atoms > 1000)"),
+    ("CCÖ".encode(), "umlaut", "not a SMILES: non-ASCII character 'Ö' at position 2"),
+    (b'"CC\nO"', "newline", "not a SMILES: whitespace '\\n' at position 2"),
+    (b"CCO\tCCN", "tab", "not a SMILES: whitespace '\\t' at position 3"),
+    (b"[#6]~[#7]", "smarts", "not a SMILES: query feature '#' at position 1"),
+    (b"CC\xd6", "latin1", "not UTF-8 (column 'smiles': byte 0xd6 at offset 2)"),
+]
+
+
+def test_hostile_rows_are_rejected_with_reasons_and_the_rest_kept(tmp_path: Path) -> None:
+    good = [b"CCO", b"c1ccccc1O", b"CC(=O)Nc1ccc(O)cc1"]
+    lines = [b"smiles,mol_id,t1"] + [cell + b"," + mol_id.encode() + b",1"
+                                     for cell, mol_id, _ in HOSTILE_ROWS]
+    lines += [cell + b",good-%d,0" % i for i, cell in enumerate(good)]
+    (tmp_path / "hostile.csv").write_bytes(b"\n".join(lines) + b"\n")
+    summary = featurize_file(tmp_path / "hostile.csv", tmp_path / "ds", backend="local",
+                             progress=False)
+    assert (summary.input_rows, summary.accepted, summary.rejected) == (9, 3, 6)
+    rejects = {r["mol_id"]: r for r in pq.read_table(summary.rejects_path).to_pylist()}
+    for _, mol_id, reason in HOSTILE_ROWS:
+        assert rejects[mol_id]["reason"].startswith(reason), mol_id
+    assert rejects["latin1"]["raw"] == "hex 4343d6"
+    assert summary.reject_reasons == {"not a SMILES": 4, "too large": 1, "not UTF-8": 1}
+    limited = featurize_file(tmp_path / "hostile.csv", tmp_path / "small", backend="local",
+                             limits=SizeLimits(max_heavy_atoms=9), progress=False)
+    assert limited.accepted == 2  # paracetamol has 11 heavy atoms
+
+
+def _raw_file(tmp_path: Path, smiles: list[str]) -> Path:
+    path = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({"_row": np.arange(len(smiles)), "raw": smiles,
+                             "mol_id": [f"m{i}" for i in range(len(smiles))],
+                             "reason": pa.nulls(len(smiles), pa.string())}), path)
+    return path
+
+
+# Limits high enough to let the 20,000-carbon chain reach RDKit's canonical
+# SMILES, which kills the process after ~6 s; only child processes meet it here.
+UNGUARDED = {"spec": FingerprintSpec(n_bits=64), "tasks": [], "kind": "smiles",
+             "with_scaffold": True, "limits": SizeLimits(max_heavy_atoms=10**6)}
+
+
+def test_a_retried_row_range_rejects_the_row_that_crashed(tmp_path: Path) -> None:
+    raw_path = _raw_file(tmp_path, ["CCO", "C" * 20_000, "CCN"])
+    first = pipeline.featurize_row_range(raw_path, 0, 1, UNGUARDED)  # no mark: in process
+    assert first["reason"].to_pylist() == [None] and not list((tmp_path / "attempts").iterdir())
+    (tmp_path / "attempts" / "0-3").touch()  # what a task whose worker died leaves behind
+    # One child dies on row 1, a second one probes row 2 and finishes.
+    retried = pipeline.featurize_row_range(raw_path, 0, 3, UNGUARDED)
+    assert retried["reason"].to_pylist() == [None, "RDKit crashed (signal 11)", None]
+    assert retried["smiles"].to_pylist() == ["CCO", None, "CCN"]
+    assert not (tmp_path / "attempts" / "0-3").exists()
+
+
+@pytest.mark.slow
+def test_ray_job_survives_a_row_that_crashes_its_worker(ray_local: None, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 2)
+    path = tmp_path / "lib.smi"
+    path.write_text("CCO a\nCCN b\n" + "C" * 20_000 + " chain\nc1ccccc1 d\n")
+    summary = featurize_file(path, tmp_path / "ds", backend="ray", num_cpus=2,
+                             limits=SizeLimits(max_heavy_atoms=10**6), progress=False)
+    assert (summary.input_rows, summary.accepted, summary.rejected) == (4, 3, 1)
+    rejects = pq.read_table(summary.rejects_path).to_pylist()
+    assert [(r["mol_id"], r["reason"]) for r in rejects] == [("chain", "RDKit crashed (signal 11)")]

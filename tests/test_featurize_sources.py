@@ -111,3 +111,75 @@ def test_pcba_checks(tmp_path: Path) -> None:
         check_pcba_file(tmp_path / "short.csv.gz", expected_rows=50)
     with pytest.raises(InputDataError, match="expected about"):
         pcba_source(tmp_path / "pcba.csv.gz")
+
+
+def test_cells_that_are_not_utf8_are_rejected_row_by_row(tmp_path: Path) -> None:
+    latin = b"smiles,mol_id,t1\nCCO,a,1\nCC\xd6,b,0\nCCN,c\xe9,1\nc1ccccc1,d,0\n"
+    (tmp_path / "lib.csv").write_bytes(latin)
+    (tmp_path / "lib.csv.gz").write_bytes(gzip.compress(latin))
+    pq.write_table(pa.table({"smiles": pa.array([b"CCO", b"CC\xd6", b"CCN", b"c1ccccc1"]),
+                             "mol_id": ["a", "b", "c\u00e9", "d"], "t1": [1, 0, 1, 0]}),
+                   tmp_path / "lib.parquet")
+    expected_reasons = [None, "not UTF-8 (column 'smiles': byte 0xd6 at offset 2)", None, None]
+    for name in ("lib.csv", "lib.csv.gz", "lib.parquet"):
+        rows = _rows(LibrarySource(tmp_path / name))
+        assert [r["raw"] for r in rows] == ["CCO", "hex 4343d6", "CCN", "c1ccccc1"], name
+        assert [r["reason"] for r in rows][:2] == expected_reasons[:2]
+        assert [r["t1"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
+    csv_rows = _rows(LibrarySource(tmp_path / "lib.csv"))
+    assert csv_rows[2]["mol_id"] == "hex 63e9"
+    assert csv_rows[2]["reason"] == "not UTF-8 (column 'mol_id': byte 0xe9 at offset 1)"
+
+
+def test_smi_and_sdf_lines_that_are_not_utf8_are_rejected_row_by_row(tmp_path: Path) -> None:
+    # .smi fields split on ASCII whitespace only: a no-break space stays in the SMILES
+    (tmp_path / "lib.smi").write_bytes(b"CCO a\nCC\xd6 b\n\nCCN n\xe9\nCCO\xc2\xa0x\n")
+    rows = _rows(LibrarySource(tmp_path / "lib.smi"))
+    assert [(r["raw"], r["mol_id"], r["reason"]) for r in rows] == [
+        ("CCO", "a", None),
+        ("hex 4343d6", "b", "not UTF-8 (SMILES field: byte 0xd6 at offset 2)"),
+        ("CCN", "hex 6ee9", "not UTF-8 (name field: byte 0xe9 at offset 1)"),
+        ("CCO\u00a0x", "MOL000004", None)]
+    good = Chem.MolToMolBlock(Chem.MolFromSmiles("CCO"))
+    record = "title\xd6" + good[good.index("\n"):]
+    (tmp_path / "lib.sdf").write_bytes(good.encode() + b"$$$$\n" + record.encode("latin-1")
+                                       + b"$$$$\n")
+    rows = _rows(LibrarySource(tmp_path / "lib.sdf", id_col="_Name"))
+    assert [r["reason"] for r in rows] == [None, "not UTF-8 (record: byte 0xd6 at offset 5)"]
+    assert rows[1]["raw"].startswith("hex 7469746c65d6") and rows[1]["mol_id"] == "title\ufffd"
+
+
+def _truncated_gzip(path: Path, text: str) -> None:
+    data = gzip.compress(text.encode())
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("empty.csv", b"", "empty file; a CSV needs a header line"),
+    ("ragged.csv", b"smiles,t1\nCCO,1\nCCN\n", "bad CSV line near the start: Expected 2 columns, got 1: CCN"),
+    ("header.csv", b"smi\xd6les,t1\nCCO,1\n", "the header line is not UTF-8 (byte 0xd6 at offset 3)"),
+    ("fake.parquet", b"smiles\nCCO\n", "not a readable Parquet file"),
+    ("cut.csv.gz", None, "the gzip data is cut short or damaged"),
+    ("cut.smi.gz", None, "the gzip data is cut short or damaged"),
+    ("cut.sdf.gz", None, "the gzip data is cut short or damaged"),
+])
+def test_unreadable_files_give_one_line_naming_file_and_fix(tmp_path: Path, name: str,
+                                                            content: bytes | None,
+                                                            message: str) -> None:
+    path = tmp_path / name
+    if content is None:  # random text does not compress to nothing, so half is mid-stream
+        lines = [f"C{i * 7919 % 100003}CC,{i}" for i in range(20_000)]
+        _truncated_gzip(path, "smiles,t1\n" + "\n".join(lines) + "\n")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputDataError) as error:
+        list(LibrarySource(path).iter_batches())
+    text = str(error.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+    if name.startswith("cut"):
+        assert f"ends at byte {path.stat().st_size}" in text
+
+
+def test_a_directory_is_not_an_input(tmp_path: Path) -> None:
+    with pytest.raises(InputDataError, match="is a directory; give one molecule file"):
+        LibrarySource(tmp_path)
