@@ -7,7 +7,17 @@ import argparse
 import os
 from pathlib import Path
 
+from featurize.standardize import SizeLimits
+from pipelines.options import Option, OptionGroup, resolve_options
+
 HELP = "featurize molecules (CSV/Parquet/SMI/SDF, PCBA-128, or DeepChem arrays) into fingerprint Parquet"
+
+
+#: Largest molecules handed to RDKit (bigger ones are rejected with the reason).
+LIMITS = OptionGroup("input limits", SizeLimits, (
+    Option("max-heavy-atoms", "max_heavy_atoms", "reject molecules with more heavy atoms"),
+    Option("max-smiles-length", "max_smiles_length", "reject longer SMILES before parsing them"),
+))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "file (.csv with a header line, or one name per line) or A,B,C")
     table.add_argument("--cache-dir", type=Path, default=None,
                        help="PCBA download cache (default: $PCBA_CACHE_DIR or ~/.cache/pcba-mmoeex)")
+
+    LIMITS.add_to(parser)
 
     fp = parser.add_argument_group("fingerprint")
     fp.add_argument("--radius", type=int, default=2, help="Morgan radius (2 = ECFP4)")
@@ -110,6 +122,7 @@ def _featurize(args: argparse.Namespace):
         smiles_col=args.smiles_col, id_col=args.id_col, tasks=tasks, split=args.split,
         fractions=args.fractions, seed=args.seed, backend=args.backend, num_cpus=args.num_cpus,
         address=args.address, rows_per_shard=args.rows_per_shard, overwrite=args.overwrite,
+        limits=SizeLimits(**LIMITS.fields_of(resolve_options(args, (LIMITS,)))),
         progress=not args.no_progress)
 
 

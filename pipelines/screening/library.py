@@ -51,11 +51,13 @@ class ScreeningLibrary:
         return f"{self.path} ({'fingerprints, ' + self.spec.describe() if self.featurized else self.kind})"
 
     def iter_batches(self, batch_rows: int = BLOCK_ROWS) -> Iterator[pa.Table]:
-        """Stream ``_row, mol_id, raw`` (raw libraries) or ``_row, mol_id,
-        smiles, fp`` (fingerprints), in source order."""
+        """Stream ``_row, mol_id, raw`` (raw libraries, with the reader's
+        ``reason`` where it rejected a row itself, e.g. text that is not
+        UTF-8) or ``_row, mol_id, smiles, fp`` (fingerprints), in source order."""
         if self.source is not None:
             for batch in self.source.iter_batches(batch_rows):
-                yield batch.select(["_row", "mol_id", "raw"])
+                yield batch.select([name for name in ("_row", "mol_id", "raw", "reason")
+                                    if name in batch.column_names])
             return
         start = 0
         for path in self.fingerprint_files:
