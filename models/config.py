@@ -125,11 +125,37 @@ class ModelConfig:
         return cls(**values)
 
 
+DEFAULT_POS_WEIGHT_CAP = 100.0
+
+
+def parse_pos_weight(value: float | str | None) -> float | str | None:
+    """A positive-label weight as StepConfig holds it: None, a number > 0, or
+    "auto:CAP" ("auto" alone gets the default cap of 100, the reference's
+    scalar). Numbers written as text become numbers."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value is not None and not value > 0:
+            raise ValueError(f"pos_weight must be > 0, 'auto[:CAP]' or None, got {value}")
+        return None if value is None else float(value)
+    text = str(value).strip().lower()
+    if text == "auto" or text.startswith("auto:"):
+        cap = text.partition(":")[2] or str(DEFAULT_POS_WEIGHT_CAP)
+        try:
+            if float(cap) >= 1:
+                return f"auto:{float(cap):g}"
+        except ValueError:
+            pass
+        raise ValueError(f"pos_weight {value!r}: the cap of auto:CAP must be a number >= 1")
+    try:
+        return parse_pos_weight(float(text))
+    except ValueError:
+        raise ValueError(f"pos_weight must be > 0, 'auto[:CAP]' or None, got {value!r}") from None
+
+
 #: Optimizer step -> the StepConfig fields it reads (models/steps.py).
 OPTIMIZER_PARAMETERS: dict[str, tuple[str, ...]] = {
     "maml-mtl": ("inner_lr", "inner_fraction", "second_order", "tasks_per_step", "pos_weight",
-                 "autocast"),
-    "plain": ("pos_weight", "autocast"),
+                 "task_pos_weight", "autocast"),
+    "plain": ("pos_weight", "task_pos_weight", "autocast"),
 }
 OPTIMIZERS = tuple(OPTIMIZER_PARAMETERS)
 AUTOCAST_DTYPES = ("bfloat16", "float16")
@@ -150,7 +176,12 @@ class StepConfig:
         random (torch's global RNG); the outer loss is their mean, an unbiased
         estimate of the all-task mean. Off by default: it trades variance for
         speed and is not needed for speed by the exact path.
-    pos_weight: weight of positive labels in the BCE (the reference uses 100).
+    pos_weight: weight of positive labels in the BCE: a number for every
+        task (the reference uses 100), or "auto[:CAP]", each task's neg/pos
+        ratio in the training labels capped at CAP (default 100), which the
+        training run resolves into ``task_pos_weight`` before it starts.
+    task_pos_weight: the resolved per-task weights of "auto" (one per task,
+        logged with the run); None otherwise.
     autocast: "bfloat16" / "float16" to run forward passes under
         torch.autocast on the batch's device (gradients are taken outside it).
     """
@@ -160,7 +191,8 @@ class StepConfig:
     inner_fraction: float = 0.8
     second_order: bool = False
     tasks_per_step: int | None = None
-    pos_weight: float | None = None
+    pos_weight: float | str | None = None
+    task_pos_weight: tuple[float, ...] | None = None
     autocast: str | None = None
 
     def __post_init__(self) -> None:
@@ -175,8 +207,14 @@ class StepConfig:
             problems.append(f"tasks_per_step must be >= 1 or None, got {self.tasks_per_step}")
         if self.tasks_per_step is not None and self.optimizer != "maml-mtl":
             problems.append("tasks_per_step applies to the maml-mtl optimizer only")
-        if self.pos_weight is not None and self.pos_weight <= 0:
-            problems.append(f"pos_weight must be > 0 or None, got {self.pos_weight}")
+        try:
+            object.__setattr__(self, "pos_weight", parse_pos_weight(self.pos_weight))
+        except ValueError as error:
+            problems.append(str(error))
+        if self.task_pos_weight is not None:
+            object.__setattr__(self, "task_pos_weight", tuple(float(w) for w in self.task_pos_weight))
+            if not isinstance(self.pos_weight, str):
+                problems.append("task_pos_weight is the resolved form of pos_weight 'auto[:CAP]'")
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             problems.append(f"autocast {self.autocast!r} is not one of {AUTOCAST_DTYPES} or None")
         if problems:
@@ -184,6 +222,20 @@ class StepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def pos_weight_cap(self) -> float | None:
+        """CAP of pos_weight "auto:CAP"; None for a number or no weighting."""
+        return float(self.pos_weight.partition(":")[2]) if isinstance(self.pos_weight, str) else None
+
+    def positive_weight(self) -> float | tuple[float, ...] | None:
+        """What the loss multiplies positive labels by: one number, one per task, or None."""
+        if isinstance(self.pos_weight, str):
+            if self.task_pos_weight is None:
+                raise ValueError(f"pos_weight {self.pos_weight!r} is resolved from the training "
+                                 "labels first (models.losses.positive_weights)")
+            return self.task_pos_weight
+        return self.pos_weight
 
     def params(self) -> dict[str, Any]:
         """The fields this optimizer step reads (logged, tunable)."""

@@ -1,6 +1,7 @@
-"""Masked multi-task binary cross-entropy."""
+"""Masked multi-task binary cross-entropy, and per-task positive weights."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,3 +31,17 @@ def masked_bce_per_task(logits: Tensor, labels: Tensor, mask: Tensor,
     per_label = torch.where(mask, per_label, torch.zeros((), dtype=logits.dtype, device=logits.device))
     counts = mask.sum(dim=0).clamp(min=1).to(logits.dtype)
     return per_label.sum(dim=0) / counts
+
+
+def positive_weights(labels: np.ndarray, cap: float) -> tuple[float, ...]:
+    """Per-task w_k = min(neg_k / pos_k, cap) from training labels `[N, K]`
+    (1 active, 0 inactive, anything else missing): PCBA's tasks differ 10x
+    in their active rate, so one scalar over- or under-weights most of them.
+    A task with no positive gets the cap, one with more positives than
+    negatives weight < 1 (never below 1 / cap)."""
+    labels = np.asarray(labels)
+    positives = (labels == 1).sum(axis=0).astype(np.float64)
+    negatives = (labels == 0).sum(axis=0).astype(np.float64)
+    ratio = np.divide(negatives, positives, out=np.full_like(positives, cap), where=positives > 0)
+    # Four significant digits: the weights are logged with the run as a param.
+    return tuple(float(f"{weight:.4g}") for weight in np.clip(ratio, 1.0 / cap, cap))

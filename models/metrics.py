@@ -1,4 +1,5 @@
-"""Per-task ranking metrics over non-missing labels, and the paper's Delta.
+"""Per-task ranking metrics over non-missing labels (PR-AUC, ROC-AUC, the
+enrichment factor at 1 %), and the paper's Delta.
 
 Average precision and ROC-AUC are written in numpy (no scikit-learn in the
 hot path of evaluation, and their definitions are explicit here); tests
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 #: The per-task metrics every evaluation computes (TaskMetrics' fields).
-METRICS = ("ap", "roc_auc")
+METRICS = ("ap", "roc_auc", "ef1")
+#: Share of a task's ranked molecules EF is read at (EF1%).
+EF_FRACTION = 0.01
 
 
 def metric_key(split: str, metric: str) -> str:
@@ -26,18 +29,30 @@ SELECTION_METRIC = metric_key("valid", "ap")
 
 @dataclass(frozen=True)
 class TaskMetrics:
-    """Per-task `ap` and `roc_auc` (`float64[K]`, NaN = skipped) and their means
-    over the tasks that have both classes."""
+    """Per-task `ap`, `roc_auc` and `ef1` (`float64[K]`, NaN = skipped) and
+    their means over the tasks that have both classes."""
 
     ap: np.ndarray
     roc_auc: np.ndarray
+    ef1: np.ndarray
     n_skipped: int
     mean_ap: float
     mean_roc_auc: float
+    mean_ef1: float
 
     def means(self, split: str) -> dict[str, float]:
         """Every metric's mean under its logged name (:func:`metric_key`)."""
         return {metric_key(split, metric): getattr(self, f"mean_{metric}") for metric in METRICS}
+
+    def per_task(self, split: str, tasks: list[str]) -> dict[str, float]:
+        """``{split}_{metric}/<task>`` for every metric (NaN = skipped task)."""
+        return {f"{split}_{metric}/{task}": float(value) for metric in METRICS
+                for task, value in zip(tasks, getattr(self, metric))}
+
+    def rows(self, tasks: list[str]) -> list[dict[str, object]]:
+        """One row per task (the per-task CSV a run logs)."""
+        return [{"task": task, **{metric: float(getattr(self, metric)[index]) for metric in METRICS}}
+                for index, task in enumerate(tasks)]
 
 
 def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -67,6 +82,18 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def enrichment_factor(y_true: np.ndarray, y_score: np.ndarray, fraction: float = EF_FRACTION) -> float:
+    """EF at ``fraction``: actives among the top ceil(fraction * N) ranked
+    molecules over the count random picking expects there (n_top * actives /
+    N), the early-enrichment figure of virtual screening. Ties at the cut
+    are ranked in input order (stable sort)."""
+    positives = np.asarray(y_true).astype(bool)
+    n_top = max(1, int(np.ceil(fraction * positives.size)))
+    top = np.argsort(-np.asarray(y_score, dtype=np.float64), kind="mergesort")[:n_top]
+    expected = n_top * positives.sum() / positives.size
+    return float(positives[top].sum() / expected)
+
+
 def _cumulative_counts(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """True and false positives above each distinct threshold, scores descending."""
     order = np.argsort(-y_score, kind="mergesort")
@@ -87,6 +114,7 @@ def evaluate_tasks(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) ->
     n_tasks = y_true.shape[1]
     ap = np.full(n_tasks, np.nan)
     auc = np.full(n_tasks, np.nan)
+    ef1 = np.full(n_tasks, np.nan)
     for task in range(n_tasks):
         present = mask[:, task]
         truth = y_true[present, task] > 0
@@ -95,10 +123,14 @@ def evaluate_tasks(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) ->
         scores = y_score[present, task]
         ap[task] = average_precision(truth, scores)
         auc[task] = roc_auc(truth, scores)
+        ef1[task] = enrichment_factor(truth, scores)
     scored = ~np.isnan(ap)
-    return TaskMetrics(ap=ap, roc_auc=auc, n_skipped=int(n_tasks - scored.sum()),
-                       mean_ap=float(ap[scored].mean()) if scored.any() else float("nan"),
-                       mean_roc_auc=float(auc[scored].mean()) if scored.any() else float("nan"))
+
+    def mean(values: np.ndarray) -> float:
+        return float(values[scored].mean()) if scored.any() else float("nan")
+
+    return TaskMetrics(ap=ap, roc_auc=auc, ef1=ef1, n_skipped=int(n_tasks - scored.sum()),
+                       mean_ap=mean(ap), mean_roc_auc=mean(auc), mean_ef1=mean(ef1))
 
 
 def delta_vs_reference(values: np.ndarray, reference_values: np.ndarray) -> float:

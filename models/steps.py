@@ -68,7 +68,7 @@ class PlainStep(TrainStep):
         model.zero_grad(set_to_none=True)
         with self.autocast(x.device):
             logits = model(x)
-        task_losses = masked_bce_per_task(logits, labels, mask, self.config.pos_weight)
+        task_losses = masked_bce_per_task(logits, labels, mask, self.config.positive_weight())
         loss = task_losses.mean()
         loss.backward()
         fill_missing_grads(model)
@@ -93,7 +93,7 @@ class MamlMtlStep(TrainStep):
         outer = maml_outer_losses(model, x, labels, mask, inner_lr=self.config.inner_lr,
                                   inner_fraction=self.config.inner_fraction,
                                   second_order=self.config.second_order,
-                                  pos_weight=self.config.pos_weight, tasks=tasks,
+                                  pos_weight=self.config.positive_weight(), tasks=tasks,
                                   autocast=lambda: self.autocast(x.device))
         loss = outer.mean()
         loss.backward()

@@ -37,6 +37,7 @@ from models.config import (
     OPTIMIZERS,
     ModelConfig,
     StepConfig,
+    parse_pos_weight,
 )
 from pipelines.errors import UserError
 from pipelines.training.config import TrainConfig
@@ -52,6 +53,9 @@ class Option:
     field: str
     help: str
     choices: tuple[str, ...] | None = None
+    #: Parses the flag's text (and a config file's value) where the field's
+    #: annotation has no single type, e.g. a number or "auto".
+    parse: typing.Callable[[Any], Any] | None = None
 
     @property
     def key(self) -> str:
@@ -81,9 +85,9 @@ class OptionGroup:
         for option in self.options:
             default = field_default(self.config, option.field)
             shown = "" if default is None or default is False else f" (default: {_shown(default)})"
+            kind = {"type": option.parse} if option.parse else _argparse_kind(hints[option.field])
             group.add_argument(f"--{option.flag}", dest=option.key, default=None,
-                               choices=option.choices, help=option.help + shown,
-                               **_argparse_kind(hints[option.field]))
+                               choices=option.choices, help=option.help + shown, **kind)
 
     def fields_of(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The given values of this group's options, by field name."""
@@ -94,7 +98,7 @@ class OptionGroup:
         (option,) = [option for option in self.options if option.key == key]
         hint = typing.get_type_hints(self.config)[option.field]
         try:
-            value = _coerce(hint, value)
+            value = option.parse(value) if option.parse else _coerce(hint, value)
         except (TypeError, ValueError) as error:
             raise UserError(f"{source}: {option.flag}: {error}") from None
         if option.choices is not None and value not in option.choices:
@@ -184,8 +188,9 @@ STEP = OptionGroup("optimizer step", StepConfig, (
     Option("inner-fraction", "inner_fraction", "MAML-MTL: share of a batch's rows for the inner step"),
     Option("second-order", "second_order", "MAML-MTL: differentiate through the inner step"),
     Option("tasks-per-step", "tasks_per_step", "MAML-MTL: tasks drawn per step (default: all)"),
-    Option("pos-weight", "pos_weight", "weight of positive labels in the BCE (default: 1; the "
-                                       "paper's PCBA runs use 100)"),
+    Option("pos-weight", "pos_weight", "weight of positive labels in the BCE: a number, or auto[:CAP] "
+                                       "for each task's neg/pos in the training labels capped at CAP "
+                                       "(default cap 100); default: 1", parse=parse_pos_weight),
     Option("autocast", "autocast", "forward passes in this dtype (torch.autocast)", AUTOCAST_DTYPES),
 ))
 

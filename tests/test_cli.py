@@ -119,3 +119,18 @@ def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, message
     args, module = _parse("train", "--data", "d", "--config", str(config))
     with pytest.raises(UserError, match=re.escape(message)):
         build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
+
+
+def test_pos_weight_auto_resolves_from_the_training_labels() -> None:
+    import numpy as np
+
+    args, module = _parse("train", "--data", "d", "--pos-weight", "auto:50")
+    config = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
+    assert config.step.pos_weight == "auto:50" and config.step.task_pos_weight is None
+    labels = np.array([[1, 0], [0, 0], [0, -1], [0, 0]], np.int8)
+    resolved = config.with_positive_weights(labels)
+    assert resolved.step.task_pos_weight == (3.0, 50.0)
+    assert resolved.params()["step.task_pos_weight"] == (3.0, 50.0)
+    numeric = build_train_config(resolve_options(_parse("train", "--data", "d", "--pos-weight", "30")[0],
+                                                 module.GROUPS), data_dir="d")
+    assert numeric.step.pos_weight == 30.0 and numeric.with_positive_weights(labels) == numeric

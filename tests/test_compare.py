@@ -50,8 +50,9 @@ def test_parse_configuration_applies_overrides_to_the_shared_settings() -> None:
 def _outcome(name: str, seed: int, ap: list[float], roc: list[float],
              diversity: float | None = None) -> RunOutcome:
     ap_array, roc_array = np.array(ap), np.array(roc)
-    metrics = TaskMetrics(ap=ap_array, roc_auc=roc_array, n_skipped=int(np.isnan(ap_array).sum()),
-                          mean_ap=float(np.nanmean(ap_array)), mean_roc_auc=float(np.nanmean(roc_array)))
+    metrics = TaskMetrics(ap=ap_array, roc_auc=roc_array, ef1=2 * ap_array,
+                          n_skipped=int(np.isnan(ap_array).sum()), mean_ap=float(np.nanmean(ap_array)),
+                          mean_roc_auc=float(np.nanmean(roc_array)), mean_ef1=float(np.nanmean(2 * ap_array)))
     evaluation = FinalEvaluation(split="test", n_rows=10, metrics=metrics, distance_matrix=None,
                                  diversity=diversity, gate_usage=None, exclusive_expert_task={})
     epoch = EpochResult(epoch=0, train_loss=0.5, train_task_losses=np.zeros(3), train_samples=100,

@@ -120,3 +120,53 @@ def test_streaming_accumulator_equals_one_shot() -> None:
     np.testing.assert_allclose(accumulator.distance_matrix(), expert_distance_matrix(outputs), atol=1e-12)
     brute = torch.cdist(outputs.reshape(5, -1).double(), outputs.reshape(5, -1).double()).numpy()
     np.testing.assert_allclose(accumulator.distance_matrix(), brute / brute.max(), atol=1e-12)
+
+
+def test_positive_weights_are_each_tasks_capped_negative_to_positive_ratio() -> None:
+    from models.losses import positive_weights
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice([-1, 0, 1], size=(500, 6), p=[0.3, 0.65, 0.05]).astype(np.int8)
+    labels[:, 4] = np.where(labels[:, 4] == 1, 0, labels[:, 4])  # no positive at all
+    labels[:, 5] = np.where(labels[:, 5] >= 0, 1, -1)  # only positives
+    weights = positive_weights(labels, cap=10.0)
+    for task in range(6):
+        pos, neg = int((labels[:, task] == 1).sum()), int((labels[:, task] == 0).sum())
+        expected = 10.0 if pos == 0 else min(max(neg / pos, 0.1), 10.0)
+        assert weights[task] == pytest.approx(expected, rel=1e-3), task
+    assert weights[4] == 10.0 and weights[5] == 0.1
+
+
+@pytest.mark.parametrize("given, held", [(None, None), (30, 30.0), ("12.5", 12.5), ("auto", "auto:100"),
+                                         ("AUTO:50", "auto:50")])
+def test_pos_weight_is_a_number_or_auto_with_a_cap(given, held) -> None:
+    from models.config import StepConfig
+
+    assert StepConfig(pos_weight=given).pos_weight == held
+    for bad in (0, -1, "auto:0.5", "auto:x", "heavy"):
+        with pytest.raises(ValueError, match="pos_weight"):
+            StepConfig(pos_weight=bad)
+    with pytest.raises(ValueError, match="resolved from the training labels"):
+        StepConfig(pos_weight="auto").positive_weight()
+    resolved = StepConfig(pos_weight="auto:10", task_pos_weight=[2, 3])
+    assert resolved.positive_weight() == (2.0, 3.0) and resolved.pos_weight_cap == 10.0
+    assert StepConfig.from_dict(resolved.to_dict()) == resolved
+
+
+def test_enrichment_factor_against_a_plain_count() -> None:
+    from models.metrics import enrichment_factor
+
+    rng = np.random.default_rng(1)
+    for n, rate in ((1000, 0.02), (250, 0.1), (57, 0.3)):
+        truth = rng.random(n) < rate
+        truth[0] = True
+        scores = rng.random(n) + truth * rng.random(n)
+        n_top = int(np.ceil(0.01 * n))
+        top = sorted(range(n), key=lambda i: -scores[i])[:n_top]
+        expected = sum(truth[i] for i in top) / (n_top * truth.sum() / n)
+        assert enrichment_factor(truth, scores) == pytest.approx(expected)
+    perfect = np.r_[np.ones(10, bool), np.zeros(990, bool)]
+    assert enrichment_factor(perfect, -np.arange(1000.0)) == pytest.approx(100.0)
+    metrics = evaluate_tasks(perfect[:, None].astype(int), -np.arange(1000.0)[:, None],
+                             np.ones((1000, 1), bool))
+    assert metrics.mean_ef1 == pytest.approx(100.0) and metrics.means("test")["test_mean_ef1"] == metrics.mean_ef1

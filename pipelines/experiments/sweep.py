@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.metrics import METRICS, metric_key
 from pipelines.errors import UserError
 from pipelines.experiments.sweep_report import trial_rows, trials_figure
 from pipelines.experiments.sweep_trial import (
@@ -167,6 +168,8 @@ class SweepResult:
     best_test_mean_ap: float | None
     interrupted: bool
     resumed: bool
+    #: The best trial's test means (``test_mean_ap``, ``test_mean_ef1``...).
+    best_test_metrics: dict[str, float] = field(default_factory=dict)
     registered_version: int | None = None
     promotion: PromotionDecision | None = None
 
@@ -227,10 +230,15 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, register_name: str |
     interrupted = grid.num_terminated + grid.num_errors < len(grid)
     trials = _collect_outcomes(grid, config, uri, parent_run_id)
     best = best_trial(trials)
-    best_test = _run_metric(uri, best.mlflow_run_id, "test_mean_ap") if best else None
+    best_test: dict[str, float] = {}
+    for key in (metric_key("test", metric) for metric in METRICS):
+        value = _run_metric(uri, best.mlflow_run_id, key) if best else None
+        if value is not None:
+            best_test[key] = value
     result = SweepResult(name=config.name, experiment_dir=str(experiment_dir),
                          parent_run_id=parent_run_id, tracking_uri=uri, trials=trials, best=best,
-                         best_test_mean_ap=best_test, interrupted=interrupted, resumed=resume)
+                         best_test_mean_ap=best_test.get(metric_key("test", "ap")),
+                         best_test_metrics=best_test, interrupted=interrupted, resumed=resume)
     if interrupted:
         logger.warning("sweep %s was interrupted; continue it with --resume", config.name)
         return result

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if result.test is not None:
         print(format_table([{"split": "test", "mean AP": result.test.mean_ap,
                              "mean ROC-AUC": result.test.mean_roc_auc,
+                             "mean EF1%": result.test.mean_ef1,
                              "tasks scored": len(result.test.ap) - result.test.n_skipped,
                              "tasks skipped": result.test.n_skipped}]))
     return 0

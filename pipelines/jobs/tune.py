@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary.update({"best trial": f"{result.best.trial_id} (MLflow run {result.best.mlflow_run_id})",
                         "best valid mean AP": result.best.best_valid_mean_ap,
-                        "its test mean AP": result.best_test_mean_ap})
+                        **{f"its {key.replace('_', ' ')}": value
+                           for key, value in result.best_test_metrics.items()}})
     if result.registered_version is not None and result.promotion is not None:
         target = f"{args.register} version {result.registered_version}"
         summary["registered"] = (f"{target} as @{args.alias}" if result.promotion.promote

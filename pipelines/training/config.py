@@ -95,6 +95,18 @@ class TrainConfig:
         model = dataclasses.replace(self.model, n_features=info.spec.n_bits, n_tasks=info.n_tasks)
         return dataclasses.replace(self, data_dir=str(Path(info.path).resolve()), model=model)
 
+    def with_positive_weights(self, train_labels: Any) -> TrainConfig:
+        """This config with pos_weight "auto:CAP" resolved from the training
+        labels `[N, K]` into per-task weights (models.losses.positive_weights);
+        unchanged for a numeric weight or none."""
+        cap = self.step.pos_weight_cap
+        if cap is None:
+            return self
+        from models.losses import positive_weights
+
+        step = dataclasses.replace(self.step, task_pos_weight=positive_weights(train_labels, cap))
+        return dataclasses.replace(self, step=step)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; ``from_dict(to_dict())`` gives an equal config."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}

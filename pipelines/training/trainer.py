@@ -26,6 +26,7 @@ import numpy as np
 
 from featurize.dataset import DatasetInfo, read_dataset_info
 from featurize.errors import InputDataError
+from featurize.reader import read_all
 from models.factory import build_model
 from models.metrics import SELECTION_METRIC, TaskMetrics
 from pipelines.platform import tracking
@@ -79,6 +80,8 @@ def prepare_config(config: TrainConfig) -> tuple[TrainConfig, DatasetInfo]:
         raise InputDataError(f"{info.path}: the {' and '.join(empty)} split is empty or missing; "
                              "featurize with --split random or --split scaffold")
     config = config.for_dataset(info)
+    if config.step.pos_weight_cap is not None:
+        config = config.with_positive_weights(read_all(info, split=TRAIN_SPLIT, columns=()).labels)
     return dataclasses.replace(
         config,
         run_name=config.run_name or default_run_name(),
@@ -260,10 +263,9 @@ def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
                       "config/dataset.json")
     if evaluation is not None:
         test = evaluation.metrics
-        summary.update({**test.means("test"), "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
-        tracking.log_table_csv(uri, run_id, [
-            {"task": task, "ap": ap, "roc_auc": auc}
-            for task, ap, auc in zip(info.tasks, test.ap, test.roc_auc)], "test/per_task_metrics.csv")
+        summary.update({**test.means("test"), **test.per_task("test", info.tasks),
+                        "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
+        tracking.log_table_csv(uri, run_id, test.rows(info.tasks), "test/per_task_metrics.csv")
         exclusive = {f"expert_{expert}": info.tasks[task]
                      for expert, task in evaluation.exclusive_expert_task.items()}
         tracking.log_json(uri, run_id, {"exclusivity": config.model.exclusivity,

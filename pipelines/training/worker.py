@@ -90,7 +90,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = result.metrics(loop_state)
         metrics["weight_spread"] = collective.weight_spread(model)
         metrics["stopped_early"] = float(loop_state.stopped_early)
-        metrics.update(per_task_metrics("valid", result.valid.ap, result.valid.roc_auc, tasks))
+        metrics.update(result.valid.per_task("valid", tasks))
         if metrics["weight_spread"] != 0.0:
             raise RuntimeError(f"workers' weights diverged (checksum spread "
                                f"{metrics['weight_spread']:.3g}) at epoch {result.epoch}")
@@ -117,14 +117,6 @@ def shard_batches(shard: Any, batch_size: int, tasks: list[str], n_bytes: int, *
                                     prefetch_batches=2, **shuffle):
         labels = np.column_stack([table[task].to_numpy() for task in tasks]).astype(np.int8)
         yield fixed_binary_to_numpy(table["fp"], n_bytes), labels
-
-
-def per_task_metrics(prefix: str, ap: np.ndarray, roc_auc: np.ndarray,
-                     tasks: list[str]) -> dict[str, float]:
-    """``{prefix}_ap/<task>`` and ``{prefix}_roc_auc/<task>`` (NaN = skipped task)."""
-    out = {f"{prefix}_ap/{task}": float(value) for task, value in zip(tasks, ap)}
-    out.update({f"{prefix}_roc_auc/{task}": float(value) for task, value in zip(tasks, roc_auc)})
-    return out
 
 
 def report_with_checkpoint(metrics: dict[str, float], rank: int, epoch: int,

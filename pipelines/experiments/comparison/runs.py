@@ -67,6 +67,7 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
     device = torch.device(device)
     started = time.perf_counter()
     config = budget.train_config(data.info, configuration, seed, use_gpu=device.type == "cuda")
+    config = config.with_positive_weights(data.train_labels.cpu().numpy())
     model = build_model(config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loop = EpochLoop(model, build_step(config.step), optimizer, data.info.spec, device, seed=seed)

@@ -27,6 +27,8 @@ class Summary:
     ap_std: float
     roc_auc_mean: float
     roc_auc_std: float
+    ef1_mean: float
+    ef1_std: float
     delta_ap_mean: float | None
     delta_ap_std: float | None
     delta_roc_auc_mean: float | None
@@ -51,6 +53,7 @@ class Summary:
             "configuration": self.configuration,
             "test PR-AUC": _pm(self.ap_mean, self.ap_std),
             "test ROC-AUC": _pm(self.roc_auc_mean, self.roc_auc_std),
+            "test EF1%": _pm(self.ef1_mean, self.ef1_std, digits=2),
             "Delta PR-AUC %": _pm(self.delta_ap_mean, self.delta_ap_std, digits=1),
             "Delta ROC-AUC %": _pm(self.delta_roc_auc_mean, self.delta_roc_auc_std, digits=1),
             "diversity": _pm(self.diversity_mean, self.diversity_std, digits=3),
@@ -80,6 +83,7 @@ def summarize(runs: Sequence[RunOutcome], reference: tuple[np.ndarray, np.ndarra
     test = [run.evaluation.metrics for run in runs]
     ap_mean, ap_std = _mean_std([metrics.mean_ap for metrics in test])
     auc_mean, auc_std = _mean_std([metrics.mean_roc_auc for metrics in test])
+    ef1_mean, ef1_std = _mean_std([metrics.mean_ef1 for metrics in test])
     delta_ap = delta_auc = (None, None)
     if reference is not None:
         delta_ap = _mean_std([delta_vs_reference(metrics.ap, reference[0]) for metrics in test])
@@ -89,6 +93,7 @@ def summarize(runs: Sequence[RunOutcome], reference: tuple[np.ndarray, np.ndarra
     return Summary(
         configuration=runs[0].configuration, seeds=len(runs),
         ap_mean=ap_mean, ap_std=ap_std, roc_auc_mean=auc_mean, roc_auc_std=auc_std,
+        ef1_mean=ef1_mean, ef1_std=ef1_std,
         delta_ap_mean=delta_ap[0], delta_ap_std=delta_ap[1],
         delta_roc_auc_mean=delta_auc[0], delta_roc_auc_std=delta_auc[1],
         diversity_mean=diversity[0], diversity_std=diversity[1],

@@ -74,9 +74,7 @@ class ComparisonTracker:
             **({} if outcome.evaluation.diversity is None
                else {"diversity_score": outcome.evaluation.diversity})})
         tracking.set_tags(self.uri, run_id, {"comparison.stop_reason": outcome.stop_reason})
-        tracking.log_table_csv(self.uri, run_id, [
-            {"task": task, "ap": ap, "roc_auc": auc}
-            for task, ap, auc in zip(self.info.tasks, test.ap, test.roc_auc)], "test/per_task_metrics.csv")
+        tracking.log_table_csv(self.uri, run_id, test.rows(self.info.tasks), "test/per_task_metrics.csv")
         matrix = outcome.evaluation.distance_matrix
         if matrix is not None:
             tracking.log_json(self.uri, run_id, np.round(matrix, 6).tolist(), "experts/distance_matrix.json")
