@@ -19,7 +19,7 @@ from torch import Tensor
 
 from models.config import reject_unknown_keys
 from models.losses import masked_bce_per_task
-from models.maml import maml_outer_losses
+from models.maml import MAML_VARIANTS, maml_outer_losses
 from models.networks.base import MultiTaskModel
 
 OPTIMIZERS = ("maml-mtl", "plain")
@@ -33,8 +33,16 @@ class StepConfig:
     optimizer: "maml-mtl" (Aoki et al. 2021, Sec. 3.2; models/maml.py) or
         "plain" (gradient of the mean task loss).
     inner_lr: beta, the inner (temporary) learning rate of MAML-MTL.
+    maml_variant: which rows take the inner step and which evaluate it, a
+        key of models.maml.MAML_VARIANTS (see its module docstring):
+        "split" (the reference code's: the outer gradient sees the last
+        1 - inner_fraction of the rows only), "full" (inner and outer on the
+        whole batch) or "swap" (the two halves each take both roles). The
+        default is the reference code's step.
     inner_fraction: share of the batch rows used for the inner step (the
-        first rows); the rest evaluate the temporary weights.
+        first rows) by the split variant; the rest evaluate the temporary
+        weights. The other variants fix their rows, so they refuse any
+        value but the default.
     second_order: differentiate through the inner step (exact MAML) instead
         of treating the temporary weights as constants (first order).
     tasks_per_step: if set (m < K), each MAML-MTL step uses m tasks drawn at
@@ -48,6 +56,7 @@ class StepConfig:
 
     optimizer: str = "maml-mtl"
     inner_lr: float = 0.05
+    maml_variant: str = "split"
     inner_fraction: float = 0.8
     second_order: bool = False
     tasks_per_step: int | None = None
@@ -60,8 +69,13 @@ class StepConfig:
             problems.append(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.inner_lr < 0:
             problems.append(f"inner_lr must be >= 0, got {self.inner_lr}")
+        if self.maml_variant not in MAML_VARIANTS:
+            problems.append(f"maml_variant {self.maml_variant!r} is not one of {tuple(MAML_VARIANTS)}")
         if not 0.0 < self.inner_fraction < 1.0:
             problems.append(f"inner_fraction must be in (0, 1), got {self.inner_fraction}")
+        if self.maml_variant != "split" and self.inner_fraction != StepConfig.inner_fraction:
+            problems.append(f"inner_fraction applies to the split MAML-MTL variant only, got "
+                            f"{self.inner_fraction} with {self.maml_variant!r}")
         if self.tasks_per_step is not None and self.tasks_per_step < 1:
             problems.append(f"tasks_per_step must be >= 1 or None, got {self.tasks_per_step}")
         if self.tasks_per_step is not None and self.optimizer != "maml-mtl":
@@ -88,9 +102,13 @@ class StepOutput:
 
     loss: the scalar whose gradient is in `.grad` (mean over the tasks in
         play: all K, or the m sampled ones).
-    task_losses: `[K]`; for MAML-MTL the outer losses L_k^out(theta'_k);
-        NaN for tasks left out by `tasks_per_step`; 0 for a task with no
-        label in the (outer) batch.
+    task_losses: `[K]`, whose mean over the tasks in play is `loss`. For
+        MAML-MTL the outer losses: L_k(theta'_k; O) on the outer rows
+        (split), L_k(theta'_k; B) on the whole batch (full), or the mean of
+        the two evaluations 1/2 [L_k(theta'_k(A); B) + L_k(theta'_k(B); A)]
+        (swap, so a task labelled in one half only reports half its loss
+        there). NaN for tasks left out by `tasks_per_step`; 0 for a task
+        with no label in the rows it is evaluated on.
     """
 
     loss: Tensor
@@ -138,9 +156,10 @@ class PlainStep(TrainStep):
 class MamlMtlStep(TrainStep):
     """One MAML-MTL step (Aoki et al. 2021, Sec. 3.2; the math is in models/maml.py).
 
-    The first `inner_fraction` of the rows take the per-task inner step
-    theta'_k = theta - beta * grad L_k^in(theta); the outer loss is the mean
-    over tasks of L_k^out(theta'_k) on the remaining rows.
+    The inner rows I take the per-task inner step
+    theta'_k = theta - beta * grad L_k(theta; I); the outer loss is the mean
+    over tasks of L_k(theta'_k; O) on the outer rows O, with I and O chosen
+    by `maml_variant` (swap averages its two evaluations).
     """
 
     def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
@@ -151,6 +170,7 @@ class MamlMtlStep(TrainStep):
             tasks = torch.randperm(n_tasks, device=x.device)[: self.config.tasks_per_step].sort().values
         model.zero_grad(set_to_none=True)
         outer = maml_outer_losses(model, x, labels, mask, inner_lr=self.config.inner_lr,
+                                  variant=self.config.maml_variant,
                                   inner_fraction=self.config.inner_fraction,
                                   second_order=self.config.second_order,
                                   pos_weight=self.config.pos_weight, tasks=tasks,
