@@ -3,6 +3,7 @@
     python benchmarks/maml_step.py                  # CPU, the issue-3 table
     python benchmarks/maml_step.py --device cuda    # same table on a GPU
     python benchmarks/maml_step.py --alpha 0        # MMoE: no exclusive experts to skip
+    python benchmarks/maml_step.py --variants split full swap   # one row per MAML-MTL variant
 
 The model is MMoEEx with alpha 0.5 (half the experts exclusive) unless --alpha says otherwise.
 
@@ -13,6 +14,14 @@ one-hidden-layer experts, <= 8x with two) and the peak memory of each step
 (torch.cuda.max_memory_allocated on CUDA; on CPU the peak growth of the
 resident set, sampled every 2 ms after glibc's malloc_trim). The reference
 loop is slow: it is timed over --reference-reps runs.
+
+Each MAML-MTL variant (models.maml.MAML_VARIANTS) gets its own row, with
+the matrix-product work of its Gram corrections, K E |I| |O| h multiply-adds
+per expert layer of width h summed over its evaluations (|I| |O| is 0.16 B^2
+for split at p = 0.8, B^2 for full, B^2 / 2 for swap), and that work per
+second of the fast step. It counts every expert for every task, as the
+formula does; the fast path skips the tasks an expert is closed to, so with
+exclusive experts it executes less than this.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Self
 
@@ -33,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.config import ModelConfig
 from models.factory import build_model
+from models.maml import MAML_VARIANTS
 from models.steps import StepConfig, build_step
 from pipelines.platform.torch_setup import use_huge_pages
 from pipelines.summary import format_table
@@ -104,10 +115,20 @@ def time_step(run: Callable[[], object], device: torch.device, reps: int,
     return statistics.median(times), memory.peak_mib
 
 
-def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]) -> dict[str, object]:
+def inner_outer_pairs(variant: str, batch_size: int) -> int:
+    """Sum of |I| |O| over the evaluations of one step of the variant
+    (at the default inner_fraction)."""
+    rows = range(batch_size)
+    return sum(len(rows[inner]) * len(rows[outer])
+               for inner, outer in MAML_VARIANTS[variant](batch_size, StepConfig.inner_fraction))
+
+
+def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]) -> list[dict[str, object]]:
+    """One row per MAML-MTL variant for E experts of widths `hidden`, all
+    against the same plain step."""
     device = torch.device(args.device)
     config = ModelConfig(n_features=args.features, n_tasks=args.tasks, n_experts=n_experts,
-                         expert_hidden=hidden, alpha=args.alpha, seed=0)
+                         expert_hidden=hidden, tower_hidden=args.tower_hidden, alpha=args.alpha, seed=0)
     model = build_model(config).to(device).train()
     generator = torch.Generator().manual_seed(0)
     x = (torch.rand(args.batch, args.features, generator=generator) < 0.03).float().to(device)
@@ -115,25 +136,33 @@ def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]
     mask = (torch.rand(args.batch, args.tasks, generator=generator) < 0.5).to(device)
     autocast = "bfloat16" if args.bf16 else None
     plain = build_step(StepConfig(optimizer="plain", autocast=autocast))
-    fast = build_step(StepConfig(optimizer="maml-mtl", inner_lr=0.05, autocast=autocast))
-
     log.info("E=%d hidden=%s: plain step", n_experts, hidden)
     plain_s, plain_mib = time_step(lambda: plain(model, x, labels, mask), device, args.reps)
-    log.info("E=%d hidden=%s: fast MAML-MTL", n_experts, hidden)
-    fast_s, fast_mib = time_step(lambda: fast(model, x, labels, mask), device, args.reps)
-    row: dict[str, object] = {
-        "E": n_experts, "expert layers": "x".join(map(str, hidden)),
-        "plain s": plain_s, "fast s": fast_s, "fast/plain": fast_s / plain_s,
-    }
-    if args.reference_reps > 0:
-        log.info("E=%d hidden=%s: reference loop (%d tasks)", n_experts, hidden, args.tasks)
-        ref_s, ref_mib = time_step(lambda: reference_maml_step(model, x, labels, mask, inner_lr=0.05),
-                                   device, args.reference_reps, warmup=False)
-        row |= {"reference s": ref_s, "ref/fast": ref_s / fast_s}
-    row |= {"plain MiB": plain_mib, "fast MiB": fast_mib}
-    if args.reference_reps > 0:
-        row["reference MiB"] = ref_mib
-    return row
+    rows = []
+    for variant in args.variants:
+        fast = build_step(StepConfig(optimizer="maml-mtl", inner_lr=0.05, maml_variant=variant,
+                                     autocast=autocast))
+        log.info("E=%d hidden=%s: fast MAML-MTL, %s", n_experts, hidden, variant)
+        fast_s, fast_mib = time_step(partial(fast, model, x, labels, mask), device, args.reps)
+        pairs = inner_outer_pairs(variant, args.batch)
+        correction_gmac = args.tasks * n_experts * pairs * sum(hidden) / 1e9
+        row: dict[str, object] = {
+            "E": n_experts, "expert layers": "x".join(map(str, hidden)), "variant": variant,
+            "plain s": plain_s, "fast s": fast_s, "fast/plain": fast_s / plain_s,
+            "|I||O|/B^2": pairs / args.batch**2, "correction GMAC": correction_gmac,
+            "correction GFLOP/s": 2 * correction_gmac / fast_s,
+        }
+        if args.reference_reps > 0:
+            log.info("E=%d hidden=%s: reference loop, %s (%d tasks)", n_experts, hidden, variant, args.tasks)
+            ref_s, ref_mib = time_step(
+                partial(reference_maml_step, model, x, labels, mask, inner_lr=0.05, variant=variant),
+                device, args.reference_reps, warmup=False)
+            row |= {"reference s": ref_s, "ref/fast": ref_s / fast_s}
+        row |= {"plain MiB": plain_mib, "fast MiB": fast_mib}
+        if args.reference_reps > 0:
+            row["reference MiB"] = ref_mib
+        rows.append(row)
+    return rows
 
 
 def parse_args() -> argparse.Namespace:
@@ -145,6 +174,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--hidden", nargs="+", default=["256", "256,256"],
                         help="expert layer widths, one comma-separated list per case")
+    parser.add_argument("--tower-hidden", type=int, default=ModelConfig.tower_hidden,
+                        help="width of each task tower's hidden layer; 0 = linear towers "
+                             f"(default: {ModelConfig.tower_hidden})")
+    parser.add_argument("--variants", nargs="+", choices=tuple(MAML_VARIANTS), default=["split"],
+                        help="MAML-MTL variants, one row each (default: split)")
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="share of exclusive experts (0 = MMoE, whose experts all serve every task)")
     parser.add_argument("--reps", type=int, default=5, help="timed runs of plain and fast steps")
@@ -161,12 +195,13 @@ def main() -> int:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [bench_case(args, n_experts, tuple(int(w) for w in hidden.split(",")))
-            for hidden in args.hidden for n_experts in args.experts]
+    rows = [row for hidden in args.hidden for n_experts in args.experts
+            for row in bench_case(args, n_experts, tuple(int(w) for w in hidden.split(",")))]
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
         f"CPU, {torch.get_num_threads()} threads")
     print(format_table(rows, title=(
         f"One training step, K={args.tasks}, d={args.features}, batch {args.batch}, alpha {args.alpha}, "
+        f"tower hidden {args.tower_hidden}, "
         f"{device_name}, torch {torch.__version__}{', bf16 autocast' if args.bf16 else ''} "
         f"(median of {args.reps}; reference: median of {args.reference_reps})")))
     return 0

@@ -153,12 +153,14 @@ def parse_pos_weight(value: float | str | None) -> float | str | None:
 
 #: Optimizer step -> the StepConfig fields it reads (models/steps.py).
 OPTIMIZER_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "maml-mtl": ("inner_lr", "inner_fraction", "second_order", "tasks_per_step", "pos_weight",
+    "maml-mtl": ("inner_lr", "maml_variant", "inner_fraction", "second_order", "tasks_per_step", "pos_weight",
                  "task_pos_weight", "autocast"),
     "plain": ("pos_weight", "task_pos_weight", "autocast"),
 }
 OPTIMIZERS = tuple(OPTIMIZER_PARAMETERS)
 AUTOCAST_DTYPES = ("bfloat16", "float16")
+#: MAML-MTL's ways of choosing inner and outer rows (models.maml.MAML_VARIANTS).
+MAML_VARIANT_NAMES = ("split", "full", "swap")
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,15 @@ class StepConfig:
     optimizer: "maml-mtl" (Aoki et al. 2021, Sec. 3.2; models/maml.py) or
         "plain" (gradient of the mean task loss).
     inner_lr: beta, the inner (temporary) learning rate of MAML-MTL.
+    maml_variant: which rows take the inner step and which evaluate it
+        (:data:`MAML_VARIANT_NAMES`, implemented in models/maml.py): "split"
+        (the reference code's: the outer gradient sees the last
+        1 - inner_fraction of the rows only), "full" (inner and outer on the
+        whole batch) or "swap" (the two halves each take both roles).
     inner_fraction: share of the batch rows used for the inner step (the
-        first rows); the rest evaluate the temporary weights.
+        first rows) by the split variant; the rest evaluate the temporary
+        weights. The other variants fix their rows, so they refuse any value
+        but the default.
     second_order: differentiate through the inner step (exact MAML) instead
         of treating the temporary weights as constants (first order).
     tasks_per_step: if set (m < K), each MAML-MTL step uses m tasks drawn at
@@ -188,6 +197,7 @@ class StepConfig:
 
     optimizer: str = "maml-mtl"
     inner_lr: float = 0.05
+    maml_variant: str = "split"
     inner_fraction: float = 0.8
     second_order: bool = False
     tasks_per_step: int | None = None
@@ -201,8 +211,13 @@ class StepConfig:
             problems.append(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.inner_lr < 0:
             problems.append(f"inner_lr must be >= 0, got {self.inner_lr}")
+        if self.maml_variant not in MAML_VARIANT_NAMES:
+            problems.append(f"maml_variant {self.maml_variant!r} is not one of {MAML_VARIANT_NAMES}")
         if not 0.0 < self.inner_fraction < 1.0:
             problems.append(f"inner_fraction must be in (0, 1), got {self.inner_fraction}")
+        if self.maml_variant != "split" and self.inner_fraction != StepConfig.inner_fraction:
+            problems.append(f"inner_fraction applies to the split MAML-MTL variant only, got "
+                            f"{self.inner_fraction} with {self.maml_variant!r}")
         if self.tasks_per_step is not None and self.tasks_per_step < 1:
             problems.append(f"tasks_per_step must be >= 1 or None, got {self.tasks_per_step}")
         if self.tasks_per_step is not None and self.optimizer != "maml-mtl":

@@ -1,10 +1,21 @@
 """MAML-MTL outer losses, computed exactly and batched over all tasks.
 
-Aoki et al. (2021), Sec. 3.2, with the batch split as in the reference code:
-the first rows (a share p) are the inner part, the rest the outer part.
+Aoki et al. (2021), Sec. 3.2. Which rows take the inner step (I) and which
+evaluate it (O) is the variant (MAML_VARIANTS below): split (the reference
+code's; the first share p of the rows is I, the rest O, so the outer
+gradient never sees a share p of the labels), full (I = O = the whole
+batch) or swap (the two halves take each role once, and the outer loss
+averages both evaluations). The paper's text does not fix the rows ("each
+task loss is used to temporarily update the network, which is
+re-evaluated"). One evaluation is
 
-    theta'_k = theta - beta * grad_theta L_k^in(theta)       (every parameter)
-    L        = mean_k L_k^out(theta'_k)
+    theta'_k = theta - beta * grad_theta L_k(theta; I)     (every parameter)
+    L_k^out  = L_k(theta'_k; O),   L = mean_k L_k^out
+
+(L_k^in and L_k^out below are L_k on I and on O.) Every variant runs the
+evaluations below unchanged: full has |I| = |O| = B, swap runs two with
+|I| = |O| = B / 2, so the Gram corrections cost |I| |O| = B^2 and B^2 / 2
+against 0.16 B^2 for split at p = 0.8.
 
 First order treats theta'_k as a constant in grad_theta L; second order
 differentiates through the inner step. Done naively this is 2K + 1 passes and
@@ -63,9 +74,44 @@ def inner_row_count(batch_size: int, inner_fraction: float) -> int:
     return min(max(round(inner_fraction * batch_size), 1), batch_size - 1)
 
 
+RowRoles = tuple[slice, slice]
+"""(inner rows I, outer rows O) of one evaluation of the inner step."""
+
+
+def _split_roles(batch_size: int, inner_fraction: float) -> tuple[RowRoles, ...]:
+    """The reference code's split: the first round(p * B) rows inner, the rest outer."""
+    n_in = inner_row_count(batch_size, inner_fraction)
+    return ((slice(0, n_in), slice(n_in, batch_size)),)
+
+
+def _full_roles(batch_size: int, inner_fraction: float) -> tuple[RowRoles, ...]:
+    """Every row is inner and outer: every label reaches the outer loss (p unused)."""
+    every_row = slice(0, batch_size)
+    return ((every_row, every_row),)
+
+
+def _swap_roles(batch_size: int, inner_fraction: float) -> tuple[RowRoles, ...]:
+    """Halves A (the first B // 2 rows) and B (the rest), each inner once and
+    outer once: rows of one evaluation stay disjoint as in split, yet every
+    label enters the outer loss (p unused)."""
+    if batch_size < 2:
+        raise ValueError(f"the swap variant of MAML-MTL needs a batch of at least 2 rows (two halves), "
+                         f"got {batch_size}")
+    first, second = slice(0, batch_size // 2), slice(batch_size // 2, batch_size)
+    return ((first, second), (second, first))
+
+
+MAML_VARIANTS: dict[str, Callable[[int, float], tuple[RowRoles, ...]]] = {
+    "split": _split_roles, "full": _full_roles, "swap": _swap_roles,
+}
+"""Variant name -> (batch size, inner_fraction) -> the evaluations of one step.
+The outer loss of task k is the mean of L_k(theta'_k(I); O) over them."""
+
+
 @dataclass(frozen=True)
-class _Split:
-    """Inner and outer rows of a batch, restricted to the tasks in play."""
+class _Rows:
+    """Inner and outer rows of one evaluation, restricted to the tasks in play
+    (the same rows on both sides for the full variant)."""
 
     x_in: Tensor
     labels_in: Tensor
@@ -76,29 +122,38 @@ class _Split:
 
 
 def maml_outer_losses(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor, *,
-                      inner_lr: float, inner_fraction: float = 0.8, second_order: bool = False,
-                      pos_weight: float | None = None, tasks: Tensor | None = None,
-                      autocast: AutocastFactory | None = None) -> Tensor:
-    """Per-task outer losses L_k^out(theta'_k) `[K']`, differentiable w.r.t. the
-    model's parameters (first- or second-order as asked).
+                      inner_lr: float, variant: str = "split", inner_fraction: float = 0.8,
+                      second_order: bool = False, pos_weight: float | None = None,
+                      tasks: Tensor | None = None, autocast: AutocastFactory | None = None) -> Tensor:
+    """Per-task outer losses `[K']`, differentiable w.r.t. the model's
+    parameters (first- or second-order as asked): L_k(theta'_k; O) for split
+    and full, 1/2 [L_k(theta'_k(A); B) + L_k(theta'_k(B); A)] for swap.
 
+    variant: a key of MAML_VARIANTS; inner_fraction applies to split only.
     tasks: optional sorted task indices taking part (K' of them); default all.
     autocast: a factory of the context to run forward computations in.
     """
-    n_in = inner_row_count(x.shape[0], inner_fraction)
+    if variant not in MAML_VARIANTS:
+        raise ValueError(f"MAML-MTL variant {variant!r} is not one of {tuple(MAML_VARIANTS)}")
     if tasks is not None:
         labels, mask = labels[:, tasks], mask[:, tasks]
-    split = _Split(x[:n_in], labels[:n_in], mask[:n_in], x[n_in:], labels[n_in:], mask[n_in:])
-    context = autocast or contextlib.nullcontext
     if isinstance(model, MixtureOfExpertsModel):
-        return _mixture_outer_losses(model, split, inner_lr, second_order, pos_weight, tasks, context)
-    if getattr(model, "task_separable", False):
-        return _separable_outer_losses(model, split, inner_lr, second_order, pos_weight, tasks, context)
-    raise TypeError(f"MAML-MTL has no path for {type(model).__name__}: it needs a mixture-of-experts "
-                    "model or a task-separable one")
+        evaluate = _mixture_outer_losses
+    elif getattr(model, "task_separable", False):
+        evaluate = _separable_outer_losses
+    else:
+        raise TypeError(f"MAML-MTL has no path for {type(model).__name__}: it needs a mixture-of-experts "
+                        "model or a task-separable one")
+    context = autocast or contextlib.nullcontext
+    # Each evaluation is a complete split-like pass (its own inner step and
+    # Gram corrections); swap runs two with the roles exchanged.
+    losses = [evaluate(model, _Rows(x[inner], labels[inner], mask[inner], x[outer], labels[outer],
+                                    mask[outer]), inner_lr, second_order, pos_weight, tasks, context)
+              for inner, outer in MAML_VARIANTS[variant](x.shape[0], inner_fraction)]
+    return torch.stack(losses).mean(0)
 
 
-def _separable_outer_losses(model: MultiTaskModel, split: _Split, inner_lr: float, second_order: bool,
+def _separable_outer_losses(model: MultiTaskModel, rows: _Rows, inner_lr: float, second_order: bool,
                             pos_weight: float | None, tasks: Tensor | None,
                             autocast: AutocastFactory) -> Tensor:
     """Models whose every parameter belongs to one task (single-task nets).
@@ -109,14 +164,14 @@ def _separable_outer_losses(model: MultiTaskModel, split: _Split, inner_lr: floa
     """
     params = dict(model.named_parameters())
     with autocast():
-        logits_in = _select(model(split.x_in), tasks)
-    inner = masked_bce_per_task(logits_in, split.labels_in, split.mask_in, pos_weight)
+        logits_in = _select(model(rows.x_in), tasks)
+    inner = masked_bce_per_task(logits_in, rows.labels_in, rows.mask_in, pos_weight)
     grads = torch.autograd.grad(inner.sum(), list(params.values()), create_graph=second_order)
     updated = {name: p - inner_lr * _constant_unless(g, second_order)
                for (name, p), g in zip(params.items(), grads)}
     with autocast():
-        logits_out = _select(functional_call(model, updated, (split.x_out,)), tasks)
-    return masked_bce_per_task(logits_out, split.labels_out, split.mask_out, pos_weight)
+        logits_out = _select(functional_call(model, updated, (rows.x_out,)), tasks)
+    return masked_bce_per_task(logits_out, rows.labels_out, rows.mask_out, pos_weight)
 
 
 @dataclass
@@ -132,23 +187,23 @@ class _InnerPass:
     gates: dict[str, Tensor]       # theta'_k of the gates (stacked over tasks)
 
 
-def _mixture_outer_losses(model: MixtureOfExpertsModel, split: _Split, inner_lr: float,
+def _mixture_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: float,
                           second_order: bool, pos_weight: float | None, tasks: Tensor | None,
                           autocast: AutocastFactory) -> Tensor:
     """The low-rank exact path for MMoEEx, MMoE and shared bottom (module docstring)."""
-    inner = _mixture_inner_pass(model, split, inner_lr, second_order, pos_weight, tasks, autocast)
+    inner = _mixture_inner_pass(model, rows, inner_lr, second_order, pos_weight, tasks, autocast)
     n_tasks = inner.grad_mixture.shape[0]
     with autocast():
-        weights = (functional_call(model.gates, inner.gates, (split.x_out, tasks))
+        weights = (functional_call(model.gates, inner.gates, (rows.x_out, tasks))
                    if model.gates is not None else None)
         mixed = None
         for group in _expert_groups(model, tasks):
             deltas = _expert_deltas(model, inner, group, second_order)
-            expert_out = _perturbed_expert_outputs(model, split, inner, group, deltas, inner_lr,
+            expert_out = _perturbed_expert_outputs(model, rows, inner, group, deltas, inner_lr,
                                                    second_order)
             mixed = group.add_to_mixture(mixed, weights, expert_out, model.mix, n_tasks)
         logits = functional_call(model.towers, inner.towers, (mixed, tasks)).transpose(0, 1)
-    return masked_bce_per_task(logits, split.labels_out, split.mask_out, pos_weight)
+    return masked_bce_per_task(logits, rows.labels_out, rows.mask_out, pos_weight)
 
 
 @dataclass(frozen=True)
@@ -216,7 +271,7 @@ def _on(model: MixtureOfExpertsModel, index: Tensor) -> Tensor:
     return index.to(model.experts.layers[0].weight.device)
 
 
-def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: float,
+def _mixture_inner_pass(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: float,
                         second_order: bool, pos_weight: float | None, tasks: Tensor | None,
                         autocast: AutocastFactory) -> _InnerPass:
     """Forward on the inner rows and ONE backward of sum_k L_k^in."""
@@ -227,7 +282,7 @@ def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: f
         # First order needs no graph through the experts: their per-task
         # gradients are built by hand (_expert_deltas) and held constant.
         with torch.set_grad_enabled(second_order):
-            h = split.x_in
+            h = rows.x_in
             for layer in experts.layers:
                 z = layer(h)
                 drop = _dropout_mask(z.shape, dropout, z)
@@ -237,11 +292,11 @@ def _mixture_inner_pass(model: MixtureOfExpertsModel, split: _Split, inner_lr: f
                 h = _activate_and_drop(experts.activation, z, drop)
         if not second_order:
             h = h.requires_grad_()  # so dL/df^k exists even without gates
-        weights = model.gates(split.x_in, tasks) if model.gates is not None else None
-        n_tasks = split.labels_in.shape[1]
+        weights = model.gates(rows.x_in, tasks) if model.gates is not None else None
+        n_tasks = rows.labels_in.shape[1]
         mixed = model.mix(weights, h, n_tasks)
         logits = model.towers(mixed, tasks).transpose(0, 1)
-    losses = masked_bce_per_task(logits, split.labels_in, split.mask_in, pos_weight)
+    losses = masked_bce_per_task(logits, rows.labels_in, rows.mask_in, pos_weight)
     tower_params = dict(model.towers.named_parameters())
     gate_params = dict(model.gates.named_parameters()) if model.gates is not None else {}
     grads = torch.autograd.grad(losses.sum(), [mixed, *tower_params.values(), *gate_params.values()],
@@ -293,7 +348,7 @@ def _expert_deltas(model: MixtureOfExpertsModel, inner: _InnerPass, group: _Expe
     return deltas[::-1]
 
 
-def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner: _InnerPass,
+def _perturbed_expert_outputs(model: MixtureOfExpertsModel, rows: _Rows, inner: _InnerPass,
                               group: _ExpertGroup, deltas: list[Tensor], inner_lr: float,
                               second_order: bool) -> Tensor:
     """The group's expert outputs on the outer rows at each task's theta'_k:
@@ -304,7 +359,7 @@ def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner
     """
     experts = model.experts
     dropout = experts.dropout if model.training else 0.0
-    h = split.x_out
+    h = rows.x_out
     for index, layer in enumerate(experts.layers):
         delta = deltas[index]
         if index == 0:
@@ -312,8 +367,8 @@ def _perturbed_expert_outputs(model: MixtureOfExpertsModel, split: _Split, inner
             # as G * K small GEMMs was faster on CPU than as one
             # [B_out, B_in] x [B_in, G*K*h] product (which also needs a
             # rows-first copy of delta).
-            gram = (split.x_out @ split.x_in.transpose(0, 1) + 1.0) * -inner_lr
-            z = torch.matmul(gram, delta) + layer(split.x_out, group.experts).unsqueeze(1)
+            gram = (rows.x_out @ rows.x_in.transpose(0, 1) + 1.0) * -inner_lr
+            z = torch.matmul(gram, delta) + layer(rows.x_out, group.experts).unsqueeze(1)
         else:
             n_experts, n_tasks, n_inner, width = delta.shape
             inner_in = group.pick(_constant_unless(inner.layer_inputs[index], second_order))

@@ -28,9 +28,13 @@ class StepOutput:
 
     loss: the scalar whose gradient is in `.grad` (mean over the tasks in
         play: all K, or the m sampled ones).
-    task_losses: `[K]`; for MAML-MTL the outer losses L_k^out(theta'_k);
-        NaN for tasks left out by `tasks_per_step`; 0 for a task with no
-        label in the (outer) batch.
+    task_losses: `[K]`, whose mean over the tasks in play is `loss`. For
+        MAML-MTL the outer losses: L_k(theta'_k; O) on the outer rows
+        (split), L_k(theta'_k; B) on the whole batch (full), or the mean of
+        the two evaluations 1/2 [L_k(theta'_k(A); B) + L_k(theta'_k(B); A)]
+        (swap, so a task labelled in one half only reports half its loss
+        there). NaN for tasks left out by `tasks_per_step`; 0 for a task
+        with no label in the rows it is evaluated on.
     """
 
     loss: Tensor
@@ -78,9 +82,10 @@ class PlainStep(TrainStep):
 class MamlMtlStep(TrainStep):
     """One MAML-MTL step (Aoki et al. 2021, Sec. 3.2; the math is in models/maml.py).
 
-    The first `inner_fraction` of the rows take the per-task inner step
-    theta'_k = theta - beta * grad L_k^in(theta); the outer loss is the mean
-    over tasks of L_k^out(theta'_k) on the remaining rows.
+    The inner rows I take the per-task inner step
+    theta'_k = theta - beta * grad L_k(theta; I); the outer loss is the mean
+    over tasks of L_k(theta'_k; O) on the outer rows O, with I and O chosen
+    by `maml_variant` (swap averages its two evaluations).
     """
 
     def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
@@ -91,6 +96,7 @@ class MamlMtlStep(TrainStep):
             tasks = torch.randperm(n_tasks, device=x.device)[: self.config.tasks_per_step].sort().values
         model.zero_grad(set_to_none=True)
         outer = maml_outer_losses(model, x, labels, mask, inner_lr=self.config.inner_lr,
+                                  variant=self.config.maml_variant,
                                   inner_fraction=self.config.inner_fraction,
                                   second_order=self.config.second_order,
                                   pos_weight=self.config.positive_weight(), tasks=tasks,

@@ -34,6 +34,7 @@ from models.config import (
     ARCHITECTURES,
     AUTOCAST_DTYPES,
     EXCLUSIVITY_KINDS,
+    MAML_VARIANT_NAMES,
     OPTIMIZERS,
     ModelConfig,
     StepConfig,
@@ -185,7 +186,12 @@ STEP = OptionGroup("optimizer step", StepConfig, (
     Option("optimizer", "optimizer", "maml-mtl: the two-step (meta-learning) update that balances "
                                      "tasks; plain: one step on the mean task loss", OPTIMIZERS),
     Option("inner-lr", "inner_lr", "MAML-MTL inner learning rate beta"),
-    Option("inner-fraction", "inner_fraction", "MAML-MTL: share of a batch's rows for the inner step"),
+    Option("maml-variant", "maml_variant", "MAML-MTL: which rows take the inner step and which the "
+                                           "outer loss: split (the reference's), full (the whole batch "
+                                           "for both) or swap (two halves, each in both roles)",
+           MAML_VARIANT_NAMES),
+    Option("inner-fraction", "inner_fraction", "MAML-MTL split: share of a batch's rows for the inner "
+                                               "step"),
     Option("second-order", "second_order", "MAML-MTL: differentiate through the inner step"),
     Option("tasks-per-step", "tasks_per_step", "MAML-MTL: tasks drawn per step (default: all)"),
     Option("pos-weight", "pos_weight", "weight of positive labels in the BCE: a number, or auto[:CAP] "

@@ -75,9 +75,11 @@ def check_batch(texts: list[str]) -> None:
         assert (smiles is None) != (reason is None)
 
 
-FAST = settings(max_examples=150, deadline=None, database=None,
+# The default run draws a fixed set of examples (derandomize), so a CI result
+# is reproducible; the slow run explores new ones each time.
+FAST = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(FAST, max_examples=5000)
+SLOW = settings(FAST, max_examples=5000, derandomize=False)
 
 
 @FAST

@@ -13,7 +13,7 @@ from models.activations import get_activation
 from models.config import ModelConfig
 from models.factory import build_model
 from models.losses import masked_bce_per_task
-from models.maml import _activate_and_drop
+from models.maml import MAML_VARIANTS, _activate_and_drop
 from models.metrics import evaluate_tasks
 from models.steps import StepConfig, build_step
 
@@ -50,21 +50,44 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
-@pytest.mark.parametrize("architecture, hidden, alpha, activation, tower_hidden", CASES)
-def test_fast_maml_matches_the_reference_loop(architecture, hidden, alpha, activation, tower_hidden,
-                                              second_order) -> None:
-    model = tiny_model(architecture, hidden, alpha, activation, tower_hidden)
-    x, labels, mask = batch(10, 12, 5)
-    config = StepConfig(inner_lr=0.7, second_order=second_order, pos_weight=3.0)
+def assert_matches_reference(model: torch.nn.Module, config: StepConfig, x, labels, mask) -> None:
+    """Loss, per-task losses and every gradient of the fast step equal the reference loop's."""
     output, fast = fast_grads(model, config, x, labels, mask)
-    loss, reference = reference_maml_step(model, x, labels, mask, inner_lr=0.7,
-                                          second_order=second_order, pos_weight=3.0)
-    torch.testing.assert_close(output.loss, loss, rtol=1e-10, atol=1e-12)
+    task_losses, reference = reference_maml_step(
+        model, x, labels, mask, inner_lr=config.inner_lr, variant=config.maml_variant,
+        inner_fraction=config.inner_fraction, second_order=config.second_order,
+        pos_weight=config.pos_weight)
+    torch.testing.assert_close(output.task_losses, task_losses, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(output.loss, task_losses.mean(), rtol=1e-10, atol=1e-12)
     for name, grad in reference.items():
         torch.testing.assert_close(fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+VARIANTS = tuple(MAML_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
+@pytest.mark.parametrize("architecture, hidden, alpha, activation, tower_hidden", CASES)
+def test_fast_maml_matches_the_reference_loop(architecture, hidden, alpha, activation, tower_hidden,
+                                              second_order, variant) -> None:
+    model = tiny_model(architecture, hidden, alpha, activation, tower_hidden)
+    x, labels, mask = batch(10, 12, 5)
+    config = StepConfig(inner_lr=0.7, maml_variant=variant, second_order=second_order, pos_weight=3.0)
+    assert_matches_reference(model, config, x, labels, mask)
+
+
+@pytest.mark.parametrize("rows", [3, 11])
+@pytest.mark.parametrize("variant, inner_fraction", [("split", 0.6), ("full", 0.8), ("swap", 0.8)])
+def test_fast_maml_matches_the_reference_on_odd_batches(variant: str, inner_fraction: float, rows: int) -> None:
+    """Odd batches: swap's halves differ by a row, split rounds p * B."""
+    model = tiny_model("mmoeex", (6, 4), 0.67)
+    x, labels, mask = batch(rows, 12, 5, seed=2)
+    config = StepConfig(inner_lr=0.7, maml_variant=variant, inner_fraction=inner_fraction, second_order=True)
+    assert_matches_reference(model, config, x, labels, mask)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
 @pytest.mark.parametrize("n_tasks, n_experts, alpha, exclusivity", [
     (5, 3, 0.67, "exclusion"),  # each assigned expert closed to its task only
@@ -72,18 +95,15 @@ def test_fast_maml_matches_the_reference_loop(architecture, hidden, alpha, activ
     (2, 3, 0.67, "exclusion"),  # an expert open to one task of two
 ])
 def test_fast_maml_matches_the_reference_for_every_expert_grouping(n_tasks, n_experts, alpha, exclusivity,
-                                                                    second_order) -> None:
+                                                                    second_order, variant) -> None:
     """The outer pass carries experts open to one task only as `[G, 1, ...]`:
     check the layouts the gates' open mask can give."""
     config = ModelConfig(n_features=12, n_tasks=n_tasks, n_experts=n_experts, expert_hidden=(6, 4),
                          tower_hidden=3, alpha=alpha, exclusivity=exclusivity, dropout=0.0, seed=1)
     model = build_model(config).double()
     x, labels, mask = batch(10, 12, n_tasks)
-    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, second_order=second_order), x, labels, mask)
-    loss, reference = reference_maml_step(model, x, labels, mask, inner_lr=0.7, second_order=second_order)
-    torch.testing.assert_close(output.loss, loss, rtol=1e-10, atol=1e-12)
-    for name, grad in reference.items():
-        torch.testing.assert_close(fast[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+    config = StepConfig(inner_lr=0.7, maml_variant=variant, second_order=second_order)
+    assert_matches_reference(model, config, x, labels, mask)
 
 
 def test_second_order_differs_from_first_order() -> None:
@@ -95,13 +115,19 @@ def test_second_order_differs_from_first_order() -> None:
     assert (first["experts.layers.0.weight"] - second["experts.layers.0.weight"]).abs().max() > 1e-6
 
 
-def test_inner_lr_zero_is_the_plain_gradient_on_the_outer_rows() -> None:
+@pytest.mark.parametrize("variant, outer_parts", [
+    ("split", [slice(8, 10)]), ("full", [slice(0, 10)]), ("swap", [slice(0, 5), slice(5, 10)]),
+])
+def test_inner_lr_zero_is_the_plain_gradient_on_the_outer_rows(variant: str, outer_parts: list[slice]) -> None:
+    """With beta = 0 only the outer rows are left: the last fifth (split),
+    the whole batch (full), the mean over the two halves (swap)."""
     model = tiny_model("mmoeex", (6, 4), 0.67)
     x, labels, mask = batch(10, 12, 5)
-    _, maml = fast_grads(model, StepConfig(inner_lr=0.0), x, labels, mask)
-    _, plain = fast_grads(model, StepConfig(optimizer="plain"), x[8:], labels[8:], mask[8:])
+    _, maml = fast_grads(model, StepConfig(inner_lr=0.0, maml_variant=variant), x, labels, mask)
+    plain = [fast_grads(model, StepConfig(optimizer="plain"), x[rows], labels[rows], mask[rows])[1]
+             for rows in outer_parts]
     for name in maml:
-        torch.testing.assert_close(maml[name], plain[name], msg=name)
+        torch.testing.assert_close(maml[name], sum(part[name] for part in plain) / len(plain), msg=name)
 
 
 def test_plain_step_is_the_gradient_of_the_mean_task_loss() -> None:
@@ -127,8 +153,10 @@ def test_step_zeroes_old_gradients_and_fills_every_grad() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("tasks_per_step, seed", [(2, 11), (2, 7), (2, 6), (1, 3)])
-def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int, seed: int) -> None:
+def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int, seed: int,
+                                                             variant: str) -> None:
     """The model's exclusive experts belong to tasks 1 and 4. Seeds chosen so
     that the sampled tasks are [1, 4] (both owners), [0, 1] (one: the other
     expert is read by no task in play), [0, 2] (none) and [1] (one task in
@@ -137,13 +165,15 @@ def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int
     assert model.gates.exclusive_expert_task.tolist() == [-1, 4, 1]
     x, labels, mask = batch(10, 12, 5)
     torch.manual_seed(seed)
-    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, tasks_per_step=tasks_per_step),
-                              x, labels, mask)
+    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, maml_variant=variant,
+                                                tasks_per_step=tasks_per_step), x, labels, mask)
     sampled = ~torch.isnan(output.task_losses)
     assert sampled.nonzero()[:, 0].tolist() == {11: [1, 4], 7: [0, 1], 6: [0, 2], 3: [1]}[seed]
     # The reference over all K tasks with the others' labels masked out,
     # rescaled from a mean over K to a mean over the sampled tasks.
-    _, reference = reference_maml_step(model, x, labels, mask & sampled, inner_lr=0.7)
+    task_losses, reference = reference_maml_step(model, x, labels, mask & sampled, inner_lr=0.7,
+                                                 variant=variant)
+    torch.testing.assert_close(output.task_losses[sampled], task_losses[sampled])
     for name, grad in reference.items():
         torch.testing.assert_close(fast[name], grad * 5 / tasks_per_step, msg=name)
 
@@ -186,11 +216,41 @@ def test_bf16_autocast_step_is_close_to_float32() -> None:
         assert (half[name] - full[name]).abs().max() / scale < 0.1, name
 
 
-def test_maml_needs_two_rows() -> None:
+@pytest.mark.parametrize("variant", ["split", "swap"])
+def test_maml_with_disjoint_inner_and_outer_rows_needs_two_rows(variant: str) -> None:
     model = tiny_model("mmoeex", (6,), 0.67)
     x, labels, mask = batch(1, 12, 5)
     with pytest.raises(ValueError, match="at least 2 rows"):
-        build_step(StepConfig())(model, x, labels, mask)
+        build_step(StepConfig(maml_variant=variant))(model, x, labels, mask)
+
+
+def test_full_maml_takes_a_single_row() -> None:
+    """Inner and outer rows are the same rows: one is enough."""
+    x, labels, mask = batch(1, 12, 5)
+    mask[0] = True
+    assert_matches_reference(tiny_model("mmoeex", (6,), 0.67), StepConfig(inner_lr=0.7, maml_variant="full"),
+                             x, labels, mask)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"maml_variant": "half"}, "maml_variant 'half' is not one of"),
+    ({"maml_variant": "full", "inner_fraction": 0.5}, "inner_fraction applies to the split"),
+    ({"maml_variant": "swap", "inner_fraction": 0.5}, "inner_fraction applies to the split"),
+])
+def test_step_config_rejects_a_variant_it_cannot_run(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StepConfig(**changes)
+
+
+def test_the_variants_are_different_steps() -> None:
+    """The reference comparisons above would pass for a fast path that ran
+    one variant for all three names only if the variants agreed."""
+    model = tiny_model("mmoeex", (6, 4), 0.67)
+    x, labels, mask = batch(10, 12, 5)
+    grads = [fast_grads(model, StepConfig(inner_lr=0.7, maml_variant=variant), x, labels, mask)[1]
+             for variant in VARIANTS]
+    for first, second in itertools.combinations(grads, 2):
+        assert (first["experts.layers.0.weight"] - second["experts.layers.0.weight"]).abs().max() > 1e-6
 
 
 def test_step_rejects_a_batch_of_the_wrong_width() -> None:
@@ -201,12 +261,15 @@ def test_step_rejects_a_batch_of_the_wrong_width() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("second_order", [False, True])
-def test_fast_maml_on_cuda_matches_the_reference(second_order: bool) -> None:
+def test_fast_maml_on_cuda_matches_the_reference(second_order: bool, variant: str) -> None:
     model = tiny_model("mmoeex", (6, 4), 0.67, "tanh").cuda()
     x, labels, mask = (t.cuda() for t in batch(10, 12, 5))
-    _, fast = fast_grads(model, StepConfig(inner_lr=0.7, second_order=second_order), x, labels, mask)
-    _, reference = reference_maml_step(model, x, labels, mask, inner_lr=0.7, second_order=second_order)
+    config = StepConfig(inner_lr=0.7, maml_variant=variant, second_order=second_order)
+    _, fast = fast_grads(model, config, x, labels, mask)
+    _, reference = reference_maml_step(model, x, labels, mask, inner_lr=0.7, variant=variant,
+                                       second_order=second_order)
     for name, grad in reference.items():
         torch.testing.assert_close(fast[name], grad, msg=name)
 
@@ -256,3 +319,9 @@ def test_short_training_run_learns(optimizer: str) -> None:
     active_rate = float(test_labels[test_mask].mean())
     assert metrics.n_skipped == 0
     assert metrics.mean_ap > 2.5 * active_rate
+
+
+def test_the_variant_registry_names_what_maml_implements() -> None:
+    from models.config import MAML_VARIANT_NAMES
+
+    assert tuple(MAML_VARIANTS) == MAML_VARIANT_NAMES

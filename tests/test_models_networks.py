@@ -183,3 +183,11 @@ def test_activation_derivatives_match_autograd(name: str) -> None:
     z = torch.linspace(-3, 3, 61, dtype=torch.float64).add(0.013).requires_grad_()
     (expected,) = torch.autograd.grad(activation.fn(z).sum(), z)
     torch.testing.assert_close(activation.derivative(z.detach()), expected)
+
+
+def test_the_architecture_and_step_registries_name_what_models_builds() -> None:
+    from models.config import ARCHITECTURES, OPTIMIZERS
+    from models.factory import NETWORKS
+    from models.steps import STEPS
+
+    assert tuple(NETWORKS) == ARCHITECTURES and tuple(STEPS) == OPTIMIZERS
