@@ -154,11 +154,12 @@ def parse_pos_weight(value: float | str | None) -> float | str | None:
 #: Optimizer step -> the StepConfig fields it reads (models/steps.py).
 OPTIMIZER_PARAMETERS: dict[str, tuple[str, ...]] = {
     "maml-mtl": ("inner_lr", "maml_variant", "inner_fraction", "second_order", "tasks_per_step", "pos_weight",
-                 "task_pos_weight", "autocast"),
-    "plain": ("pos_weight", "task_pos_weight", "autocast"),
+                 "task_pos_weight", "loss_normalization", "autocast"),
+    "plain": ("pos_weight", "task_pos_weight", "loss_normalization", "autocast"),
 }
 OPTIMIZERS = tuple(OPTIMIZER_PARAMETERS)
 AUTOCAST_DTYPES = ("bfloat16", "float16")
+LOSS_NORMALIZATIONS = ("task", "label")
 #: MAML-MTL's ways of choosing inner and outer rows (models.maml.MAML_VARIANTS).
 MAML_VARIANT_NAMES = ("split", "full", "swap")
 
@@ -191,6 +192,9 @@ class StepConfig:
         training run resolves into ``task_pos_weight`` before it starts.
     task_pos_weight: the resolved per-task weights of "auto" (one per task,
         logged with the run); None otherwise.
+    loss_normalization: "task" (the loss is the mean of the per-task mean
+        losses: every assay weighs the same) or "label" (the mean over all
+        present labels: assays weigh by their labels in the batch).
     autocast: "bfloat16" / "float16" to run forward passes under
         torch.autocast on the batch's device (gradients are taken outside it).
     """
@@ -203,10 +207,14 @@ class StepConfig:
     tasks_per_step: int | None = None
     pos_weight: float | str | None = None
     task_pos_weight: tuple[float, ...] | None = None
+    loss_normalization: str = "task"
     autocast: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            problems.append(f"loss_normalization {self.loss_normalization!r} is not one of "
+                            f"{LOSS_NORMALIZATIONS}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         if self.inner_lr < 0:

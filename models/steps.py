@@ -18,7 +18,7 @@ from torch import Tensor
 
 from models.config import StepConfig
 from models.losses import masked_bce_per_task
-from models.maml import maml_outer_losses
+from models.maml import MAML_VARIANTS, maml_outer_losses
 from models.networks.base import MultiTaskModel
 
 
@@ -57,6 +57,16 @@ class TrainStep(ABC):
     def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
         ...
 
+    def reduce(self, task_losses: Tensor, label_counts: Tensor) -> Tensor:
+        """The scalar loss of per-task mean losses `[K']` over `label_counts`
+        labels each: their mean ("task": every task weighs the same) or the
+        mean over all labels ("label": tasks weigh by how many labels they
+        have), as StepConfig.loss_normalization says."""
+        if self.config.loss_normalization == "task":
+            return task_losses.mean()
+        counts = label_counts.to(task_losses.dtype)
+        return (task_losses * counts).sum() / counts.sum().clamp(min=1)
+
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The autocast context for forward passes (a no-op when off)."""
         if self.config.autocast is None:
@@ -65,7 +75,7 @@ class TrainStep(ABC):
 
 
 class PlainStep(TrainStep):
-    """Gradient of the mean over tasks of the masked per-task BCE."""
+    """Gradient of the masked BCE: per-task means, reduced by :meth:`TrainStep.reduce`."""
 
     def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
         check_batch(model, x, labels, mask)
@@ -73,7 +83,7 @@ class PlainStep(TrainStep):
         with self.autocast(x.device):
             logits = model(x)
         task_losses = masked_bce_per_task(logits, labels, mask, self.config.positive_weight())
-        loss = task_losses.mean()
+        loss = self.reduce(task_losses, mask.sum(dim=0))
         loss.backward()
         fill_missing_grads(model)
         return StepOutput(loss.detach(), task_losses.detach())
@@ -101,7 +111,7 @@ class MamlMtlStep(TrainStep):
                                   second_order=self.config.second_order,
                                   pos_weight=self.config.positive_weight(), tasks=tasks,
                                   autocast=lambda: self.autocast(x.device))
-        loss = outer.mean()
+        loss = self.reduce(outer, self._outer_label_counts(x.shape[0], mask, tasks))
         loss.backward()
         fill_missing_grads(model)
         task_losses = outer.detach()
@@ -109,6 +119,15 @@ class MamlMtlStep(TrainStep):
             task_losses = torch.full((n_tasks,), float("nan"), dtype=outer.dtype,
                                      device=outer.device).index_copy(0, tasks, task_losses)
         return StepOutput(loss.detach(), task_losses)
+
+
+    def _outer_label_counts(self, batch_size: int, mask: Tensor, tasks: Tensor | None) -> Tensor:
+        """Labels of each task in play on the outer rows of the step's
+        evaluations (both halves for swap, whose two evaluations a task's
+        outer loss averages with equal weight)."""
+        roles = MAML_VARIANTS[self.config.maml_variant](batch_size, self.config.inner_fraction)
+        counts = sum(mask[outer].sum(dim=0) for _, outer in roles)
+        return counts if tasks is None else counts[tasks]
 
 
 def check_batch(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> None:

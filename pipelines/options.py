@@ -34,6 +34,7 @@ from models.config import (
     ARCHITECTURES,
     AUTOCAST_DTYPES,
     EXCLUSIVITY_KINDS,
+    LOSS_NORMALIZATIONS,
     MAML_VARIANT_NAMES,
     OPTIMIZERS,
     ModelConfig,
@@ -197,6 +198,9 @@ STEP = OptionGroup("optimizer step", StepConfig, (
     Option("pos-weight", "pos_weight", "weight of positive labels in the BCE: a number, or auto[:CAP] "
                                        "for each task's neg/pos in the training labels capped at CAP "
                                        "(default cap 100); default: 1", parse=parse_pos_weight),
+    Option("loss-normalization", "loss_normalization", "task: mean of the per-task mean losses; "
+                                                       "label: mean over all present labels",
+           LOSS_NORMALIZATIONS),
     Option("autocast", "autocast", "forward passes in this dtype (torch.autocast)", AUTOCAST_DTYPES),
 ))
 

@@ -325,3 +325,29 @@ def test_the_variant_registry_names_what_maml_implements() -> None:
     from models.config import MAML_VARIANT_NAMES
 
     assert tuple(MAML_VARIANTS) == MAML_VARIANT_NAMES
+
+
+@pytest.mark.parametrize("optimizer, variant", [("plain", "split"), ("maml-mtl", "split"),
+                                                ("maml-mtl", "full"), ("maml-mtl", "swap")])
+def test_label_normalization_weighs_tasks_by_their_labels(optimizer: str, variant: str) -> None:
+    """"label" = sum over every present (outer) label of its loss / their count:
+    for one evaluation exactly the per-label mean, for swap each half's
+    outer labels count."""
+    x, labels, mask = batch(20, 12, 5, seed=4)
+    model = tiny_model("mmoeex", (6,), 0.67)
+    by_task = build_step(StepConfig(optimizer=optimizer, maml_variant=variant))(model, x, labels, mask)
+    by_label = build_step(StepConfig(optimizer=optimizer, maml_variant=variant,
+                                     loss_normalization="label"))(model, x, labels, mask)
+    torch.testing.assert_close(by_label.task_losses, by_task.task_losses)
+    if optimizer == "plain":
+        outer_counts = mask.sum(0)
+        with torch.no_grad():
+            per_label = torch.nn.functional.binary_cross_entropy_with_logits(
+                model(x), labels, reduction="none")
+        torch.testing.assert_close(by_label.loss, per_label[mask].mean())
+    else:
+        outer = {"split": [slice(16, 20)], "full": [slice(0, 20)], "swap": [slice(10, 20), slice(0, 10)]}
+        outer_counts = sum(mask[rows].sum(0) for rows in outer[variant])
+    expected = (by_task.task_losses * outer_counts).sum() / outer_counts.sum()
+    torch.testing.assert_close(by_label.loss, expected)
+    assert not torch.allclose(by_label.loss, by_task.loss)
