@@ -32,8 +32,9 @@ def reject_unknown_keys(config_class: type, values: Mapping[str, Any]) -> None:
 #: it has no alpha, so it gets none (:attr:`ModelConfig.n_exclusive_experts`).
 ARCHITECTURE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "mmoeex": ("n_experts", "expert_hidden", "tower_hidden", "alpha", "exclusivity", "dropout",
-               "activation"),
-    "mmoe": ("n_experts", "expert_hidden", "tower_hidden", "dropout", "activation"),
+               "activation", "gate_lr_scale", "gate_weight_decay"),
+    "mmoe": ("n_experts", "expert_hidden", "tower_hidden", "dropout", "activation", "gate_lr_scale",
+             "gate_weight_decay"),
     "shared-bottom": ("expert_hidden", "tower_hidden", "dropout", "activation"),
     "single-task": ("expert_hidden", "tower_hidden", "dropout", "activation"),
 }
@@ -58,6 +59,12 @@ class ModelConfig:
         capped at E - 1 so at least one expert stays shared.
     exclusivity: "exclusive" (an exclusive expert is open to its task only)
         or "exclusion" (it is closed to its task only).
+    gate_lr_scale / gate_weight_decay: the gates' own Adam learning rate (a
+        multiple of the run's) and weight decay (None = the run's), for the
+        architectures with gates. Gates reading the raw fingerprint (E x d
+        weights per task) fit the training molecules long before the
+        experts do; a slower or more decayed gate path keeps them from it
+        while g^k(x) stays the paper's softmax(W^k x).
     seed: seeds the weight initialisation and the exclusive assignment.
     """
 
@@ -71,6 +78,8 @@ class ModelConfig:
     exclusivity: str = "exclusive"
     dropout: float = 0.1
     activation: str = "relu"
+    gate_lr_scale: float = 1.0
+    gate_weight_decay: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,6 +98,10 @@ class ModelConfig:
             problems.append(f"alpha must be in [0, 1], got {self.alpha}")
         if self.exclusivity not in EXCLUSIVITY_KINDS:
             problems.append(f"exclusivity {self.exclusivity!r} is not one of {EXCLUSIVITY_KINDS}")
+        if not self.gate_lr_scale > 0:
+            problems.append(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
+        if self.gate_weight_decay is not None and self.gate_weight_decay < 0:
+            problems.append(f"gate_weight_decay must be >= 0 or None, got {self.gate_weight_decay}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         from models.activations import ACTIVATIONS  # torch: not needed to read the registries

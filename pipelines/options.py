@@ -180,6 +180,9 @@ MODEL = OptionGroup("model", ModelConfig, (
     Option("exclusivity", "exclusivity", "MMoEEx: an exclusive expert is open to one task only, "
                                          "or closed to one task only", EXCLUSIVITY_KINDS),
     Option("dropout", "dropout", "dropout in experts and towers"),
+    Option("gate-lr-scale", "gate_lr_scale", "MMoE/MMoEEx: the gates' learning rate as a multiple of --lr"),
+    Option("gate-weight-decay", "gate_weight_decay", "MMoE/MMoEEx: the gates' weight decay "
+                                                     "(default: --weight-decay)"),
     Option("activation", "activation", "activation of hidden layers (models/activations.py)"),
 ))
 
@@ -207,6 +210,7 @@ STEP = OptionGroup("optimizer step", StepConfig, (
 TRAINING = OptionGroup("training", TrainConfig, (
     Option("lr", "lr", "Adam learning rate"),
     Option("weight-decay", "weight_decay", "Adam weight decay"),
+
     Option("batch-size", "batch_size", "rows per step and worker"),
     Option("epochs", "epochs", "passes over the training split"),
     Option("patience", "patience", "stop after this many epochs without a better valid mean AP "

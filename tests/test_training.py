@@ -201,3 +201,21 @@ def test_ray_run_is_tracked_in_mlflow(two_ray_runs) -> None:
     assert {"test/per_task_metrics.csv", "experts/diversity_heatmap.png", "experts/gate_usage.png",
             "experts/exclusive_experts.json", "config/train_config.json"} <= artifacts
     assert result.model_uri.startswith("models:/")
+
+
+def test_the_gates_get_their_own_learning_rate_and_weight_decay() -> None:
+    from pipelines.training.config import optimizer_for
+
+    model_config = ModelConfig(n_features=16, n_tasks=3, n_experts=3, expert_hidden=(4,),
+                               gate_lr_scale=0.1, gate_weight_decay=0.01)
+    config = TrainConfig(data_dir="d", model=model_config, lr=2e-3, weight_decay=1e-4)
+    model = build_model(model_config)
+    rest, gates = optimizer_for(model, config).param_groups
+    gate_ids = {id(param) for name, param in model.named_parameters() if name.startswith("gates.")}
+    assert {id(param) for param in gates["params"]} == gate_ids and gate_ids
+    assert len(rest["params"]) + len(gates["params"]) == len(list(model.parameters()))
+    assert (gates["lr"], gates["weight_decay"], rest["lr"], rest["weight_decay"]) == (2e-4, 0.01, 2e-3, 1e-4)
+    plain = TrainConfig(data_dir="d", model=ModelConfig(n_features=16, n_tasks=3, n_experts=3))
+    assert len(optimizer_for(build_model(plain.model), plain).param_groups) == 1
+    assert "model.gate_lr_scale" not in TrainConfig(
+        data_dir="d", model=ModelConfig(architecture="shared-bottom")).params()

@@ -76,6 +76,7 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+
         for name in ("batch_size", "epochs", "num_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -132,3 +133,22 @@ class TrainConfig:
         out.update({f"model.{key}": value for key, value in self.model.params().items()})
         out.update({f"step.{key}": value for key, value in self.step.params().items()})
         return out
+
+
+def optimizer_for(model: Any, config: TrainConfig) -> Any:  # torch.optim.Adam
+    """Adam over the model's parameters; the gates' (``gates.*``) in a group
+    of their own when the model config gives them another learning rate or
+    weight decay (ModelConfig.gate_lr_scale / gate_weight_decay)."""
+    import torch
+
+    scale, gate_decay = config.model.gate_lr_scale, config.model.gate_weight_decay
+    gate_decay = config.weight_decay if gate_decay is None else gate_decay
+    named = list(model.named_parameters())
+    gates = [param for name, param in named if name.startswith("gates.")]
+    if not gates or (scale == 1.0 and gate_decay == config.weight_decay):
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rest = [param for name, param in named if not name.startswith("gates.")]
+    return torch.optim.Adam([
+        {"params": rest},
+        {"params": gates, "lr": config.lr * scale, "weight_decay": gate_decay},
+    ], lr=config.lr, weight_decay=config.weight_decay)

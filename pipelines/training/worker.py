@@ -30,7 +30,7 @@ from models.factory import build_model
 from models.steps import build_step
 from pipelines.platform.torch_setup import use_huge_pages
 from pipelines.training.collective import Collective, LocalCollective, TorchDistributedCollective
-from pipelines.training.config import TrainConfig
+from pipelines.training.config import TrainConfig, optimizer_for
 from pipelines.training.engine import (
     Batch,
     EpochLoop,
@@ -64,7 +64,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     model = build_model(config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer_for(model, config)
     state = restore_checkpoint(ray.train.get_checkpoint(), model, optimizer, device)
     collective: Collective = TorchDistributedCollective() if world_size > 1 else LocalCollective()
     collective.broadcast_parameters(model)

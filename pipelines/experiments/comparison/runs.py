@@ -14,7 +14,7 @@ from models.steps import build_step
 from pipelines.experiments.comparison.configurations import Budget, Configuration
 from pipelines.experiments.comparison.data import ComparisonData
 from pipelines.serving.bundle import bundle_from_state
-from pipelines.training.config import TrainConfig
+from pipelines.training.config import TrainConfig, optimizer_for
 from pipelines.training.engine import (
     EpochLoop,
     EpochResult,
@@ -69,7 +69,7 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
     config = budget.train_config(data.info, configuration, seed, use_gpu=device.type == "cuda")
     config = config.with_positive_weights(data.train_labels.cpu().numpy())
     model = build_model(config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer_for(model, config)
     loop = EpochLoop(model, build_step(config.step), optimizer, data.info.spec, device, seed=seed)
     epoch_hook = _EpochHook(budget.seconds, configuration.name, seed, config.epochs)
     fit = loop.fit(lambda epoch: data.train_batches(config.batch_size, seed, epoch),
