@@ -1,4 +1,5 @@
-"""Networks: shapes, batching against per-expert loops, exclusivity, config and state round trips."""
+"""Networks: shapes, batching against per-expert loops, sparse against dense rows,
+exclusivity, config and state round trips."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,9 @@ import torch
 from models.activations import ACTIVATIONS
 from models.config import ModelConfig
 from models.factory import build_model
+from models.networks import sparse_input
 from models.networks.sparse_input import SparseRows
+from models.steps import StepConfig, build_step
 
 ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
 
@@ -55,27 +58,74 @@ def test_sparse_rows_give_the_dense_logits(architecture: str, counts: bool) -> N
     torch.testing.assert_close(model(sparse), model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_mmoeex_forward_matches_a_loop_over_experts_and_tasks() -> None:
-    """The stacked einsum forward equals the textbook loop (Ma et al. 2018, Eq. 5-6)."""
-    config = small_config(expert_hidden=(8, 7), alpha=0.5)
-    model = build_model(config).double()
-    x = fingerprints(5, 24).double()
+def reference_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The textbook loop (Ma et al. 2018, Eq. 5-6): every expert, then per task
+    its gate (weight 1 on the one trunk without gates), mixture and tower."""
+    n_experts = model.experts.layers[0].weight.shape[0]
     experts = []
-    for e in range(config.n_experts):
+    for e in range(n_experts):
         h = x
         for layer in model.experts.layers:
             h = torch.relu(h @ layer.weight[e] + layer.bias[e])
         experts.append(h)
-    open_mask = model.gates.open_mask()
     logits = []
-    for k in range(config.n_tasks):
-        scores = x @ model.gates.weight[k] + model.gates.bias[k]
-        scores = scores.masked_fill(~open_mask[k], float("-inf"))
-        gate = torch.softmax(scores, dim=1)
-        mixed = sum(gate[:, e:e + 1] * experts[e] for e in range(config.n_experts))
-        hidden = torch.relu(mixed @ model.towers.hidden.weight[k] + model.towers.hidden.bias[k])
-        logits.append(hidden @ model.towers.output.weight[k, :, 0] + model.towers.output.bias[k, 0])
-    torch.testing.assert_close(model(x), torch.stack(logits, dim=1))
+    for k in range(model.config.n_tasks):
+        if model.gates is None:
+            gate = torch.ones(x.shape[0], 1, dtype=x.dtype)
+        else:
+            scores = x @ model.gates.weight[k] + model.gates.bias[k]
+            gate = torch.softmax(scores.masked_fill(~model.gates.open_mask()[k], float("-inf")), dim=1)
+        mixed = sum(gate[:, e:e + 1] * experts[e] for e in range(n_experts))
+        towers = model.towers
+        if towers.hidden is not None:
+            mixed = torch.relu(mixed @ towers.hidden.weight[k] + towers.hidden.bias[k])
+        logits.append(mixed @ towers.output.weight[k, :, 0] + towers.output.bias[k, 0])
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("architecture", ["mmoeex", "mmoe", "shared-bottom"])
+@pytest.mark.parametrize("tower_hidden", [0, 5], ids=["linear-towers", "hidden-towers"])
+def test_mixture_forward_matches_a_loop_over_experts_and_tasks(architecture: str,
+                                                               tower_hidden: int) -> None:
+    """The stacked forward (no [K, B, h] copies for shared input or linear
+    towers) equals the per-expert, per-task loop."""
+    model = build_model(small_config(architecture=architecture, expert_hidden=(8, 7),
+                                     tower_hidden=tower_hidden)).double()
+    x = fingerprints(5, 24).double()
+    torch.testing.assert_close(model(x), reference_logits(model, x))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("tower_hidden", [0, 5], ids=["linear-towers", "hidden-towers"])
+@pytest.mark.parametrize("counts", [False, True], ids=["bits", "counts"])
+@pytest.mark.parametrize("wide_group", [1, 10**9], ids=["bag-per-group", "one-gather"])
+def test_sparse_rows_train_like_dense_rows(architecture: str, tower_hidden: int, counts: bool,
+                                           wide_group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain step in train mode (dropout on): the same loss and the same
+    gradient of every parameter from SparseRows as from the dense rows."""
+    monkeypatch.setattr(sparse_input, "WIDE_GROUP", wide_group)
+    config = small_config(architecture=architecture, expert_hidden=(8, 7), tower_hidden=tower_hidden,
+                          dropout=0.25)
+    generator = torch.Generator().manual_seed(2)
+    x = fingerprints(9, 24)
+    if counts:
+        x = x * torch.randint(1, 5, x.shape, generator=generator)
+    x[0] = x[4] = x[-1] = 0  # empty bags first, in the middle and last
+    labels = (torch.rand(9, 6, generator=generator) < 0.3).float()
+    mask = torch.rand(9, 6, generator=generator) < 0.7
+    sparse = SparseRows.from_dense(x)
+    assert torch.equal(sparse.to_dense(), x)
+    results = {}
+    for name, features in (("dense", x), ("sparse", sparse)):
+        model = build_model(config).train()
+        torch.manual_seed(5)  # the same dropout masks for both
+        output = build_step(StepConfig(optimizer="plain"))(model, features, labels, mask)
+        results[name] = output, {n: p.grad for n, p in model.named_parameters()}
+    (dense_out, dense_grads), (sparse_out, sparse_grads) = results["dense"], results["sparse"]
+    torch.testing.assert_close(sparse_out.task_losses, dense_out.task_losses)
+    assert dense_grads.keys() == sparse_grads.keys()
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_single_task_nets_are_independent() -> None:
