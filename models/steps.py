@@ -21,6 +21,7 @@ from models.config import reject_unknown_keys
 from models.losses import masked_bce_per_task
 from models.maml import maml_outer_losses
 from models.networks.base import MultiTaskModel
+from models.networks.sparse_input import Features, SparseRows
 
 OPTIMIZERS = ("maml-mtl", "plain")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
@@ -100,7 +101,9 @@ class StepOutput:
 class TrainStep(ABC):
     """`step(model, x, labels, mask) -> StepOutput`, gradient left in `.grad`.
 
-    x `float[B, d]`; labels `[B, K]` (0/1, anything where mask is False);
+    x `float[B, d]` or the same rows as `SparseRows` (cheaper first layers
+    for fingerprints, whose bits are mostly off); labels `[B, K]` (0/1,
+    anything where mask is False);
     mask `bool[B, K]`. The step zeroes the gradients itself, and after it
     every parameter has a `.grad` tensor (zeros where nothing reached it), so
     a hand-written all-reduce sees the same tensors on every worker.
@@ -110,7 +113,7 @@ class TrainStep(ABC):
         self.config = config
 
     @abstractmethod
-    def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         ...
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
@@ -123,7 +126,7 @@ class TrainStep(ABC):
 class PlainStep(TrainStep):
     """Gradient of the mean over tasks of the masked per-task BCE."""
 
-    def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         check_batch(model, x, labels, mask)
         model.zero_grad(set_to_none=True)
         with self.autocast(x.device):
@@ -140,11 +143,15 @@ class MamlMtlStep(TrainStep):
 
     The first `inner_fraction` of the rows take the per-task inner step
     theta'_k = theta - beta * grad L_k^in(theta); the outer loss is the mean
-    over tasks of L_k^out(theta'_k) on the remaining rows.
+    over tasks of L_k^out(theta'_k) on the remaining rows. Sparse rows are
+    made dense first: the step slices the batch into inner and outer rows
+    and its Gram products read dense rows.
     """
 
-    def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         check_batch(model, x, labels, mask)
+        if isinstance(x, SparseRows):
+            x = x.to_dense(next(model.parameters()).dtype)
         n_tasks = model.config.n_tasks
         tasks = None
         if self.config.tasks_per_step is not None and self.config.tasks_per_step < n_tasks:
@@ -165,10 +172,10 @@ class MamlMtlStep(TrainStep):
         return StepOutput(loss.detach(), task_losses)
 
 
-def check_batch(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> None:
+def check_batch(model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> None:
     """Clear errors for batches that do not fit the model."""
     n_features, n_tasks = model.config.n_features, model.config.n_tasks
-    if x.dim() != 2 or x.shape[1] != n_features:
+    if len(x.shape) != 2 or x.shape[1] != n_features:
         raise ValueError(f"x must be [B, {n_features}] for this model, got {tuple(x.shape)}")
     expected = (x.shape[0], n_tasks)
     if tuple(labels.shape) != expected or tuple(mask.shape) != expected:
