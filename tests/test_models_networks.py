@@ -11,6 +11,7 @@ from models.activations import ACTIVATIONS
 from models.config import ModelConfig
 from models.factory import build_model
 from models.networks import sparse_input
+from models.networks.layers import activate_and_drop
 from models.networks.sparse_input import SparseRows
 from models.steps import StepConfig, build_step
 
@@ -225,6 +226,23 @@ def test_config_rejects_bad_values(bad: dict, message: str) -> None:
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="n_expert"):
         ModelConfig.from_dict({"n_expert": 3})
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh"])  # fused with the mask, and not
+def test_activate_and_drop_is_inverted_dropout(name: str) -> None:
+    """Each unit is kept with probability 1 - p and scaled by 1 / (1 - p),
+    in the forward pass and in the gradient; eval mode leaves it alone."""
+    activation, p = ACTIVATIONS[name], 0.25
+    z = torch.randn(400, 500, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = activate_and_drop(activation, z, p, training=True)
+    value = activation.fn(z.detach())
+    kept = out.detach() != 0
+    torch.testing.assert_close(out.detach()[kept], value[kept] / (1 - p))
+    share = kept[value != 0].float().mean().item()
+    assert abs(share - (1 - p)) < 4 * ((p * (1 - p)) / int((value != 0).sum())) ** 0.5
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    torch.testing.assert_close(grad, activation.derivative(z.detach()) * kept / (1 - p))
+    torch.testing.assert_close(activate_and_drop(activation, z, p, training=False), activation.fn(z))
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
