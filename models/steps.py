@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -107,7 +107,13 @@ class TrainStep(ABC):
     mask `bool[B, K]`. The step zeroes the gradients itself, and after it
     every parameter has a `.grad` tensor (zeros where nothing reached it), so
     a hand-written all-reduce sees the same tensors on every worker.
+
+    `gains_from_sparse_rows` tells a training loop whether converting its
+    batches to SparseRows pays (the plain step) or is undone inside the step
+    (MAML-MTL).
     """
+
+    gains_from_sparse_rows: ClassVar[bool] = True
 
     def __init__(self, config: StepConfig) -> None:
         self.config = config
@@ -147,6 +153,8 @@ class MamlMtlStep(TrainStep):
     made dense first: the step slices the batch into inner and outer rows
     and its Gram products read dense rows.
     """
+
+    gains_from_sparse_rows = False
 
     def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         check_batch(model, x, labels, mask)

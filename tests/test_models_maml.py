@@ -121,6 +121,7 @@ def test_steps_take_sparse_rows(optimizer: str) -> None:
     """SparseRows give the dense rows' loss and gradients (MAML-MTL densifies them)."""
     x, labels, mask = batch(10, 12, 5)
     config = StepConfig(optimizer=optimizer, inner_lr=0.1)
+    assert build_step(config).gains_from_sparse_rows == (optimizer == "plain")
     dense_output, dense_grads = fast_grads(tiny_model("mmoeex", (6,), 0.67), config, x, labels, mask)
     sparse_output, sparse_grads = fast_grads(tiny_model("mmoeex", (6,), 0.67), config,
                                              SparseRows.from_dense(x), labels, mask)
