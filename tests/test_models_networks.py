@@ -200,6 +200,28 @@ def test_state_dict_round_trip_keeps_the_exclusive_assignment() -> None:
     torch.testing.assert_close(source(x), target(x), rtol=0, atol=0)
 
 
+TOWERS_LAYOUT = {"towers.hidden.weight": (6, 8, 5), "towers.hidden.bias": (6, 5),
+                 "towers.output.weight": (6, 5, 1), "towers.output.bias": (6, 1)}
+SAVED_LAYOUT = {
+    "mmoeex": {"experts.layers.0.weight": (4, 24, 8), "experts.layers.0.bias": (4, 8),
+               "gates.weight": (6, 24, 4), "gates.bias": (6, 4), "gates.exclusive_expert_task": (4,),
+               **TOWERS_LAYOUT},
+    "shared-bottom": {"experts.layers.0.weight": (1, 24, 8), "experts.layers.0.bias": (1, 8),
+                      **TOWERS_LAYOUT},
+    "single-task": {"trunks.layers.0.weight": (6, 24, 8), "trunks.layers.0.bias": (6, 8),
+                    **TOWERS_LAYOUT},
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(SAVED_LAYOUT))
+def test_state_dict_layout_is_the_one_saved_checkpoints_have(architecture: str) -> None:
+    """Registered models and training checkpoints load with load_state_dict:
+    the keys, their order and the shapes must not move."""
+    state = build_model(small_config(architecture=architecture)).state_dict()
+    assert [(key, tuple(value.shape)) for key, value in state.items()] == list(
+        SAVED_LAYOUT[architecture].items())
+
+
 def test_same_seed_same_model() -> None:
     x = fingerprints(4, 24)
     torch.testing.assert_close(build_model(small_config())(x), build_model(small_config())(x),
