@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from models.config import StepConfig
 from models.losses import masked_bce_per_task
 from models.maml import MAML_VARIANTS, maml_outer_losses
 from models.networks.base import MultiTaskModel
+from models.networks.sparse_input import Features, SparseRows
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,25 @@ class StepOutput:
 class TrainStep(ABC):
     """`step(model, x, labels, mask) -> StepOutput`, gradient left in `.grad`.
 
-    x `float[B, d]`; labels `[B, K]` (0/1, anything where mask is False);
+    x `float[B, d]` or the same rows as `SparseRows` (cheaper first layers
+    for fingerprints, whose bits are mostly off); labels `[B, K]` (0/1,
+    anything where mask is False);
     mask `bool[B, K]`. The step zeroes the gradients itself, and after it
     every parameter has a `.grad` tensor (zeros where nothing reached it), so
     a hand-written all-reduce sees the same tensors on every worker.
+
+    `gains_from_sparse_rows` tells a training loop whether converting its
+    batches to SparseRows pays (the plain step) or is undone inside the step
+    (MAML-MTL).
     """
+
+    gains_from_sparse_rows: ClassVar[bool] = True
 
     def __init__(self, config: StepConfig) -> None:
         self.config = config
 
     @abstractmethod
-    def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         ...
 
     def reduce(self, task_losses: Tensor, label_counts: Tensor) -> Tensor:
@@ -77,7 +87,7 @@ class TrainStep(ABC):
 class PlainStep(TrainStep):
     """Gradient of the masked BCE: per-task means, reduced by :meth:`TrainStep.reduce`."""
 
-    def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         check_batch(model, x, labels, mask)
         model.zero_grad(set_to_none=True)
         with self.autocast(x.device):
@@ -95,11 +105,17 @@ class MamlMtlStep(TrainStep):
     The inner rows I take the per-task inner step
     theta'_k = theta - beta * grad L_k(theta; I); the outer loss is the mean
     over tasks of L_k(theta'_k; O) on the outer rows O, with I and O chosen
-    by `maml_variant` (swap averages its two evaluations).
+    by `maml_variant` (swap averages its two evaluations). Sparse rows are
+    made dense first: the step slices the batch into inner and outer rows
+    and its Gram products read dense rows.
     """
 
-    def __call__(self, model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> StepOutput:
+    gains_from_sparse_rows = False
+
+    def __call__(self, model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> StepOutput:
         check_batch(model, x, labels, mask)
+        if isinstance(x, SparseRows):
+            x = x.to_dense(next(model.parameters()).dtype)
         n_tasks = model.config.n_tasks
         tasks = None
         if self.config.tasks_per_step is not None and self.config.tasks_per_step < n_tasks:
@@ -130,10 +146,10 @@ class MamlMtlStep(TrainStep):
         return counts if tasks is None else counts[tasks]
 
 
-def check_batch(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor) -> None:
+def check_batch(model: MultiTaskModel, x: Features, labels: Tensor, mask: Tensor) -> None:
     """Clear errors for batches that do not fit the model."""
     n_features, n_tasks = model.config.n_features, model.config.n_tasks
-    if x.dim() != 2 or x.shape[1] != n_features:
+    if len(x.shape) != 2 or x.shape[1] != n_features:
         raise ValueError(f"x must be [B, {n_features}] for this model, got {tuple(x.shape)}")
     expected = (x.shape[0], n_tasks)
     if tuple(labels.shape) != expected or tuple(mask.shape) != expected:

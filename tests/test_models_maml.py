@@ -15,6 +15,7 @@ from models.factory import build_model
 from models.losses import masked_bce_per_task
 from models.maml import MAML_VARIANTS, _activate_and_drop
 from models.metrics import evaluate_tasks
+from models.networks.sparse_input import SparseRows
 from models.steps import StepConfig, build_step
 
 
@@ -139,6 +140,20 @@ def test_plain_step_is_the_gradient_of_the_mean_task_loss() -> None:
     torch.testing.assert_close(output.task_losses, expected_losses.detach())
     for (name, grad), want in zip(grads.items(), expected):
         torch.testing.assert_close(grad, want, msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["plain", "maml-mtl"])
+def test_steps_take_sparse_rows(optimizer: str) -> None:
+    """SparseRows give the dense rows' loss and gradients (MAML-MTL densifies them)."""
+    x, labels, mask = batch(10, 12, 5)
+    config = StepConfig(optimizer=optimizer, inner_lr=0.1)
+    assert build_step(config).gains_from_sparse_rows == (optimizer == "plain")
+    dense_output, dense_grads = fast_grads(tiny_model("mmoeex", (6,), 0.67), config, x, labels, mask)
+    sparse_output, sparse_grads = fast_grads(tiny_model("mmoeex", (6,), 0.67), config,
+                                             SparseRows.from_dense(x), labels, mask)
+    torch.testing.assert_close(sparse_output.task_losses, dense_output.task_losses)
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, msg=name)
 
 
 def test_step_zeroes_old_gradients_and_fills_every_grad() -> None:

@@ -1,4 +1,5 @@
-"""Networks: shapes, batching against per-expert loops, exclusivity, config and state round trips."""
+"""Networks: shapes, batching against per-expert loops, sparse against dense rows,
+exclusivity, config and state round trips."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,10 @@ import torch
 from models.activations import ACTIVATIONS
 from models.config import ModelConfig
 from models.factory import build_model
+from models.networks import sparse_input
+from models.networks.layers import activate_and_drop
 from models.networks.sparse_input import SparseRows
+from models.steps import StepConfig, build_step
 
 ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
 
@@ -55,27 +59,74 @@ def test_sparse_rows_give_the_dense_logits(architecture: str, counts: bool) -> N
     torch.testing.assert_close(model(sparse), model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_mmoeex_forward_matches_a_loop_over_experts_and_tasks() -> None:
-    """The stacked einsum forward equals the textbook loop (Ma et al. 2018, Eq. 5-6)."""
-    config = small_config(expert_hidden=(8, 7), alpha=0.5)
-    model = build_model(config).double()
-    x = fingerprints(5, 24).double()
+def reference_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The textbook loop (Ma et al. 2018, Eq. 5-6): every expert, then per task
+    its gate (weight 1 on the one trunk without gates), mixture and tower."""
+    n_experts = model.experts.layers[0].weight.shape[0]
     experts = []
-    for e in range(config.n_experts):
+    for e in range(n_experts):
         h = x
         for layer in model.experts.layers:
             h = torch.relu(h @ layer.weight[e] + layer.bias[e])
         experts.append(h)
-    open_mask = model.gates.open_mask()
     logits = []
-    for k in range(config.n_tasks):
-        scores = x @ model.gates.weight[k] + model.gates.bias[k]
-        scores = scores.masked_fill(~open_mask[k], float("-inf"))
-        gate = torch.softmax(scores, dim=1)
-        mixed = sum(gate[:, e:e + 1] * experts[e] for e in range(config.n_experts))
-        hidden = torch.relu(mixed @ model.towers.hidden.weight[k] + model.towers.hidden.bias[k])
-        logits.append(hidden @ model.towers.output.weight[k, :, 0] + model.towers.output.bias[k, 0])
-    torch.testing.assert_close(model(x), torch.stack(logits, dim=1))
+    for k in range(model.config.n_tasks):
+        if model.gates is None:
+            gate = torch.ones(x.shape[0], 1, dtype=x.dtype)
+        else:
+            scores = x @ model.gates.weight[k] + model.gates.bias[k]
+            gate = torch.softmax(scores.masked_fill(~model.gates.open_mask()[k], float("-inf")), dim=1)
+        mixed = sum(gate[:, e:e + 1] * experts[e] for e in range(n_experts))
+        towers = model.towers
+        if towers.hidden is not None:
+            mixed = torch.relu(mixed @ towers.hidden.weight[k] + towers.hidden.bias[k])
+        logits.append(mixed @ towers.output.weight[k, :, 0] + towers.output.bias[k, 0])
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("architecture", ["mmoeex", "mmoe", "shared-bottom"])
+@pytest.mark.parametrize("tower_hidden", [0, 5], ids=["linear-towers", "hidden-towers"])
+def test_mixture_forward_matches_a_loop_over_experts_and_tasks(architecture: str,
+                                                               tower_hidden: int) -> None:
+    """The stacked forward (no [K, B, h] copies for shared input or linear
+    towers) equals the per-expert, per-task loop."""
+    model = build_model(small_config(architecture=architecture, expert_hidden=(8, 7),
+                                     tower_hidden=tower_hidden)).double()
+    x = fingerprints(5, 24).double()
+    torch.testing.assert_close(model(x), reference_logits(model, x))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("tower_hidden", [0, 5], ids=["linear-towers", "hidden-towers"])
+@pytest.mark.parametrize("counts", [False, True], ids=["bits", "counts"])
+@pytest.mark.parametrize("wide_group", [1, 10**9], ids=["bag-per-group", "one-gather"])
+def test_sparse_rows_train_like_dense_rows(architecture: str, tower_hidden: int, counts: bool,
+                                           wide_group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain step in train mode (dropout on): the same loss and the same
+    gradient of every parameter from SparseRows as from the dense rows."""
+    monkeypatch.setattr(sparse_input, "WIDE_GROUP", wide_group)
+    config = small_config(architecture=architecture, expert_hidden=(8, 7), tower_hidden=tower_hidden,
+                          dropout=0.25)
+    generator = torch.Generator().manual_seed(2)
+    x = fingerprints(9, 24)
+    if counts:
+        x = x * torch.randint(1, 5, x.shape, generator=generator)
+    x[0] = x[4] = x[-1] = 0  # empty bags first, in the middle and last
+    labels = (torch.rand(9, 6, generator=generator) < 0.3).float()
+    mask = torch.rand(9, 6, generator=generator) < 0.7
+    sparse = SparseRows.from_dense(x)
+    assert torch.equal(sparse.to_dense(), x)
+    results = {}
+    for name, features in (("dense", x), ("sparse", sparse)):
+        model = build_model(config).train()
+        torch.manual_seed(5)  # the same dropout masks for both
+        output = build_step(StepConfig(optimizer="plain"))(model, features, labels, mask)
+        results[name] = output, {n: p.grad for n, p in model.named_parameters()}
+    (dense_out, dense_grads), (sparse_out, sparse_grads) = results["dense"], results["sparse"]
+    torch.testing.assert_close(sparse_out.task_losses, dense_out.task_losses)
+    assert dense_grads.keys() == sparse_grads.keys()
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_single_task_nets_are_independent() -> None:
@@ -149,6 +200,28 @@ def test_state_dict_round_trip_keeps_the_exclusive_assignment() -> None:
     torch.testing.assert_close(source(x), target(x), rtol=0, atol=0)
 
 
+TOWERS_LAYOUT = {"towers.hidden.weight": (6, 8, 5), "towers.hidden.bias": (6, 5),
+                 "towers.output.weight": (6, 5, 1), "towers.output.bias": (6, 1)}
+SAVED_LAYOUT = {
+    "mmoeex": {"experts.layers.0.weight": (4, 24, 8), "experts.layers.0.bias": (4, 8),
+               "gates.weight": (6, 24, 4), "gates.bias": (6, 4), "gates.exclusive_expert_task": (4,),
+               **TOWERS_LAYOUT},
+    "shared-bottom": {"experts.layers.0.weight": (1, 24, 8), "experts.layers.0.bias": (1, 8),
+                      **TOWERS_LAYOUT},
+    "single-task": {"trunks.layers.0.weight": (6, 24, 8), "trunks.layers.0.bias": (6, 8),
+                    **TOWERS_LAYOUT},
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(SAVED_LAYOUT))
+def test_state_dict_layout_is_the_one_saved_checkpoints_have(architecture: str) -> None:
+    """Registered models and training checkpoints load with load_state_dict:
+    the keys, their order and the shapes must not move."""
+    state = build_model(small_config(architecture=architecture)).state_dict()
+    assert [(key, tuple(value.shape)) for key, value in state.items()] == list(
+        SAVED_LAYOUT[architecture].items())
+
+
 def test_same_seed_same_model() -> None:
     x = fingerprints(4, 24)
     torch.testing.assert_close(build_model(small_config())(x), build_model(small_config())(x),
@@ -175,6 +248,23 @@ def test_config_rejects_bad_values(bad: dict, message: str) -> None:
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="n_expert"):
         ModelConfig.from_dict({"n_expert": 3})
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh"])  # fused with the mask, and not
+def test_activate_and_drop_is_inverted_dropout(name: str) -> None:
+    """Each unit is kept with probability 1 - p and scaled by 1 / (1 - p),
+    in the forward pass and in the gradient; eval mode leaves it alone."""
+    activation, p = ACTIVATIONS[name], 0.25
+    z = torch.randn(400, 500, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = activate_and_drop(activation, z, p, training=True)
+    value = activation.fn(z.detach())
+    kept = out.detach() != 0
+    torch.testing.assert_close(out.detach()[kept], value[kept] / (1 - p))
+    share = kept[value != 0].float().mean().item()
+    assert abs(share - (1 - p)) < 4 * ((p * (1 - p)) / int((value != 0).sum())) ** 0.5
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    torch.testing.assert_close(grad, activation.derivative(z.detach()) * kept / (1 - p))
+    torch.testing.assert_close(activate_and_drop(activation, z, p, training=False), activation.fn(z))
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

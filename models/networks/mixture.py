@@ -18,6 +18,11 @@ class MixtureOfExpertsModel(MultiTaskModel):
 
     `gates` is None when there is a single expert that every task reads with
     weight 1 (shared bottom). Subclasses only decide the experts and gates.
+    The forward pass never expands the trunk to K copies: shared bottom's
+    towers read its `[B, h]` output directly, and linear towers read the
+    expert outputs before the mixing (Towers.mixture_logits). Only towers
+    with a hidden layer after gates need the `[K, B, h]` mixtures, and
+    `mix` builds them (the MAML-MTL path uses it too).
     """
 
     def __init__(self, config: ModelConfig, n_experts: int, gates: Gates | None,
@@ -46,5 +51,9 @@ class MixtureOfExpertsModel(MultiTaskModel):
 
     def forward(self, x: Features) -> Tensor:
         expert_out = self.experts(x)
-        weights = self.gates(x) if self.gates is not None else None
+        if self.gates is None:
+            return self.towers.shared_input_logits(expert_out[0])
+        weights = self.gates(x)
+        if self.towers.hidden is None:
+            return self.towers.mixture_logits(weights, expert_out)
         return self.towers(self.mix(weights, expert_out, self.config.n_tasks)).transpose(0, 1)
