@@ -12,7 +12,7 @@ slow; the first N would be NCI molecules only, half the panel's size);
 (d) plain single-process RDKit loops: parse + fingerprint only, and the same
 per-molecule work as (a) (sanitize, largest fragment, canonical SMILES,
 fingerprint) without the dataset around it. Ratios are printed against the
-issue's targets: (a) >= 80 % of (d), Ray 2 CPUs >= 1.6x Ray 1 CPU,
+project's targets: (a) >= 80 % of (d), Ray 2 CPUs >= 1.6x Ray 1 CPU,
 (a) >= 8x DeepChem. Peak memory: featurize_file in a fresh subprocess on N
 and 10N molecules (VmHWM, Linux), which must not grow 10x.
 Timings are medians of --repeats runs; on a shared machine they are noisy.

@@ -1,6 +1,6 @@
 """Time one training step: plain multi-task, fast exact MAML-MTL, reference loop.
 
-    python benchmarks/maml_step.py                  # CPU, the issue-3 table
+    python benchmarks/maml_step.py                  # CPU: the MAML-MTL step table
     python benchmarks/maml_step.py --device cuda    # same table on a GPU
     python benchmarks/maml_step.py --alpha 0        # MMoE: no exclusive experts to skip
     python benchmarks/maml_step.py --variants split full swap   # one row per MAML-MTL variant

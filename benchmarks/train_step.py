@@ -23,7 +23,7 @@ of forward and backward (no input gradient for the first layer):
 * MAML-MTL (first order, split p): the plain count, plus the per-task inner
   corrections of the expert layer on the outer rows, (x_O x_I^T) Delta_k:
   |O| |I| d for the Gram and |O| |I| h per task for each expert open to it
-  (shared experts serve K tasks, exclusive ones one), METHOD.md.
+  (shared experts serve K tasks, exclusive ones one); docs/method.md.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fingerprint dataset on disk, written atomically.
 
-Layout (DESIGN.md, "Data contracts")::
+Layout (what training and screening read)::
 
     DIR/features/part-00000.parquet ...  one row per accepted molecule:
         mol_id string, smiles string, fp fixed_size_binary(spec.n_bytes),

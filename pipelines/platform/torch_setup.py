@@ -6,7 +6,7 @@ activations, `[E, K, B, h]`); with 4 KiB pages each costs one page fault per
 page, which on a 2-core machine was 16-45 % of the step.
 PyTorch's allocator asks the kernel for 2 MiB pages when
 THP_MEM_ALLOC_ENABLE=1. Measured on the 2-core development machine
-(`benchmarks/maml_step.py --threads 2`, same session): fast step 0.677 ->
+(`benchmarks/maml_step.py --threads 2`, one run): fast step 0.677 ->
 0.37-0.38 s (E = 8, one layer), 3.45 -> 2.50-2.89 s (E = 16, two layers).
 Scoring gained 120 -> 109 us/molecule (`benchmarks/scoring.py --chunks
 256`) before the gates' softmax change; after it, two alternating runs
