@@ -128,10 +128,10 @@ def test_trial_params_apply_to_the_base_configs() -> None:
 
 
 @pytest.mark.parametrize("architecture, optimizer, searched", [
-    ("mmoeex", "maml-mtl", {"alpha", "n_experts", "inner_lr", "lr", "expert_width"}),
-    ("mmoe", "maml-mtl", {"n_experts", "inner_lr", "lr", "expert_width"}),
-    ("shared-bottom", "plain", {"lr", "expert_width"}),
-    ("mmoeex", "plain", {"alpha", "n_experts", "lr", "expert_width"}),
+    ("mmoeex", "maml-mtl", {"alpha", "n_experts", "inner_lr", "lr", "expert_width", "pos_weight"}),
+    ("mmoe", "maml-mtl", {"n_experts", "inner_lr", "lr", "expert_width", "pos_weight"}),
+    ("shared-bottom", "plain", {"lr", "expert_width", "pos_weight"}),
+    ("mmoeex", "plain", {"alpha", "n_experts", "lr", "expert_width", "pos_weight"}),
 ])
 def test_the_space_samples_only_what_the_architecture_and_step_have(
         architecture: str, optimizer: str, searched: set[str]) -> None:

@@ -1,5 +1,5 @@
 """The sweep's search space: alpha, E, the inner learning rate beta, the outer
-learning rate and the expert width, in one place.
+learning rate, the expert width and the class weighting, in one place.
 
 The space is plain data (a mapping ``name -> parameter``) so that a YAML or
 JSON file can override any part of it; it is rendered for the search
@@ -36,6 +36,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "inner_lr": ("step", "inner_lr"),
     "lr": ("train", "lr"),
     "expert_width": ("model", "expert_hidden"),
+    "pos_weight": ("step", "pos_weight"),
 }
 #: Parameter names a sampled trial config may carry.
 PARAMETERS = tuple(TARGETS)
@@ -46,7 +47,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "n_experts": {"choice": [4, 8, 12, 16, 32]},
     "inner_lr": {"loguniform": [0.005, 0.5]},
     "lr": {"loguniform": [3e-4, 1e-2]},
-    "expert_width": {"choice": [128, 256, 512]},
+    "expert_width": {"choice": [256, 512, 1024, 1500]},
+    "pos_weight": {"choice": ["auto:30", "auto:100"]},
 }
 
 
