@@ -1,8 +1,10 @@
 """The scoring model in MLflow: logged as a SMILES-in pyfunc, registered
 with an alias, loaded back by any MLflow client with the same predictions
-as the in-memory model; bad SMILES give NaN and a reason, never a crash."""
+as the in-memory model; bad SMILES give no score and a reason, never a
+crash; served over HTTP, the response is strict JSON."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +170,75 @@ def test_a_model_carries_the_serving_code_only(tmp_path: Path) -> None:
     printed = subprocess.run([sys.executable, "-c", probe, str(code)], cwd=tmp_path, check=True,
                              capture_output=True, text=True, timeout=120).stdout.split()
     assert all(Path(path).is_relative_to(code) for path in printed), printed
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JSON.parse does."""
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_strict_json(bundle: ModelBundle, mlflow_uri: str,
+                                                 nci_smiles: list[str], tmp_path: Path) -> None:
+    """`mlflow models serve` on a loopback port: good and bad rows, and 10,000
+    SMILES in one request, come back as strict JSON (null scores, an error)."""
+    import signal
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    from pipelines.platform.tracking import ensure_experiment
+    from pipelines.serving.registry import log_scoring_model
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run_id = client.create_run(ensure_experiment(mlflow_uri, "tests")).info.run_id
+    model_uri = log_scoring_model(mlflow_uri, run_id, bundle)
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)  # MLflow starts uvicorn by name
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri,
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def invoke(smiles: list[str]) -> list[dict]:
+        body = json.dumps({"dataframe_split": {"columns": ["smiles"], "data": [[s] for s in smiles]}})
+        request = urllib.request.Request(f"{base}/invocations", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return _strict_json(response.read().decode())["predictions"]
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("mlflow models serve did not come up") from None
+                time.sleep(1)
+        rows = invoke(nci_smiles[:5] + BAD)
+        assert [row[ERROR_COLUMN] is None for row in rows] == [True] * 5 + [False] * len(BAD)
+        assert all(row[TASKS[0]] is None for row in rows[5:])
+        assert all(0 < row[task] < 1 for row in rows[:5] for task in TASKS)
+        many = (nci_smiles * 3)[:9_990] + BAD * 4
+        big = invoke(many[:10_000])
+        assert len(big) == 10_000 and sum(row[ERROR_COLUMN] is not None for row in big) >= len(BAD)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started, by our id
+        server.wait(timeout=60)

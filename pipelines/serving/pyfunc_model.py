@@ -7,8 +7,9 @@ Two ways in, one scoring code path (:class:`pipelines.serving.scorer.Scorer`):
   table with a ``smiles`` column and gets one float column per task (named by
   assay) plus ``error``. SMILES are featurized inside ``predict`` with
   featurize/'s own standardization and fingerprint code, so the features equal
-  the training features. A SMILES that cannot be featurized gets NaN scores
-  and its reason in ``error``; the batch never fails because of one row.
+  the training features. A SMILES that cannot be featurized gets None scores
+  (``null`` in JSON) and its reason in ``error``; the batch never fails
+  because of one row.
 - :func:`load_scorer` (or :func:`load_pyfunc_model`, which also gives the
   bundle folder screening ships to its actors): the same model with
   ``score_packed`` to score fingerprints already featurized (the Parquet
@@ -47,6 +48,11 @@ class PcbaPyfuncModel(PythonModel):
             raise ValueError(f"input needs a {SMILES_COLUMN!r} column, got {list(model_input.columns)}")
         probs, errors = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist())
         out = pd.DataFrame(probs, columns=self.scorer.tasks, index=model_input.index)
+        if any(error is not None for error in errors):
+            # A bad row's scores are None, not NaN: NaN is not JSON (RFC 8259),
+            # and `mlflow models serve` writes the frame as it is, so one NaN
+            # would make a strict client (JSON.parse) reject every row.
+            out = out.astype(object).where(out.notna(), None)
         out[ERROR_COLUMN] = pd.Series(errors, index=model_input.index, dtype=object)
         return out
 

@@ -96,7 +96,7 @@ def bundle_code(package_root: Path, destination: Path) -> list[Path]:
 
 def scoring_signature(tasks: list[str]):  # -> mlflow.models.ModelSignature
     """Input: a ``smiles`` string column. Output: one float column per task
-    (NaN where the SMILES failed) and an optional string ``error``."""
+    (null where the SMILES failed) and an optional string ``error``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
