@@ -135,12 +135,12 @@ def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]
     labels = (torch.rand(args.batch, args.tasks, generator=generator) < 0.02).float().to(device)
     mask = (torch.rand(args.batch, args.tasks, generator=generator) < 0.5).to(device)
     autocast = "bfloat16" if args.bf16 else None
-    plain = build_step(StepConfig(optimizer="plain", autocast=autocast))
+    plain = build_step(StepConfig(optimizer="plain", pos_weight=None, autocast=autocast))
     log.info("E=%d hidden=%s: plain step", n_experts, hidden)
     plain_s, plain_mib = time_step(lambda: plain(model, x, labels, mask), device, args.reps)
     rows = []
     for variant in args.variants:
-        fast = build_step(StepConfig(optimizer="maml-mtl", inner_lr=0.05, maml_variant=variant,
+        fast = build_step(StepConfig(optimizer="maml-mtl", inner_lr=0.05, pos_weight=None, maml_variant=variant,
                                      autocast=autocast))
         log.info("E=%d hidden=%s: fast MAML-MTL, %s", n_experts, hidden, variant)
         fast_s, fast_mib = time_step(partial(fast, model, x, labels, mask), device, args.reps)

@@ -129,7 +129,7 @@ def cpu_comparison(args: argparse.Namespace) -> None:
     spec = FingerprintSpec(n_bits=args.bits)
     model_config = ModelConfig(n_features=args.bits, n_tasks=args.tasks, n_experts=args.experts,
                                expert_hidden=tuple(args.expert_hidden), alpha=0.5)
-    step_config = StepConfig(optimizer=args.optimizer)
+    step_config = StepConfig(optimizer=args.optimizer, pos_weight=None)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         dataset = write_synthetic_dataset(Path(scratch) / "data", args.rows, args.tasks, spec)
         plain = plain_loop(dataset, model_config, step_config, args.batch_size, args.epochs)
@@ -165,7 +165,7 @@ def pcba_epoch(args: argparse.Namespace) -> None:
     rows = []
     for optimizer in ("plain", "maml-mtl"):
         model = build_model(model_config).to(device)
-        step = build_step(StepConfig(optimizer=optimizer, autocast=args.autocast))
+        step = build_step(StepConfig(optimizer=optimizer, pos_weight=None, autocast=args.autocast))
         loop = EpochLoop(model, step, torch.optim.Adam(model.parameters(), 3e-3), spec, device)
         batches = list(synthetic_batches(args.pcba_rows, 128, spec, args.batch_size))
         loop.train_epoch(batches[:3], epoch=0)  # warm-up (kernels, allocator)

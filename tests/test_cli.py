@@ -134,3 +134,15 @@ def test_pos_weight_auto_resolves_from_the_training_labels() -> None:
     numeric = build_train_config(resolve_options(_parse("train", "--data", "d", "--pos-weight", "30")[0],
                                                  module.GROUPS), data_dir="d")
     assert numeric.step.pos_weight == 30.0 and numeric.with_positive_weights(labels) == numeric
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_shipped_config_files_build_a_training_config_in_every_training_job(path: Path) -> None:
+    """configs/*.yaml hold train's long flags: train, tune and run read them
+    the same way (compare takes them less --model and --optimizer)."""
+    args, module = _parse("train", "--data", "d", "--config", str(path))
+    config = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
+    assert config != TrainConfig(data_dir="d")
+    args, module = _parse("tune", "--data", "d", "--num-samples", "1", "--config", str(path))
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").model == config.model

@@ -19,6 +19,12 @@ from models.networks.sparse_input import SparseRows
 from models.steps import StepConfig, build_step
 
 
+def step_config(**changes) -> StepConfig:
+    """A MAML-MTL step without class weighting unless asked: the cases below
+    compare steps and paths, not the product's defaults."""
+    return StepConfig(**{"optimizer": "maml-mtl", "pos_weight": None, **changes})
+
+
 def batch(rows: int, features: int, tasks: int, seed: int = 0, dtype: torch.dtype = torch.float64):
     """Fingerprint-like bits, sparse labels, about 35 % of labels missing."""
     generator = torch.Generator().manual_seed(seed)
@@ -74,7 +80,7 @@ def test_fast_maml_matches_the_reference_loop(architecture, hidden, alpha, activ
                                               second_order, variant) -> None:
     model = tiny_model(architecture, hidden, alpha, activation, tower_hidden)
     x, labels, mask = batch(10, 12, 5)
-    config = StepConfig(inner_lr=0.7, maml_variant=variant, second_order=second_order, pos_weight=3.0)
+    config = step_config(inner_lr=0.7, maml_variant=variant, second_order=second_order, pos_weight=3.0)
     assert_matches_reference(model, config, x, labels, mask)
 
 
@@ -84,7 +90,7 @@ def test_fast_maml_matches_the_reference_on_odd_batches(variant: str, inner_frac
     """Odd batches: swap's halves differ by a row, split rounds p * B."""
     model = tiny_model("mmoeex", (6, 4), 0.67)
     x, labels, mask = batch(rows, 12, 5, seed=2)
-    config = StepConfig(inner_lr=0.7, maml_variant=variant, inner_fraction=inner_fraction, second_order=True)
+    config = step_config(inner_lr=0.7, maml_variant=variant, inner_fraction=inner_fraction, second_order=True)
     assert_matches_reference(model, config, x, labels, mask)
 
 
@@ -103,16 +109,16 @@ def test_fast_maml_matches_the_reference_for_every_expert_grouping(n_tasks, n_ex
                          tower_hidden=3, alpha=alpha, exclusivity=exclusivity, dropout=0.0, seed=1)
     model = build_model(config).double()
     x, labels, mask = batch(10, 12, n_tasks)
-    config = StepConfig(inner_lr=0.7, maml_variant=variant, second_order=second_order)
+    config = step_config(inner_lr=0.7, maml_variant=variant, second_order=second_order)
     assert_matches_reference(model, config, x, labels, mask)
 
 
 def test_second_order_differs_from_first_order() -> None:
     """The equality test above could not tell the two apart if they agreed."""
     x, labels, mask = batch(10, 12, 5)
-    _, first = fast_grads(tiny_model("mmoeex", (6, 4), 0.67, "tanh"), StepConfig(inner_lr=0.7), x, labels, mask)
+    _, first = fast_grads(tiny_model("mmoeex", (6, 4), 0.67, "tanh"), step_config(inner_lr=0.7), x, labels, mask)
     _, second = fast_grads(tiny_model("mmoeex", (6, 4), 0.67, "tanh"),
-                           StepConfig(inner_lr=0.7, second_order=True), x, labels, mask)
+                           step_config(inner_lr=0.7, second_order=True), x, labels, mask)
     assert (first["experts.layers.0.weight"] - second["experts.layers.0.weight"]).abs().max() > 1e-6
 
 
@@ -124,8 +130,8 @@ def test_inner_lr_zero_is_the_plain_gradient_on_the_outer_rows(variant: str, out
     the whole batch (full), the mean over the two halves (swap)."""
     model = tiny_model("mmoeex", (6, 4), 0.67)
     x, labels, mask = batch(10, 12, 5)
-    _, maml = fast_grads(model, StepConfig(inner_lr=0.0, maml_variant=variant), x, labels, mask)
-    plain = [fast_grads(model, StepConfig(optimizer="plain"), x[rows], labels[rows], mask[rows])[1]
+    _, maml = fast_grads(model, step_config(inner_lr=0.0, maml_variant=variant), x, labels, mask)
+    plain = [fast_grads(model, step_config(optimizer="plain"), x[rows], labels[rows], mask[rows])[1]
              for rows in outer_parts]
     for name in maml:
         torch.testing.assert_close(maml[name], sum(part[name] for part in plain) / len(plain), msg=name)
@@ -134,7 +140,7 @@ def test_inner_lr_zero_is_the_plain_gradient_on_the_outer_rows(variant: str, out
 def test_plain_step_is_the_gradient_of_the_mean_task_loss() -> None:
     model = tiny_model("mmoeex", (6,), 0.67)
     x, labels, mask = batch(10, 12, 5)
-    output, grads = fast_grads(model, StepConfig(optimizer="plain", pos_weight=2.0), x, labels, mask)
+    output, grads = fast_grads(model, step_config(optimizer="plain", pos_weight=2.0), x, labels, mask)
     expected_losses = masked_bce_per_task(model(x), labels, mask, 2.0)
     expected = torch.autograd.grad(expected_losses.mean(), list(model.parameters()))
     torch.testing.assert_close(output.task_losses, expected_losses.detach())
@@ -146,7 +152,7 @@ def test_plain_step_is_the_gradient_of_the_mean_task_loss() -> None:
 def test_steps_take_sparse_rows(optimizer: str) -> None:
     """SparseRows give the dense rows' loss and gradients (MAML-MTL densifies them)."""
     x, labels, mask = batch(10, 12, 5)
-    config = StepConfig(optimizer=optimizer, inner_lr=0.1)
+    config = step_config(optimizer=optimizer, inner_lr=0.1)
     assert build_step(config).gains_from_sparse_rows == (optimizer == "plain")
     dense_output, dense_grads = fast_grads(tiny_model("mmoeex", (6,), 0.67), config, x, labels, mask)
     sparse_output, sparse_grads = fast_grads(tiny_model("mmoeex", (6,), 0.67), config,
@@ -161,8 +167,8 @@ def test_step_zeroes_old_gradients_and_fills_every_grad() -> None:
     x, labels, mask = batch(10, 12, 5)
     for param in model.parameters():
         param.grad = torch.full_like(param, 123.0)
-    _, first = fast_grads(model, StepConfig(), x, labels, mask)
-    _, again = fast_grads(model, StepConfig(), x, labels, mask)
+    _, first = fast_grads(model, step_config(), x, labels, mask)
+    _, again = fast_grads(model, step_config(), x, labels, mask)
     for name in first:
         torch.testing.assert_close(first[name], again[name], msg=name)
     assert all(p.grad is not None for p in model.parameters())
@@ -180,7 +186,7 @@ def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int
     assert model.gates.exclusive_expert_task.tolist() == [-1, 4, 1]
     x, labels, mask = batch(10, 12, 5)
     torch.manual_seed(seed)
-    output, fast = fast_grads(model, StepConfig(inner_lr=0.7, maml_variant=variant,
+    output, fast = fast_grads(model, step_config(inner_lr=0.7, maml_variant=variant,
                                                 tasks_per_step=tasks_per_step), x, labels, mask)
     sampled = ~torch.isnan(output.task_losses)
     assert sampled.nonzero()[:, 0].tolist() == {11: [1, 4], 7: [0, 1], 6: [0, 2], 3: [1]}[seed]
@@ -197,7 +203,7 @@ def test_dropout_in_train_mode_gives_finite_gradients() -> None:
     config = ModelConfig(n_features=12, n_tasks=5, n_experts=3, expert_hidden=(6, 4), dropout=0.3)
     model = build_model(config).train()
     x, labels, mask = batch(10, 12, 5, dtype=torch.float32)
-    output = build_step(StepConfig())(model, x, labels, mask)
+    output = build_step(step_config())(model, x, labels, mask)
     assert torch.isfinite(output.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -221,10 +227,11 @@ def test_outer_activation_with_dropout_equals_activation_times_mask(name: str) -
 
 
 def test_bf16_autocast_step_is_close_to_float32() -> None:
-    config = ModelConfig(n_features=64, n_tasks=6, n_experts=4, expert_hidden=(16, 8), dropout=0.0)
+    config = ModelConfig(n_features=64, n_tasks=6, n_experts=4, expert_hidden=(16, 8), tower_hidden=32,
+                         dropout=0.0)
     x, labels, mask = batch(32, 64, 6, dtype=torch.float32)
-    _, full = fast_grads(build_model(config), StepConfig(), x, labels, mask)
-    _, half = fast_grads(build_model(config), StepConfig(autocast="bfloat16"), x, labels, mask)
+    _, full = fast_grads(build_model(config), step_config(), x, labels, mask)
+    _, half = fast_grads(build_model(config), step_config(autocast="bfloat16"), x, labels, mask)
     for name in full:
         assert half[name].dtype == torch.float32
         scale = full[name].abs().max().clamp(min=1e-3)
@@ -236,14 +243,14 @@ def test_maml_with_disjoint_inner_and_outer_rows_needs_two_rows(variant: str) ->
     model = tiny_model("mmoeex", (6,), 0.67)
     x, labels, mask = batch(1, 12, 5)
     with pytest.raises(ValueError, match="at least 2 rows"):
-        build_step(StepConfig(maml_variant=variant))(model, x, labels, mask)
+        build_step(step_config(maml_variant=variant))(model, x, labels, mask)
 
 
 def test_full_maml_takes_a_single_row() -> None:
     """Inner and outer rows are the same rows: one is enough."""
     x, labels, mask = batch(1, 12, 5)
     mask[0] = True
-    assert_matches_reference(tiny_model("mmoeex", (6,), 0.67), StepConfig(inner_lr=0.7, maml_variant="full"),
+    assert_matches_reference(tiny_model("mmoeex", (6,), 0.67), step_config(inner_lr=0.7, maml_variant="full"),
                              x, labels, mask)
 
 
@@ -254,7 +261,7 @@ def test_full_maml_takes_a_single_row() -> None:
 ])
 def test_step_config_rejects_a_variant_it_cannot_run(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        StepConfig(**changes)
+        step_config(**changes)
 
 
 def test_the_variants_are_different_steps() -> None:
@@ -262,7 +269,7 @@ def test_the_variants_are_different_steps() -> None:
     one variant for all three names only if the variants agreed."""
     model = tiny_model("mmoeex", (6, 4), 0.67)
     x, labels, mask = batch(10, 12, 5)
-    grads = [fast_grads(model, StepConfig(inner_lr=0.7, maml_variant=variant), x, labels, mask)[1]
+    grads = [fast_grads(model, step_config(inner_lr=0.7, maml_variant=variant), x, labels, mask)[1]
              for variant in VARIANTS]
     for first, second in itertools.combinations(grads, 2):
         assert (first["experts.layers.0.weight"] - second["experts.layers.0.weight"]).abs().max() > 1e-6
@@ -272,7 +279,7 @@ def test_step_rejects_a_batch_of_the_wrong_width() -> None:
     model = tiny_model("mmoeex", (6,), 0.67)
     x, labels, mask = batch(4, 11, 5)
     with pytest.raises(ValueError, match=r"\[B, 12\]"):
-        build_step(StepConfig(optimizer="plain"))(model, x, labels, mask)
+        build_step(step_config(optimizer="plain"))(model, x, labels, mask)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -281,7 +288,7 @@ def test_step_rejects_a_batch_of_the_wrong_width() -> None:
 def test_fast_maml_on_cuda_matches_the_reference(second_order: bool, variant: str) -> None:
     model = tiny_model("mmoeex", (6, 4), 0.67, "tanh").cuda()
     x, labels, mask = (t.cuda() for t in batch(10, 12, 5))
-    config = StepConfig(inner_lr=0.7, maml_variant=variant, second_order=second_order)
+    config = step_config(inner_lr=0.7, maml_variant=variant, second_order=second_order)
     _, fast = fast_grads(model, config, x, labels, mask)
     _, reference = reference_maml_step(model, x, labels, mask, inner_lr=0.7, variant=variant,
                                        second_order=second_order)
@@ -294,7 +301,7 @@ def test_bf16_autocast_step_runs_on_cuda() -> None:
     config = ModelConfig(n_features=256, n_tasks=16, n_experts=4, expert_hidden=(32, 16))
     model = build_model(config).cuda()
     x, labels, mask = (t.cuda() for t in batch(64, 256, 16, dtype=torch.float32))
-    output = build_step(StepConfig(autocast="bfloat16"))(model, x, labels, mask)
+    output = build_step(step_config(autocast="bfloat16"))(model, x, labels, mask)
     assert torch.isfinite(output.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
@@ -318,7 +325,7 @@ def test_short_training_run_learns(optimizer: str) -> None:
     n_train = 800
     model = build_model(ModelConfig(n_features=64, n_tasks=6, n_experts=4, expert_hidden=(32,),
                                     tower_hidden=8, alpha=0.5, dropout=0.0))
-    step = build_step(StepConfig(optimizer=optimizer, inner_lr=0.05))
+    step = build_step(step_config(optimizer=optimizer, inner_lr=0.05))
     adam = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _, start in itertools.product(range(5), range(0, n_train, 100)):
@@ -350,8 +357,8 @@ def test_label_normalization_weighs_tasks_by_their_labels(optimizer: str, varian
     outer labels count."""
     x, labels, mask = batch(20, 12, 5, seed=4)
     model = tiny_model("mmoeex", (6,), 0.67)
-    by_task = build_step(StepConfig(optimizer=optimizer, maml_variant=variant))(model, x, labels, mask)
-    by_label = build_step(StepConfig(optimizer=optimizer, maml_variant=variant,
+    by_task = build_step(step_config(optimizer=optimizer, maml_variant=variant))(model, x, labels, mask)
+    by_label = build_step(step_config(optimizer=optimizer, maml_variant=variant,
                                      loss_normalization="label"))(model, x, labels, mask)
     torch.testing.assert_close(by_label.task_losses, by_task.task_losses)
     if optimizer == "plain":

@@ -120,7 +120,7 @@ def test_sparse_rows_train_like_dense_rows(architecture: str, tower_hidden: int,
     for name, features in (("dense", x), ("sparse", sparse)):
         model = build_model(config).train()
         torch.manual_seed(5)  # the same dropout masks for both
-        output = build_step(StepConfig(optimizer="plain"))(model, features, labels, mask)
+        output = build_step(StepConfig(optimizer="plain", pos_weight=None))(model, features, labels, mask)
         results[name] = output, {n: p.grad for n, p in model.named_parameters()}
     (dense_out, dense_grads), (sparse_out, sparse_grads) = results["dense"], results["sparse"]
     torch.testing.assert_close(sparse_out.task_losses, dense_out.task_losses)

@@ -27,7 +27,7 @@ def small_dataset(nci_smiles: list[str], tmp_path_factory: pytest.TempPathFactor
 
 
 def test_train_config_round_trips_and_rejects_bad_values() -> None:
-    config = TrainConfig(data_dir="d", model=TINY_MODEL, step=StepConfig(inner_lr=0.1),
+    config = TrainConfig(data_dir="d", model=TINY_MODEL, step=StepConfig(optimizer="maml-mtl", inner_lr=0.1),
                          resources_per_worker={"CPU": 2.0}, fail_at_epoch=1)
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert config.params()["model.n_experts"] == 4 and config.params()["step.inner_lr"] == 0.1
@@ -59,7 +59,8 @@ def _loop(dataset: Path, lr: float = 3e-3, seed: int = 0) -> tuple[EpochLoop, ob
     model = build_model(dataclasses.replace(TINY_MODEL, n_features=info.spec.n_bits,
                                             n_tasks=info.n_tasks))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return EpochLoop(model, build_step(StepConfig()), optimizer, info.spec, seed=seed), info
+    step = build_step(StepConfig(optimizer="maml-mtl", pos_weight=None))
+    return EpochLoop(model, step, optimizer, info.spec, seed=seed), info
 
 
 def _fit(dataset: Path, epochs: int, patience: int, lr: float = 3e-3):
@@ -106,7 +107,7 @@ def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str)
     collective = TorchDistributedCollective()
     collective.broadcast_parameters(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    step = build_step(StepConfig())
+    step = build_step(StepConfig(optimizer="maml-mtl", pos_weight=None))
     for index in range(3):
         x = torch.rand(8, 16).round()
         labels = torch.randint(0, 2, (8, 3)).float()
@@ -142,7 +143,7 @@ def test_flat_all_reduce_averages_gradients_and_keeps_ranks_identical(tmp_path: 
 
 
 def _ray_config(dataset: Path, root: Path, run_name: str, **overrides: object) -> TrainConfig:
-    return TrainConfig(data_dir=str(dataset), model=TINY_MODEL, step=StepConfig(inner_lr=0.05),
+    return TrainConfig(data_dir=str(dataset), model=TINY_MODEL, step=StepConfig(optimizer="maml-mtl", inner_lr=0.05),
                        batch_size=64, epochs=2, patience=0, seed=3, num_workers=2,
                        resources_per_worker={"CPU": 0.5}, run_name=run_name,
                        storage_path=str(root / "ray"), experiment_name="tests", **overrides)
@@ -215,7 +216,8 @@ def test_the_gates_get_their_own_learning_rate_and_weight_decay() -> None:
     assert {id(param) for param in gates["params"]} == gate_ids and gate_ids
     assert len(rest["params"]) + len(gates["params"]) == len(list(model.parameters()))
     assert (gates["lr"], gates["weight_decay"], rest["lr"], rest["weight_decay"]) == (2e-4, 0.01, 2e-3, 1e-4)
-    plain = TrainConfig(data_dir="d", model=ModelConfig(n_features=16, n_tasks=3, n_experts=3))
+    plain = TrainConfig(data_dir="d", model=ModelConfig(n_features=16, n_tasks=3, n_experts=3,
+                                                        gate_lr_scale=1.0))
     assert len(optimizer_for(build_model(plain.model), plain).param_groups) == 1
     assert "model.gate_lr_scale" not in TrainConfig(
         data_dir="d", model=ModelConfig(architecture="shared-bottom")).params()
