@@ -146,14 +146,16 @@ DEFAULT_POS_WEIGHT_CAP = 100.0
 
 
 def parse_pos_weight(value: float | str | None) -> float | str | None:
-    """A positive-label weight as StepConfig holds it: None, a number > 0, or
-    "auto:CAP" ("auto" alone gets the default cap of 100, the reference's
-    scalar). Numbers written as text become numbers."""
+    """A positive-label weight as StepConfig holds it: None (also "none": no
+    weighting), a number > 0, or "auto:CAP" ("auto" alone gets the default
+    cap of 100, the reference's scalar). Numbers written as text become numbers."""
     if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
         if value is not None and not value > 0:
             raise ValueError(f"pos_weight must be > 0, 'auto[:CAP]' or None, got {value}")
         return None if value is None else float(value)
     text = str(value).strip().lower()
+    if text == "none":
+        return None
     if text == "auto" or text.startswith("auto:"):
         cap = text.partition(":")[2] or str(DEFAULT_POS_WEIGHT_CAP)
         try:

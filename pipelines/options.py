@@ -198,7 +198,7 @@ STEP = OptionGroup("optimizer step", StepConfig, (
                                                "step"),
     Option("second-order", "second_order", "MAML-MTL: differentiate through the inner step"),
     Option("tasks-per-step", "tasks_per_step", "MAML-MTL: tasks drawn per step (default: all)"),
-    Option("pos-weight", "pos_weight", "weight of positive labels in the BCE: a number, or auto[:CAP] "
+    Option("pos-weight", "pos_weight", "weight of positive labels in the BCE: none, a number, or auto[:CAP] "
                                        "for each task's neg/pos in the training labels capped at CAP "
                                        "(default cap 100)", parse=parse_pos_weight),
     Option("loss-normalization", "loss_normalization", "task: mean of the per-task mean losses; "

@@ -137,7 +137,7 @@ def test_positive_weights_are_each_tasks_capped_negative_to_positive_ratio() -> 
     assert weights[4] == 10.0 and weights[5] == 0.1
 
 
-@pytest.mark.parametrize("given, held", [(None, None), (30, 30.0), ("12.5", 12.5), ("auto", "auto:100"),
+@pytest.mark.parametrize("given, held", [(None, None), ("none", None), (30, 30.0), ("12.5", 12.5), ("auto", "auto:100"),
                                          ("AUTO:50", "auto:50")])
 def test_pos_weight_is_a_number_or_auto_with_a_cap(given, held) -> None:
     from models.config import StepConfig
