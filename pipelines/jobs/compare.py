@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.experiments.comparison.tracking import mlflow_tracker
     from pipelines.options import build_train_config, resolve_options
 
-    base = build_train_config(resolve_options(args, GROUPS), data_dir=args.data)
+    # Each row names its own step; the shared settings are checked against
+    # the step that reads them all (a plain row then refuses MAML-only ones).
+    base = build_train_config({**resolve_options(args, GROUPS), "optimizer": "maml-mtl"},
+                              data_dir=args.data)
     try:
         configurations = [parse_configuration(text, base.model, base.step) for text in args.configs]
     except ValueError as error:
