@@ -51,7 +51,7 @@ mask per task; each task's loss sees the same distribution either way).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -123,7 +123,7 @@ class _Rows:
 
 def maml_outer_losses(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Tensor, *,
                       inner_lr: float, variant: str = "split", inner_fraction: float = 0.8,
-                      second_order: bool = False, pos_weight: float | None = None,
+                      second_order: bool = False, pos_weight: float | Sequence[float] | Tensor | None = None,
                       tasks: Tensor | None = None, autocast: AutocastFactory | None = None) -> Tensor:
     """Per-task outer losses `[K']`, differentiable w.r.t. the model's
     parameters (first- or second-order as asked): L_k(theta'_k; O) for split
@@ -137,6 +137,8 @@ def maml_outer_losses(model: MultiTaskModel, x: Tensor, labels: Tensor, mask: Te
         raise ValueError(f"MAML-MTL variant {variant!r} is not one of {tuple(MAML_VARIANTS)}")
     if tasks is not None:
         labels, mask = labels[:, tasks], mask[:, tasks]
+        if pos_weight is not None and not isinstance(pos_weight, (int, float)):
+            pos_weight = torch.as_tensor(pos_weight, dtype=x.dtype, device=x.device)[tasks]
     if isinstance(model, MixtureOfExpertsModel):
         evaluate = _mixture_outer_losses
     elif getattr(model, "task_separable", False):

@@ -373,3 +373,19 @@ def test_label_normalization_weighs_tasks_by_their_labels(optimizer: str, varian
     expected = (by_task.task_losses * outer_counts).sum() / outer_counts.sum()
     torch.testing.assert_close(by_label.loss, expected)
     assert not torch.allclose(by_label.loss, by_task.loss)
+
+
+def test_task_sampling_with_per_task_positive_weights() -> None:
+    """A task's outer loss depends on its own inner step only, so the tasks a
+    subsampled step draws score as in the all-task step, each with its own
+    positive weight (the weights follow the sampled tasks)."""
+    x, labels, mask = batch(20, 12, 5, seed=5)
+    weights = (1.0, 5.0, 20.0, 2.0, 50.0)
+    model = tiny_model("mmoeex", (6,), 0.67)
+    every = build_step(step_config(task_pos_weight=weights, pos_weight="auto:50"))(model, x, labels, mask)
+    torch.manual_seed(0)
+    some = build_step(step_config(task_pos_weight=weights, pos_weight="auto:50", tasks_per_step=2))(
+        model, x, labels, mask)
+    drawn = ~torch.isnan(some.task_losses)
+    assert int(drawn.sum()) == 2
+    torch.testing.assert_close(some.task_losses[drawn], every.task_losses[drawn])
