@@ -188,8 +188,9 @@ class StepConfig:
     """How one batch becomes a gradient.
 
     The defaults follow the real PCBA subset (docs/results.md): the plain
-    step with per-task class weighting; MAML-MTL is the same network with
-    the two-step update, slower per epoch and per second on CPUs.
+    step with per-task class weighting and the loss averaged over all
+    present labels; MAML-MTL is the same network with the two-step update,
+    slower per epoch and per second on CPUs.
 
     optimizer: "maml-mtl" (Aoki et al. 2021, Sec. 3.2; models/maml.py) or
         "plain" (gradient of the mean task loss).
@@ -230,7 +231,7 @@ class StepConfig:
     tasks_per_step: int | None = None
     pos_weight: float | str | None = "auto:100"
     task_pos_weight: tuple[float, ...] | None = None
-    loss_normalization: str = "task"
+    loss_normalization: str = "label"
     autocast: str | None = None
 
     def __post_init__(self) -> None:

@@ -20,9 +20,11 @@ from models.steps import StepConfig, build_step
 
 
 def step_config(**changes) -> StepConfig:
-    """A MAML-MTL step without class weighting unless asked: the cases below
-    compare steps and paths, not the product's defaults."""
-    return StepConfig(**{"optimizer": "maml-mtl", "pos_weight": None, **changes})
+    """A MAML-MTL step without class weighting, its loss the mean of the
+    per-task losses, unless asked: the cases below compare steps and paths,
+    not the product's defaults."""
+    return StepConfig(**{"optimizer": "maml-mtl", "pos_weight": None, "loss_normalization": "task",
+                         **changes})
 
 
 def batch(rows: int, features: int, tasks: int, seed: int = 0, dtype: torch.dtype = torch.float64):
@@ -357,7 +359,8 @@ def test_label_normalization_weighs_tasks_by_their_labels(optimizer: str, varian
     outer labels count."""
     x, labels, mask = batch(20, 12, 5, seed=4)
     model = tiny_model("mmoeex", (6,), 0.67)
-    by_task = build_step(step_config(optimizer=optimizer, maml_variant=variant))(model, x, labels, mask)
+    by_task = build_step(step_config(optimizer=optimizer, maml_variant=variant,
+                                     loss_normalization="task"))(model, x, labels, mask)
     by_label = build_step(step_config(optimizer=optimizer, maml_variant=variant,
                                      loss_normalization="label"))(model, x, labels, mask)
     torch.testing.assert_close(by_label.task_losses, by_task.task_losses)
