@@ -4,6 +4,7 @@ champion promotion, trial resources. No Ray cluster here (see
 test_tuning_sweep.py for the real sweep)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -48,7 +49,7 @@ def _draw(space: SearchSpace, n: int, seed: int) -> list[dict]:
                                                                            random_state=rng)]
 
 
-def test_default_space_covers_the_issue_and_round_trips() -> None:
+def test_default_space_covers_the_searched_parameters_and_round_trips() -> None:
     space = SearchSpace.from_mapping()
     assert space.parameters["alpha"] == Uniform(0.0, 1.0, 0.25)
     assert space.parameters["n_experts"] == Choice((4, 8, 12, 16, 32))
@@ -213,6 +214,12 @@ def test_trial_resources_leave_a_cpu_to_the_data_readers() -> None:
 def test_sweep_config_round_trips() -> None:
     config = _sweep(num_samples=5, searcher="optuna", seed=3)
     assert SweepConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    # A space cut to the plain step (no inner lr) comes back as it was: a
+    # resumed sweep must hand Tune the space it started with.
+    plain = dataclasses.replace(config, space=config.space.applicable_to(ModelConfig(),
+                                                                          StepConfig(optimizer="plain")))
+    restored = SweepConfig.from_dict(json.loads(json.dumps(plain.to_dict())))
+    assert restored == plain and "inner_lr" not in restored.space.parameters
 
 
 def test_trial_table_and_figure() -> None:

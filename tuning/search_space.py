@@ -169,6 +169,17 @@ class SearchSpace:
         return cls({name: parse_parameter(name, merged[name]) for name in PARAMETERS})
 
     @classmethod
+    def from_saved(cls, mapping: Mapping[str, Any]) -> SearchSpace:
+        """Exactly the parameters of a saved space (:meth:`to_mapping`), no
+        defaults added: a resumed sweep must search the space it started
+        with (Tune refuses another), which may hold fewer parameters than the
+        default space (:meth:`applicable_to`)."""
+        unknown = sorted(set(mapping) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"unknown search space parameters {unknown}; known: {list(PARAMETERS)}")
+        return cls({name: parse_parameter(name, spec) for name, spec in mapping.items()})
+
+    @classmethod
     def from_file(cls, path: str | Path | None) -> SearchSpace:
         """The default space, overridden by a YAML (.yaml/.yml) or JSON file."""
         if path is None:

@@ -117,7 +117,7 @@ class SweepConfig:
     def from_dict(cls, values: dict[str, Any]) -> SweepConfig:
         return cls(**{**values, "base": TrainConfig.from_dict(values["base"]),
                       "scheduler": SchedulerConfig(**values["scheduler"]),
-                      "space": SearchSpace.from_mapping(values["space"])})
+                      "space": SearchSpace.from_saved(values["space"])})
 
 
 @dataclass(frozen=True)
