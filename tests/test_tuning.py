@@ -122,6 +122,11 @@ def test_trial_params_apply_to_the_base_configs() -> None:
     assert (model.alpha, model.n_experts, model.expert_hidden, model.tower_hidden) == (0.0, 12, (64, 64), 8)
     assert model.n_exclusive_experts == 0  # alpha 0 is plain MMoE
     assert (step.inner_lr, step.optimizer, lr) == (0.02, "maml-mtl", 0.003)
+    # A sampled weighting replaces a base whose "auto" was already resolved.
+    resolved = StepConfig(pos_weight="auto:100", task_pos_weight=(2.0, 3.0))
+    for sampled, expected in (("none", None), (30, 30.0), ("auto:30", "auto:30")):
+        _, step, _ = TrialParams.from_config({"pos_weight": sampled}).apply(ModelConfig(), resolved, 1e-3)
+        assert (step.pos_weight, step.task_pos_weight) == (expected, None)
     # A space without a parameter leaves the base's value.
     model, step, lr = TrialParams.from_config({"alpha": 0.25}).apply(ModelConfig(), StepConfig(), 1e-3)
     assert (model.alpha, model.n_experts, step.inner_lr, lr) == (0.25, ModelConfig.n_experts,

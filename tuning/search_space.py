@@ -302,6 +302,9 @@ class TrialParams:
             if name == "expert_width":
                 value = (int(value),) * len(model.expert_hidden)
             changes[config][field] = value
+        if "pos_weight" in changes["step"]:
+            # A new weighting is resolved again from the training labels.
+            changes["step"]["task_pos_weight"] = None
         return (dataclasses.replace(model, **changes["model"]),
                 dataclasses.replace(step, **changes["step"]), float(changes["train"].get("lr", lr)))
 
