@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import UserError
-from pipelines.names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from pipelines.names import CHAMPION_ALIAS, CHAMPION_URI, DEFAULT_MODEL_NAME
+
+if TYPE_CHECKING:
+    from pipelines.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +214,7 @@ def _train_stage(settings: RunSettings, out: Path, dataset: Path, tracking_uri: 
     champion = get_alias_version(DEFAULT_MODEL_NAME, CHAMPION_ALIAS, tracking_uri=tracking_uri)
     if done and champion is not None and int(champion.version) == done["outputs"]["version"]:
         return None, _line(True, _train_result(config, done["outputs"]),
-                           f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}")
+                           CHAMPION_URI)
     trained = run_training(config, register_name=DEFAULT_MODEL_NAME, alias=CHAMPION_ALIAS)
     outputs = {
         "version": trained.registered_version, "run_id": trained.mlflow_run_id,
@@ -220,10 +223,10 @@ def _train_stage(settings: RunSettings, out: Path, dataset: Path, tracking_uri: 
         "test_mean_roc_auc": trained.test.mean_roc_auc if trained.test else None,
     }
     records.save("train", inputs, outputs)
-    return None, _line(False, _train_result(config, outputs), f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}")
+    return None, _line(False, _train_result(config, outputs), CHAMPION_URI)
 
 
-def _train_result(config, outputs: Mapping[str, Any]) -> str:
+def _train_result(config: TrainConfig, outputs: Mapping[str, Any]) -> str:
     metrics = ""
     if outputs.get("test_mean_ap") is not None:
         metrics = (f", test mean AP {outputs['test_mean_ap']:.3f}"
@@ -254,7 +257,7 @@ def _screen_stage(settings: RunSettings, out: Path, library: Path, tracking_uri:
     from pipelines.screening import ScreeningConfig, screen_library
 
     result = screen_library(ScreeningConfig(
-        model_uri=f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}", library=library, out_dir=out / "screen",
+        model_uri=CHAMPION_URI, library=library, out_dir=out / "screen",
         tracking_uri=tracking_uri, id_col="mol_id", top_k=settings.top_k, overwrite=True))
     summary = (f"{result.scored:,} scored, {result.rejected:,} rejected, "
                f"{result.molecules_per_second:,.0f} mol/s; {result.hits:,} top-{settings.top_k} hits, "

@@ -4,6 +4,8 @@
 DEFAULT_MODEL_NAME = "pcba-mmoeex"
 #: The alias a promoted version gets (the one screening pulls).
 CHAMPION_ALIAS = "champion"
+#: Where screening finds the champion by default.
+CHAMPION_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 #: MLflow experiments of training runs (train, tune, run) and of comparisons.
 TRAINING_EXPERIMENT = "pcba-mmoeex"
 COMPARISON_EXPERIMENT = "pcba-mmoeex-comparison"

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from pipelines.end_to_end import RunSettings  # dataclasses only: --help stays instant
-from pipelines.names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from pipelines.names import CHAMPION_URI
 from pipelines.options import (
     MODEL,
     RAY_TRAIN,
@@ -68,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, title=f"pipeline run ({settings.data_source}) in {total:.0f} s "
                                    f"-> {Path(settings.out)}"))
     print(f"\nMLflow UI:  {report.mlflow_ui}")
-    print(f"Screen again: python -m pipelines screen --model models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS} "
+    print(f"Screen again: python -m pipelines screen --model {CHAMPION_URI} "
           f"--tracking-uri {report.tracking_uri} --library FILE --out DIR")
     return 0

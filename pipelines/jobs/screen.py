@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME
+from pipelines.names import CHAMPION_URI
 from pipelines.options import add_ray_arguments, add_tracking_uri_argument
 
 HELP = "score a molecule library with a registered model (Ray Data) and rank hits"
@@ -17,7 +17,7 @@ HELP = "score a molecule library with a registered model (Ray Data) and rank hit
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help=f"registered model, e.g. models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS} "
+                        help=f"registered model, e.g. {CHAMPION_URI} "
                              "(or models:/NAME/VERSION)")
     parser.add_argument("--library", required=True, type=Path,
                         help="molecules (.csv/.csv.gz/.parquet/.smi/.sdf) or a featurize output folder")
