@@ -4,6 +4,7 @@ as the in-memory model; bad SMILES give no score and a reason, never a
 crash; served over HTTP, the response is strict JSON."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,6 +22,13 @@ from featurize.standardize import standardize_smiles
 from models.config import ModelConfig
 from models.factory import build_model
 from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.domain import (
+    DOMAIN_COLUMNS,
+    IN_TRAINING_SET_COLUMN,
+    NN_MOL_ID_COLUMN,
+    NN_SIMILARITY_COLUMN,
+    TrainingDomain,
+)
 from pipelines.serving.pyfunc_model import ERROR_COLUMN
 from pipelines.serving.scorer import Scorer
 
@@ -43,7 +51,9 @@ def test_scorer_matches_the_model_and_reports_bad_smiles(bundle: ModelBundle,
                                                          nci_smiles: list[str]) -> None:
     scorer = Scorer(bundle, device="cpu")
     smiles = nci_smiles[:20] + BAD
-    probs, errors = scorer.score_smiles(smiles)
+    scores = scorer.score_smiles(smiles)
+    probs, errors = scores.probabilities, scores.errors
+    assert scores.neighbours is None  # saved without its training domain
     assert probs.shape == (len(smiles), len(TASKS)) and probs.dtype == np.float32
     assert errors[:20] == [None] * 20 and all(errors[20:])
     assert np.isnan(probs[20:]).all() and not np.isnan(probs[:20]).any()
@@ -60,9 +70,35 @@ def test_scorer_matches_the_model_and_reports_bad_smiles(bundle: ModelBundle,
 
 def test_bundle_round_trip(bundle: ModelBundle, tmp_path: Path) -> None:
     loaded = ModelBundle.load(bundle.save(tmp_path / "bundle"))
-    assert loaded.spec == SPEC and loaded.tasks == TASKS
+    assert loaded.spec == SPEC and loaded.tasks == TASKS and loaded.domain is None
     for key, value in bundle.model.state_dict().items():
         assert torch.equal(value, loaded.model.state_dict()[key]), key
+
+
+def with_domain(bundle: ModelBundle, smiles: list[str]) -> ModelBundle:
+    """``bundle`` carrying the training domain of ``smiles`` (ids train-0 ...)."""
+    mols = [standardize_smiles(text).mol for text in smiles]
+    fingerprints = fingerprint_matrix(mols, SPEC)
+    domain = TrainingDomain.build(fingerprints, [f"train-{i}" for i in range(len(mols))], n_bits=SPEC.n_bits)
+    return dataclasses.replace(bundle, domain=domain)
+
+
+def test_scores_carry_the_nearest_training_molecule(bundle: ModelBundle, nci_smiles: list[str],
+                                                    tmp_path: Path) -> None:
+    train = nci_smiles[:40]
+    loaded = ModelBundle.load(with_domain(bundle, train).save(tmp_path / "bundle"))
+    assert loaded.domain is not None and loaded.domain.rows == 40
+    smiles = [train[3], *nci_smiles[200:205], *BAD]
+    scores = Scorer(loaded, device="cpu").score_smiles(smiles)
+    found = scores.neighbours
+    assert found.similarity[0] == 1.0 and found.in_training_set[0]
+    assert found.mol_id[0] == "train-3" or np.array_equal(  # or a molecule with the same bits
+        *fingerprint_matrix([standardize_smiles(s).mol for s in (train[3], train[int(found.mol_id[0][6:])])], SPEC))
+    assert np.all((found.similarity[1:6] >= 0) & (found.similarity[1:6] <= 1))
+    assert np.isnan(found.similarity[6:]).all() and found.mol_id[6:] == [None] * len(BAD)
+    with pytest.raises(ValueError, match="training domain has 256-bit"):
+        ModelBundle(model=bundle.model, spec=SPEC, tasks=TASKS, domain=TrainingDomain.build(
+            np.zeros((2, 32), np.uint8), ["a", "b"], n_bits=256))
 
 
 @pytest.mark.slow
@@ -84,6 +120,7 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
     log_metrics(mlflow_uri, run_id, {"test_mean_ap": 0.4321})
     # An explicit tracking URI wins over the process's default store.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    bundle = with_domain(bundle, nci_smiles[:100])
     log_scoring_model(mlflow_uri, run_id, bundle)
 
     assert get_alias_version("pcba-test", "champion", tracking_uri=mlflow_uri) is None
@@ -95,13 +132,18 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
     assert champion.tags["test_mean_ap"] == "0.4321" and champion.tags["git_commit"] == "abc123"
     assert get_alias_version("pcba-test", "staging", tracking_uri=mlflow_uri) is None
 
-    smiles = nci_smiles[100:130] + BAD
-    expected, expected_errors = Scorer(bundle, device="cpu").score_smiles(smiles)
+    smiles = nci_smiles[90:130] + BAD  # ten training molecules, thirty others, bad rows
+    expected_scores = Scorer(bundle, device="cpu").score_smiles(smiles)
+    expected, expected_errors = expected_scores.probabilities, expected_scores.errors
     pyfunc = mlflow.pyfunc.load_model("models:/pcba-test@champion")
     frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}))
-    assert list(frame.columns) == [*TASKS, ERROR_COLUMN]
+    assert list(frame.columns) == [*TASKS, *DOMAIN_COLUMNS, ERROR_COLUMN]
     np.testing.assert_array_equal(frame[TASKS].to_numpy(np.float32), expected)
     assert frame[ERROR_COLUMN].tolist() == expected_errors
+    assert frame[NN_SIMILARITY_COLUMN].iloc[:10].tolist() == [1.0] * 10
+    assert frame[IN_TRAINING_SET_COLUMN].iloc[:10].tolist() == [True] * 10
+    assert frame[NN_MOL_ID_COLUMN].tolist() == expected_scores.neighbours.mol_id
+    assert frame[NN_SIMILARITY_COLUMN].iloc[-len(BAD):].isna().all()
     scorer = load_scorer("models:/pcba-test@champion", device="cpu")
     assert scorer.tasks == TASKS and scorer.spec == SPEC
     # Screening finds the model through its --tracking-uri alone, whatever the
@@ -204,7 +246,7 @@ def test_mlflow_models_serve_answers_strict_json(bundle: ModelBundle, mlflow_uri
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     run_id = client.create_run(ensure_experiment(mlflow_uri, "tests")).info.run_id
-    model_uri = log_scoring_model(mlflow_uri, run_id, bundle)
+    model_uri = log_scoring_model(mlflow_uri, run_id, with_domain(bundle, nci_smiles[:5]))
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # MLflow starts uvicorn by name
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -236,6 +278,8 @@ def test_mlflow_models_serve_answers_strict_json(bundle: ModelBundle, mlflow_uri
         assert [row[ERROR_COLUMN] is None for row in rows] == [True] * 5 + [False] * len(BAD)
         assert all(row[TASKS[0]] is None for row in rows[5:])
         assert all(0 < row[task] < 1 for row in rows[:5] for task in TASKS)
+        assert [row[IN_TRAINING_SET_COLUMN] for row in rows] == [True] * 5 + [None] * len(BAD)
+        assert [row[NN_SIMILARITY_COLUMN] for row in rows[5:]] == [None] * len(BAD)
         many = (nci_smiles * 3)[:9_990] + BAD * 4
         big = invoke(many[:10_000])
         assert len(big) == 10_000 and sum(row[ERROR_COLUMN] is not None for row in big) >= len(BAD)

@@ -34,6 +34,7 @@ from pipelines.experiments.sweep_trial import (
 )
 from pipelines.platform import tracking
 from pipelines.training.config import TrainConfig
+from pipelines.training.domain import training_domain
 from pipelines.training.trainer import prepare_config
 from tuning.schedulers import (
     METRIC,
@@ -190,6 +191,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, register_name: str |
                         "or choose another --name")
     base, info = prepare_config(dataclasses.replace(config.base, run_name=config.name))
     config = dataclasses.replace(config, base=base)
+    training_domain(info)  # built (and kept with the dataset) once, not by every trial
     uri = base.tracking_uri
     parent_run_id, _ = tracking.start_run(uri, base.experiment_name, config.name,
                                           tags={SWEEP_TAG: config.name})

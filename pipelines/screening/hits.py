@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.screening.outputs import HITS_FILE, MULTI_ASSAY_FILE, SingleParquetWriter
+from pipelines.screening.outputs import DOMAIN_FIELDS, HITS_FILE, MULTI_ASSAY_FILE, SingleParquetWriter
 
 READ_ROWS = 65_536
 
@@ -135,12 +135,15 @@ def _top_k_membership(hits: pa.Table, assays: Sequence[str]) -> tuple[pa.Table, 
 
 
 def _hits_table(score_files: Sequence[Path], assays: Sequence[str], top: TopK) -> pa.Table:
-    """Attach ids and SMILES to the winning rows (a second pass over two
-    narrow columns, keeping only the at most top_k x assays winners)."""
+    """Attach ids, SMILES and (where scored) the nearest training molecule
+    to the winning rows (a second pass over a few narrow columns, keeping
+    only the at most top_k x assays winners)."""
     wanted = pa.array(np.unique(np.concatenate([np.empty(0, np.int64), *top.rows])))
-    columns = ["row", "mol_id", "smiles"]
+    schema = pq.read_schema(score_files[0])
+    domain = [field for field in DOMAIN_FIELDS if field.name in schema.names]
+    columns = ["row", "mol_id", "smiles", *(field.name for field in domain)]
     lookup = pa.concat_tables([
-        pq.read_schema(score_files[0]).empty_table().select(columns),
+        schema.empty_table().select(columns),
         *(table.filter(pc.is_in(table["row"], value_set=wanted))
           for table in _iter_tables(score_files, columns)),
     ])
@@ -159,7 +162,8 @@ def _hits_table(score_files: Sequence[Path], assays: Sequence[str], top: TopK) -
         "mol_id": lookup["mol_id"].take(take),
         "smiles": lookup["smiles"].take(take),
         "score": pa.array(np.concatenate([np.empty(0, np.float32), *score_col]), pa.float32()),
-    }, schema=HITS_SCHEMA)
+        **{field.name: lookup[field.name].take(take) for field in domain},
+    }, schema=pa.schema([*HITS_SCHEMA, *domain]))
 
 
 def _iter_tables(files: Sequence[Path], columns: list[str]) -> Iterator[pa.Table]:

@@ -32,6 +32,7 @@ class ScreeningModel:
     tasks: list[str]
     archive: bytes  # the ModelBundle folder, zipped
     sha256: str  # of the pyfunc folder's files (names and bytes): the model's identity
+    has_domain: bool = False  # carries its training domain: scores get nn_similarity & co.
 
     def assay_indices(self, assays: list[str] | None) -> list[int]:
         """Output columns for ``assays`` (all when None), in the order asked."""
@@ -69,7 +70,8 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
         # Actors need only the bundle, already inside the download as the
         # pyfunc's artifact: zip it as it is.
         return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks),
-                              zip_folder(pyfunc.bundle_dir), folder_sha256(Path(local)))
+                              zip_folder(pyfunc.bundle_dir), folder_sha256(Path(local)),
+                              has_domain=scorer.domain is not None)
 
 
 def _files(folder: Path) -> list[tuple[str, Path]]:

@@ -5,7 +5,9 @@ Layout of the output folder::
     scores/part-00000.parquet ...  one row per scored molecule: row (source
                                     position), mol_id, smiles (as in the library;
                                     canonical for SDF records),
-                                    one float32 probability column per assay
+                                    one float32 probability column per assay;
+                                    with a model that carries its training domain,
+                                    nn_similarity, nn_mol_id, in_training_set
     rejects.parquet                 row, raw, mol_id, reason: every library
                                     row that could not be scored
     hits.parquet                    top K per assay: assay, rank, row, mol_id, smiles, score
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import UserError
+from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
 
 SCORES_DIR = "scores"
 REJECTS_FILE = "rejects.parquet"
@@ -45,12 +48,20 @@ REJECTS_SCHEMA = pa.schema([
 ])
 
 
-def scores_schema(assays: Sequence[str]) -> pa.Schema:
+DOMAIN_FIELDS = (
+    pa.field(NN_SIMILARITY_COLUMN, pa.float32(), nullable=False),
+    pa.field(NN_MOL_ID_COLUMN, pa.string()),
+    pa.field(IN_TRAINING_SET_COLUMN, pa.bool_(), nullable=False),
+)
+
+
+def scores_schema(assays: Sequence[str], with_domain: bool = False) -> pa.Schema:
     return pa.schema([
         pa.field("row", pa.int64(), nullable=False),
         pa.field("mol_id", pa.string()),
         pa.field("smiles", pa.string()),
         *(pa.field(assay, pa.float32(), nullable=False) for assay in assays),
+        *(DOMAIN_FIELDS if with_domain else ()),
     ])
 
 

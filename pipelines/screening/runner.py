@@ -140,7 +140,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
             counts = write_scores(
                 dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
                 assays, staged.scratch / SCORES_DIR, staged.scratch / REJECTS_FILE,
-                expected_rows=library.rows, progress=config.progress)
+                expected_rows=library.rows, progress=config.progress, with_domain=model.has_domain)
             streaming_s = time.perf_counter() - streaming_started
         hits = rank_hits(counts.score_files, assays, staged.scratch, top_k=config.top_k,
                          threshold=config.threshold, min_active_assays=config.min_active_assays)

@@ -31,6 +31,13 @@ from pipelines.errors import UserError
 from pipelines.screening.library import BLOCK_ROWS, ScreeningLibrary
 from pipelines.screening.model import ScreeningModel, unzip_to
 from pipelines.screening.outputs import ShardedParquetWriter, SingleParquetWriter
+from pipelines.serving.domain import (
+    DOMAIN_COLUMNS,
+    IN_TRAINING_SET_COLUMN,
+    NN_MOL_ID_COLUMN,
+    NN_SIMILARITY_COLUMN,
+    Neighbours,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +132,30 @@ class AssayScorer:
         started = self._clock()
         accepted = pc.is_null(batch["reason"]).to_numpy(zero_copy_only=False)
         probabilities = np.zeros((batch.num_rows, len(self.assays)), dtype=np.float32)
+        neighbours = None
         if accepted.any():
             fp = fixed_binary_to_numpy(batch["fp"], self.scorer.spec.n_bytes)[accepted]
             probabilities[accepted] = self.scorer.score_packed(fp)[:, self.columns]
+            neighbours = self.scorer.neighbours(fp)
         table = batch.drop_columns(["fp"])
         for index, assay in enumerate(self.assays):
             table = table.append_column(assay, pa.array(probabilities[:, index], mask=~accepted))
+        if self.scorer.domain is not None:
+            table = _with_domain(table, accepted, neighbours)
         return _with_seconds(table, SCORE_SECONDS, self._clock() - started)
+
+
+def _with_domain(table: pa.Table, accepted: np.ndarray, neighbours: Neighbours | None) -> pa.Table:
+    """The block with its accepted rows' nearest training molecules (null on
+    rejected rows)."""
+    similarity = np.zeros(table.num_rows, np.float32)
+    mol_ids = np.full(table.num_rows, None, dtype=object)
+    if neighbours is not None:
+        similarity[accepted] = neighbours.similarity
+        mol_ids[accepted] = neighbours.mol_id
+    return (table.append_column(NN_SIMILARITY_COLUMN, pa.array(similarity, mask=~accepted))
+            .append_column(NN_MOL_ID_COLUMN, pa.array(mol_ids, pa.string()))
+            .append_column(IN_TRAINING_SET_COLUMN, pa.array(similarity >= 1.0, mask=~accepted)))
 
 
 def _with_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
@@ -212,12 +236,14 @@ def pool_size(resources: Resources) -> int:
 
 
 def write_scores(blocks: Iterator[pa.Table], assays: list[str], scores_dir: Path,
-                 rejects_path: Path, expected_rows: int | None, progress: bool) -> ScoringCounts:
+                 rejects_path: Path, expected_rows: int | None, progress: bool,
+                 with_domain: bool = False) -> ScoringCounts:
     """Split each scored block into the score shards and the rejects file,
     checking that every library row comes back exactly once."""
     from pipelines.screening.outputs import REJECTS_SCHEMA, scores_schema
 
-    scores = ShardedParquetWriter(scores_dir, scores_schema(assays))
+    scores = ShardedParquetWriter(scores_dir, scores_schema(assays, with_domain))
+    domain_columns = list(DOMAIN_COLUMNS) if with_domain else []
     rejects = SingleParquetWriter(rejects_path, REJECTS_SCHEMA)
     ledger = RowLedger()
     scored = rejected = 0
@@ -228,8 +254,8 @@ def write_scores(blocks: Iterator[pa.Table], assays: list[str], scores_dir: Path
             ledger.add(block["_row"].to_numpy())
             accepted = pc.is_null(block["reason"])
             accepted_rows = block.filter(accepted)
-            scores.write(accepted_rows.select(["_row", "mol_id", "smiles", *assays])
-                         .rename_columns(["row", "mol_id", "smiles", *assays]))
+            scores.write(accepted_rows.select(["_row", "mol_id", "smiles", *assays, *domain_columns])
+                         .rename_columns(["row", "mol_id", "smiles", *assays, *domain_columns]))
             rejected_rows = block.filter(pc.invert(accepted))
             rejects.write(rejected_rows.select(["_row", "raw", "mol_id", "reason"])
                           .rename_columns(["row", "raw", "mol_id", "reason"]))

@@ -7,9 +7,13 @@ training job logs for the best epoch)::
     model_config.json       models.config.ModelConfig.to_dict()
     fingerprint_spec.json   featurize.spec.FingerprintSpec.to_json()
     tasks.json              task (assay) names, in output column order
+    domain/                 optional: the training fingerprints, searchable
+                            (pipelines.serving.domain.TrainingDomain)
 
 The spec and task names travel with the weights so that screening can refuse
 a library featurized another way, and so output columns are named by assay.
+The domain lets every score say how near the training set its molecule is;
+bundles saved without one score as before, without those columns.
 """
 from __future__ import annotations
 
@@ -25,20 +29,24 @@ from safetensors.torch import load_model, save_model
 from featurize.spec import FingerprintSpec
 from models.config import ModelConfig
 from models.factory import build_model
+from pipelines.serving.domain import TrainingDomain
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 SPEC_FILE = "fingerprint_spec.json"
 TASKS_FILE = "tasks.json"
+DOMAIN_DIR = "domain"
 
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A model with the fingerprint spec and task names it was trained on."""
+    """A model with the fingerprint spec and task names it was trained on,
+    and optionally its training set's :class:`TrainingDomain`."""
 
     model: torch.nn.Module
     spec: FingerprintSpec
     tasks: list[str]
+    domain: TrainingDomain | None = None
 
     def __post_init__(self) -> None:
         config: ModelConfig = self.model.config
@@ -46,6 +54,9 @@ class ModelBundle:
             raise ValueError(f"model has {config.n_tasks} outputs but {len(self.tasks)} task names")
         if config.n_features != self.spec.n_bits:
             raise ValueError(f"model takes {config.n_features} features but the fingerprint "
+                             f"spec has {self.spec.n_bits} bits ({self.spec.describe()})")
+        if self.domain is not None and self.domain.n_bits != self.spec.n_bits:
+            raise ValueError(f"training domain has {self.domain.n_bits}-bit fingerprints but the "
                              f"spec has {self.spec.n_bits} bits ({self.spec.describe()})")
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -56,6 +67,8 @@ class ModelBundle:
         (directory / CONFIG_FILE).write_text(json.dumps(self.model.config.to_dict(), indent=2))
         (directory / SPEC_FILE).write_text(self.spec.to_json())
         (directory / TASKS_FILE).write_text(json.dumps(list(self.tasks)))
+        if self.domain is not None:
+            self.domain.save(directory / DOMAIN_DIR)
         return directory
 
     @classmethod
@@ -71,8 +84,10 @@ class ModelBundle:
         model = build_model(config)
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         model.to(device).eval()
+        domain = TrainingDomain.load(directory / DOMAIN_DIR) \
+            if TrainingDomain.saved_in(directory / DOMAIN_DIR) else None
         return cls(model=model, spec=FingerprintSpec.from_json((directory / SPEC_FILE).read_text()),
-                   tasks=list(json.loads((directory / TASKS_FILE).read_text())))
+                   tasks=list(json.loads((directory / TASKS_FILE).read_text())), domain=domain)
 
 
 def bundle_from_state(config: ModelConfig, state_dict: dict[str, torch.Tensor],

@@ -9,7 +9,9 @@ Two ways in, one scoring code path (:class:`pipelines.serving.scorer.Scorer`):
   featurize/'s own standardization and fingerprint code, so the features equal
   the training features. A SMILES that cannot be featurized gets None scores
   (``null`` in JSON) and its reason in ``error``; the batch never fails
-  because of one row.
+  because of one row. A model saved with its training domain also returns
+  ``nn_similarity`` (largest Tanimoto similarity to a training molecule),
+  ``nn_mol_id`` (that molecule) and ``in_training_set`` (identical bits).
 - :func:`load_scorer` (or :func:`load_pyfunc_model`, which also gives the
   bundle folder screening ships to its actors): the same model with
   ``score_packed`` to score fingerprints already featurized (the Parquet
@@ -24,6 +26,7 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
 from pipelines.serving.scorer import Scorer
 
 SMILES_COLUMN = "smiles"
@@ -46,14 +49,21 @@ class PcbaPyfuncModel(PythonModel):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         if SMILES_COLUMN not in model_input.columns:
             raise ValueError(f"input needs a {SMILES_COLUMN!r} column, got {list(model_input.columns)}")
-        probs, errors = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist())
-        out = pd.DataFrame(probs, columns=self.scorer.tasks, index=model_input.index)
-        if any(error is not None for error in errors):
-            # A bad row's scores are None, not NaN: NaN is not JSON (RFC 8259),
+        scores = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist())
+        out = pd.DataFrame(scores.probabilities, columns=self.scorer.tasks, index=model_input.index)
+        failed = any(error is not None for error in scores.errors)
+        if scores.neighbours is not None:
+            found = scores.neighbours
+            out[NN_SIMILARITY_COLUMN] = found.similarity
+            out[NN_MOL_ID_COLUMN] = pd.Series(found.mol_id, index=model_input.index, dtype=object)
+            in_training = pd.Series(found.in_training_set, index=model_input.index, dtype=object)
+            out[IN_TRAINING_SET_COLUMN] = in_training.where(out[NN_MOL_ID_COLUMN].notna(), None)
+        if failed:
+            # A bad row's values are None, not NaN: NaN is not JSON (RFC 8259),
             # and `mlflow models serve` writes the frame as it is, so one NaN
             # would make a strict client (JSON.parse) reject every row.
             out = out.astype(object).where(out.notna(), None)
-        out[ERROR_COLUMN] = pd.Series(errors, index=model_input.index, dtype=object)
+        out[ERROR_COLUMN] = pd.Series(scores.errors, index=model_input.index, dtype=object)
         return out
 
 

@@ -23,19 +23,15 @@ from models.metrics import METRICS, SELECTION_METRIC, metric_key
 from pipelines.errors import UserError
 from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 from pipelines.serving.bundle import ModelBundle
-from pipelines.serving.pyfunc_model import (
-    BUNDLE_ARTIFACT,
-    ERROR_COLUMN,
-    SMILES_COLUMN,
-    pyfunc_entry_path,
-)
+from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
+from pipelines.serving.pyfunc_model import BUNDLE_ARTIFACT, ERROR_COLUMN, SMILES_COLUMN, pyfunc_entry_path
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME_IN_RUN = "model"
 MODEL_ID_TAG = "pcba.model_id"
 #: Packages the pyfunc needs at load time (exact versions of this environment).
-PYFUNC_REQUIREMENTS = ("mlflow", "torch", "rdkit", "numpy", "pandas", "safetensors")
+PYFUNC_REQUIREMENTS = ("mlflow", "torch", "rdkit", "numpy", "pandas", "safetensors", "usearch")
 #: Our code, bundled with the model so a registered version keeps the
 #: featurization and network code it was trained with: the packages scoring
 #: imports and nothing of the jobs, training or Ray (pipelines/serving/ stands
@@ -56,7 +52,7 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
     import mlflow
     import mlflow.pyfunc
 
-    signature = scoring_signature(bundle.tasks)
+    signature = scoring_signature(bundle.tasks, with_domain=bundle.domain is not None)
     package_root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="pcba-bundle-") as scratch:
         bundle_dir = bundle.save(Path(scratch) / BUNDLE_ARTIFACT)
@@ -94,13 +90,18 @@ def bundle_code(package_root: Path, destination: Path) -> list[Path]:
     return sorted({destination / Path(relative).parts[0] for relative in BUNDLED_CODE})
 
 
-def scoring_signature(tasks: list[str]):  # -> mlflow.models.ModelSignature
+def scoring_signature(tasks: list[str], with_domain: bool = False):  # -> mlflow.models.ModelSignature
     """Input: a ``smiles`` string column. Output: one float column per task
-    (null where the SMILES failed) and an optional string ``error``."""
+    (null where the SMILES failed), the applicability-domain columns when
+    the model carries its training domain, and an optional string ``error``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     outputs = [ColSpec("float", task) for task in tasks]
+    if with_domain:
+        outputs += [ColSpec("float", NN_SIMILARITY_COLUMN, required=False),
+                    ColSpec("string", NN_MOL_ID_COLUMN, required=False),
+                    ColSpec("boolean", IN_TRAINING_SET_COLUMN, required=False)]
     outputs.append(ColSpec("string", ERROR_COLUMN, required=False))
     return ModelSignature(inputs=Schema([ColSpec("string", SMILES_COLUMN)]),
                           outputs=Schema(outputs))

@@ -33,6 +33,7 @@ from pipelines.platform import tracking
 from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
 from pipelines.training.config import TrainConfig
+from pipelines.training.domain import training_domain
 from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle
 from pipelines.training.worker import TRAIN_SPLIT, VALID_SPLIT, restore_checkpoint, train_loop_per_worker
 
@@ -243,9 +244,12 @@ def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _load_bundle(config: TrainConfig, info: DatasetInfo, checkpoint: Any) -> ModelBundle:
+    """The checkpoint's model with what scoring needs: spec, task names and
+    the training split's applicability domain."""
     model = build_model(config.model)
     restore_checkpoint(checkpoint, model, None)
-    return ModelBundle(model=model.eval(), spec=info.spec, tasks=list(info.tasks))
+    return ModelBundle(model=model.eval(), spec=info.spec, tasks=list(info.tasks),
+                       domain=training_domain(info))
 
 
 def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
