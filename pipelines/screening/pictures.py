@@ -73,8 +73,8 @@ def draw_hits_grid(hits: pd.DataFrame, path: Path, *, show_assay: bool) -> Path:
 
     options = Draw.MolDrawOptions()
     options.legendFraction = 0.25  # three legend lines stay readable
-    options.legendFontSize = 15
-    options.fixedBondLength = 25  # small molecules are not blown up to the cell
+    options.legendFontSize = 14
+    options.fixedBondLength = 30  # small molecules are not blown up to the cell
     records = hits.to_dict("records")
     mols = [standardize_smiles(record["smiles"], canonical=False).mol or Chem.Mol()
             for record in records]
