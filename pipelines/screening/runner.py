@@ -193,9 +193,9 @@ def log_pictures(pictures: list[Path], model_uri: str, tracking_uri: str,
             logger.info("%s comes from no MLflow run: pictures not logged", model_uri)
             return None
         log_files(tracking_uri, run_id, pictures, artifact_dir)
-    except MlflowException as error:
+    except (MlflowException, OSError) as error:  # the registry, or the run's artifact store
         logger.warning("could not log the hit pictures of %s to MLflow at %s: %s",
-                       model_uri, tracking_uri, error.message.splitlines()[0])
+                       model_uri, tracking_uri, (str(error) or type(error).__name__).splitlines()[0])
         return None
     return f"runs:/{run_id}/{artifact_dir}"
 
