@@ -17,7 +17,9 @@ molecules are left out of the ranking: each assay's list holds its
 ``top_k`` best unflagged molecules, found by paging down the ranking (a pool
 of ``2 x top_k`` candidates, then pages twice as deep, at most
 :data:`MAX_PAGE`, over the assays still short) so memory stays bounded and
-the result is the same as filtering a full sort.
+the result is the same as filtering a full sort. Alerts are remembered per
+distinct SMILES checked (hit lists, pages, the multi-assay view): memory in
+proportion to the alert work (milliseconds a molecule), not to the library.
 """
 from __future__ import annotations
 
