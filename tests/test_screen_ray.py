@@ -1,7 +1,9 @@
 """Screening for real: a model registered in a real MLflow registry, pulled
 back by name@alias, scoring on the shared local Ray through Ray Data.
 Scores must equal the registered pyfunc's own predictions; every library row
-must land in the scores or the rejects; a re-run is a no-op."""
+must land in the scores or the rejects; a re-run is a no-op. Hits carry
+structural alerts, their pictures land in the output and in the model's
+training run."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import pytest
 
 from featurize.pipeline import featurize_file
 from featurize.spec import FingerprintSpec
+from pipelines.screening.alerts import structural_alerts
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -88,9 +91,30 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     for task in TASKS:
         best = scores.sort_values([task, "row"], ascending=[False, True]).head(7)
         assert hits[hits.assay == task]["row"].tolist() == best["row"].tolist()
+    assert [list(names) for names in hits["alerts"]] == structural_alerts(hits["smiles"].tolist())
+    assert result.hits_with_alerts == int((hits["alerts"].str.len() > 0).sum())
+    assert "alerts" in pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet").columns
+    _check_pictures(tmp_path / "out", result, ["hits.png"], registry)
 
     again = _screen(library, tmp_path / "out", registry)
     assert again.skipped_existing and again.scored == result.scored
+
+
+def _check_pictures(out: Path, result, names: list[str], registry: str) -> None:
+    from PIL import Image
+
+    from pipelines.platform.tracking import client
+
+    assert list(result.pictures) == names
+    for name in names:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= 300
+    mlflow_client = client(registry)
+    run_id = mlflow_client.get_model_version_by_alias("pcba-screen-test", "champion").run_id
+    assert result.pictures_logged_to.startswith(f"runs:/{run_id}/screenings/out-")
+    folder = result.pictures_logged_to.split("/", 2)[2]
+    logged = sorted(info.path for info in mlflow_client.list_artifacts(run_id, folder))
+    assert logged == sorted(f"{folder}/{name}" for name in names)
 
 
 def test_featurized_library_scores_the_same_and_spec_is_checked(
@@ -101,8 +125,16 @@ def test_featurized_library_scores_the_same_and_spec_is_checked(
     from pipelines.serving.pyfunc_model import load_scorer
 
     featurize_file(library, tmp_path / "fp", spec=SPEC, id_col="name", backend="local", progress=False)
-    result = _screen(tmp_path / "fp", tmp_path / "out", registry, assays=(TASKS[2], TASKS[0]))
+    result = _screen(tmp_path / "fp", tmp_path / "out", registry, assays=(TASKS[2], TASKS[0]),
+                     exclude_alerts=True)
     assert result.rejected == 0 and result.scored == 1501
+    hits = pd.read_parquet(tmp_path / "out" / "hits.parquet")
+    assert len(hits) == 14 and (hits["alerts"].str.len() == 0).all()
+    multi = pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet")
+    assert (multi["alerts"].str.len() == 0).all()
+    assert result.excluded_for_alerts > 0  # NCI molecules: about two thirds are flagged
+    _check_pictures(tmp_path / "out", result, [f"hits-{TASKS[2]}.png", f"hits-{TASKS[0]}.png"],
+                    registry)
     scores = pd.read_parquet(tmp_path / "out" / "scores").set_index("mol_id")
     assert list(scores.columns) == ["row", "smiles", TASKS[2], TASKS[0]]
     features = read_all(tmp_path / "fp", columns=["mol_id"])

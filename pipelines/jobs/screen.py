@@ -2,7 +2,8 @@
 
 Scores a molecule library (raw SMILES/SDF, or an already featurized
 fingerprint dataset) with a model from the MLflow registry on Ray Data and
-writes per-assay scores, ranked hits, a multi-assay view and the rejects.
+writes per-assay scores, ranked hits with their structural alerts, a
+multi-assay view, pictures of the top hits and the rejects.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "means ranked in the assay's top K)")
     parser.add_argument("--min-active-assays", type=int, default=2,
                         help="multi-assay view: molecules active in at least this many assays")
+    parser.add_argument("--exclude-alerts", action="store_true",
+                        help="rank only molecules without structural alerts (PAINS, Brenk, NIH): "
+                             "each assay's top K are its K best unflagged molecules")
     parser.add_argument("--smiles-col", default="smiles", help="SMILES column of .csv/.parquet libraries")
     parser.add_argument("--id-col", default=None,
                         help="id column (.sdf: a data field; default: ids from row positions)")
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         model_uri=args.model, library=args.library, out_dir=args.out,
         tracking_uri=args.tracking_uri, assays=tuple(args.assays), top_k=args.top_k,
         threshold=args.threshold, min_active_assays=args.min_active_assays,
+        exclude_alerts=args.exclude_alerts,
         smiles_col=args.smiles_col, id_col=args.id_col, address=args.address,
         num_cpus=args.num_cpus, overwrite=args.overwrite, progress=not args.no_progress,
         resources=Resources(num_actors=args.num_actors, use_gpu=args.use_gpu,
@@ -78,6 +83,8 @@ def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
         "rejected": result.rejected,
         "hits (top k x assays)": result.hits,
         "multi-assay molecules": result.multi_assay_hits,
+        "hits with alerts": result.hits_with_alerts,
+        "flagged molecules left out": result.excluded_for_alerts,
         "seconds": round(result.elapsed_s, 1),
         "molecules/s": round(result.molecules_per_second),
         "featurize CPU-s": round(result.featurize_seconds, 1),
@@ -86,4 +93,7 @@ def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
     if result.skipped_existing:
         values["note"] = "already done (same model, library and options): nothing rescored"
     values.update({name: str(path) for name, path in result.files.items()})
+    values["pictures"] = ", ".join(result.pictures) or "none (no hits)"
+    if result.pictures_logged_to:
+        values["pictures logged to"] = result.pictures_logged_to
     return format_key_values(values, title=f"screen -> {result.out_dir}")

@@ -219,6 +219,13 @@ def log_table_csv(tracking_uri: str, run_id: str, rows: Sequence[Mapping[str, An
     client(tracking_uri).log_text(run_id, buffer.getvalue(), artifact_file)
 
 
+def log_files(tracking_uri: str, run_id: str, paths: Sequence[Path], artifact_dir: str) -> None:
+    """Log local files as artifacts of ``run_id`` under ``artifact_dir``."""
+    mlflow_client = client(tracking_uri)
+    for path in paths:
+        mlflow_client.log_artifact(run_id, str(path), artifact_path=artifact_dir)
+
+
 def log_figure(tracking_uri: str, run_id: str, figure: Any, artifact_file: str) -> None:
     import matplotlib.pyplot as plt
 

@@ -10,6 +10,16 @@
   probabilities seldom reach 0.5, so a fixed cut would leave the view empty.
   Given a probability ``threshold``, it means a score at or above it
   (streamed out as found, in score-file order, so memory stays bounded).
+
+Both carry ``alerts``, the structural alerts of each molecule
+(:mod:`pipelines.screening.alerts`). With ``exclude_alerts`` flagged
+molecules are left out of the ranking: each assay's list holds its
+``top_k`` best unflagged molecules, found by paging down the ranking (a pool
+of ``2 x top_k`` candidates, then pages twice as deep, at most
+:data:`MAX_PAGE`, over the assays still short) so memory stays bounded and
+the result is the same as filtering a full sort. Alerts are remembered per
+distinct SMILES checked (hit lists, pages, the multi-assay view): memory in
+proportion to the alert work (milliseconds a molecule), not to the library.
 """
 from __future__ import annotations
 
@@ -22,9 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.screening.alerts import AlertCache
 from pipelines.screening.outputs import DOMAIN_FIELDS, HITS_FILE, MULTI_ASSAY_FILE, SingleParquetWriter
 
 READ_ROWS = 65_536
+MAX_PAGE = 65_536  # deepest page of candidates per assay when excluding alerts
+ALERTS_FIELD = pa.field("alerts", pa.list_(pa.string()), nullable=False)
 
 HITS_SCHEMA = pa.schema([
     pa.field("assay", pa.string(), nullable=False),
@@ -33,6 +46,7 @@ HITS_SCHEMA = pa.schema([
     pa.field("mol_id", pa.string()),
     pa.field("smiles", pa.string()),
     pa.field("score", pa.float32(), nullable=False),
+    ALERTS_FIELD,
 ])
 
 MULTI_ASSAY_SCHEMA = pa.schema([
@@ -42,6 +56,7 @@ MULTI_ASSAY_SCHEMA = pa.schema([
     pa.field("n_active_assays", pa.int32(), nullable=False),
     pa.field("active_assays", pa.list_(pa.string()), nullable=False),
     pa.field("max_score", pa.float32(), nullable=False),
+    ALERTS_FIELD,
 ])
 
 
@@ -49,75 +64,147 @@ MULTI_ASSAY_SCHEMA = pa.schema([
 class HitsSummary:
     hits: int
     multi_assay_hits: int
+    hits_with_alerts: int  # rows of hits.parquet with at least one alert
+    excluded_for_alerts: int  # distinct flagged molecules skipped (exclude_alerts)
 
 
 class TopK:
     """The ``k`` best (score, row) pairs of each of ``n_assays`` columns,
-    updated batch by batch: highest score first, lowest row on ties."""
+    updated batch by batch: highest score first, lowest row on ties.
 
-    def __init__(self, k: int, n_assays: int):
+    ``after``: per assay, a (score, row) pair; only pairs ranked after it
+    count (the next page of a ranking already read down to it)."""
+
+    def __init__(self, k: int, n_assays: int, after: tuple[np.ndarray, np.ndarray] | None = None):
         self.k = k
+        self.after = after
         self.scores = [np.empty(0, np.float32) for _ in range(n_assays)]
         self.rows = [np.empty(0, np.int64) for _ in range(n_assays)]
 
     def update(self, scores: np.ndarray, rows: np.ndarray) -> None:
         """``scores``: float32 [B, n_assays]; ``rows``: int64 [B]."""
         for assay in range(scores.shape[1]):
-            column = scores[:, assay]
+            column, column_rows = scores[:, assay], rows
+            if self.after is not None:
+                last_score, last_row = self.after[0][assay], self.after[1][assay]
+                later = (column < last_score) | ((column == last_score) & (rows > last_row))
+                column, column_rows = column[later], rows[later]
             if len(column) > self.k:  # everything that can still make the cut, ties included
                 cutoff = np.partition(column, len(column) - self.k)[len(column) - self.k]
                 keep = column >= cutoff
-                column, batch_rows = column[keep], rows[keep]
-            else:
-                batch_rows = rows
+                column, column_rows = column[keep], column_rows[keep]
             merged_scores = np.concatenate([self.scores[assay], column])
-            merged_rows = np.concatenate([self.rows[assay], batch_rows])
+            merged_rows = np.concatenate([self.rows[assay], column_rows])
             order = np.lexsort((merged_rows, -merged_scores))[:self.k]
             self.scores[assay], self.rows[assay] = merged_scores[order], merged_rows[order]
 
 
 def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path, *,
-              top_k: int, threshold: float | None, min_active_assays: int) -> HitsSummary:
+              top_k: int, threshold: float | None, min_active_assays: int,
+              exclude_alerts: bool = False, alerts: AlertCache | None = None) -> HitsSummary:
     """Write ``hits.parquet`` and ``multi_assay_hits.parquet`` into ``out_dir``
-    (``threshold`` None: active means in the assay's top ``top_k``)."""
-    top = TopK(top_k, len(assays))
+    (``threshold`` None: active means in the assay's top ``top_k``;
+    ``exclude_alerts``: molecules with alerts are left out of both)."""
+    alerts = alerts if alerts is not None else AlertCache()
+    top = TopK(2 * top_k if exclude_alerts else top_k, len(assays))
     multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, MULTI_ASSAY_SCHEMA)
     assay_names = np.array(assays, dtype=object)
     multi_rows = 0
+    skipped: set[int] = set()  # flagged molecules left out (exclude_alerts)
     for table in _iter_tables(score_files, ["row", "mol_id", "smiles", *assays]):
-        scores = np.column_stack([table[assay].to_numpy() for assay in assays]) \
-            if table.num_rows else np.empty((0, len(assays)), np.float32)
+        scores = _score_matrix(table, assays)
         top.update(scores, table["row"].to_numpy())
         if threshold is not None:
-            found = _multi_assay_table(table, scores >= threshold, scores, assay_names, min_active_assays)
+            found = _multi_assay_table(table, scores >= threshold, scores, assay_names,
+                                       min_active_assays, alerts)
+            if exclude_alerts:
+                flagged = pc.list_value_length(found["alerts"]).to_numpy() > 0
+                skipped.update(found["row"].to_numpy()[flagged].tolist())
+                found = found.filter(pa.array(~flagged))
             multi.write(found)
             multi_rows += found.num_rows
-    hits = _hits_table(score_files, assays, top)
+    if exclude_alerts:
+        winner_scores, winner_rows = _best_unflagged(score_files, assays, top, top_k, alerts, skipped)
+    else:
+        winner_scores, winner_rows = top.scores, top.rows
+    hits = _hits_table(score_files, assays, winner_scores, winner_rows, alerts)
     if threshold is None:
         ids, active, scores = _top_k_membership(hits, assays)
-        found = _multi_assay_table(ids, active, scores, assay_names, min_active_assays)
+        found = _multi_assay_table(ids, active, scores, assay_names, min_active_assays, alerts)
         multi.write(found.sort_by([("n_active_assays", "descending"), ("max_score", "descending"),
                                    ("row", "ascending")]))
         multi_rows += found.num_rows
     multi.close()
     pq.write_table(hits, out_dir / HITS_FILE)
-    return HitsSummary(hits=hits.num_rows, multi_assay_hits=multi_rows)
+    with_alerts = int((pc.list_value_length(hits["alerts"]).to_numpy() > 0).sum())
+    return HitsSummary(hits=hits.num_rows, multi_assay_hits=multi_rows,
+                       hits_with_alerts=with_alerts, excluded_for_alerts=len(skipped))
+
+
+def _best_unflagged(score_files: Sequence[Path], assays: Sequence[str], pool: TopK, top_k: int,
+                    alerts: AlertCache, skipped: set[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each assay's ``top_k`` best molecules without alerts (scores, rows).
+
+    ``pool`` is the first page of every assay's ranking. Pages are read
+    down the ranking, twice as deep each time, for the assays still short,
+    until each has ``top_k`` or its ranking ends (a page that is not full).
+    Flagged molecules ranked above an assay's last kept one go to ``skipped``."""
+    kept_scores: list[list[np.ndarray]] = [[] for _ in assays]
+    kept_rows: list[list[np.ndarray]] = [[] for _ in assays]
+    have = [0] * len(assays)
+    pending = list(range(len(assays)))  # the assays of ``pool``, in its column order
+    while True:
+        smiles = _smiles_by_row(score_files, np.concatenate([np.empty(0, np.int64), *pool.rows]))
+        alerts.alerts(list(smiles.values()))  # every new molecule of the page in one threaded call
+        short = []
+        for slot, assay in enumerate(pending):
+            rows, scores = pool.rows[slot], pool.scores[slot]
+            clean = ~alerts.flagged([smiles[row] for row in rows.tolist()])
+            need = top_k - have[assay]
+            chosen = np.flatnonzero(clean)[:need]
+            kept_scores[assay].append(scores[chosen])
+            kept_rows[assay].append(rows[chosen])
+            have[assay] += len(chosen)
+            passed = chosen[-1] + 1 if len(chosen) == need else len(rows)
+            skipped.update(rows[:passed][~clean[:passed]].tolist())
+            if have[assay] < top_k and len(rows) == pool.k:
+                short.append(slot)
+        if not short:
+            break
+        after = (np.array([pool.scores[slot][-1] for slot in short], np.float32),
+                 np.array([pool.rows[slot][-1] for slot in short], np.int64))
+        pending = [pending[slot] for slot in short]
+        columns = [assays[assay] for assay in pending]
+        pool = TopK(max(pool.k, min(2 * pool.k, MAX_PAGE)), len(pending), after)
+        for table in _iter_tables(score_files, ["row", *columns]):
+            pool.update(_score_matrix(table, columns), table["row"].to_numpy())
+    return ([np.concatenate([np.empty(0, np.float32), *parts]) for parts in kept_scores],
+            [np.concatenate([np.empty(0, np.int64), *parts]) for parts in kept_rows])
+
+
+def _score_matrix(table: pa.Table, assays: Sequence[str]) -> np.ndarray:
+    """float32 [rows, assays] of a score table."""
+    if not table.num_rows:
+        return np.empty((0, len(assays)), np.float32)
+    return np.column_stack([table[assay].to_numpy() for assay in assays])
 
 
 def _multi_assay_table(ids: pa.Table, active: np.ndarray, scores: np.ndarray, assay_names: np.ndarray,
-                       min_active_assays: int) -> pa.Table:
+                       min_active_assays: int, alerts: AlertCache) -> pa.Table:
     """The molecules of ``ids`` (row, mol_id, smiles) active in at least
     ``min_active_assays`` assays; ``active`` and ``scores`` are [rows, assays]."""
     n_active = active.sum(axis=1)
     selected = np.flatnonzero(n_active >= min_active_assays)
+    smiles = ids["smiles"].take(selected)
     return pa.table({
         "row": ids["row"].take(selected),
         "mol_id": ids["mol_id"].take(selected),
-        "smiles": ids["smiles"].take(selected),
+        "smiles": smiles,
         "n_active_assays": n_active[selected].astype(np.int32),
         "active_assays": [assay_names[active[i]].tolist() for i in selected],
         "max_score": np.where(active[selected], scores[selected], -np.inf).max(axis=1, initial=-np.inf)
                      .astype(np.float32),
+        "alerts": alerts.alerts(smiles.to_pylist()),
     }, schema=MULTI_ASSAY_SCHEMA)
 
 
@@ -134,34 +221,47 @@ def _top_k_membership(hits: pa.Table, assays: Sequence[str]) -> tuple[pa.Table, 
     return hits.select(["row", "mol_id", "smiles"]).take(first), active, scores
 
 
-def _hits_table(score_files: Sequence[Path], assays: Sequence[str], top: TopK) -> pa.Table:
-    """Attach ids, SMILES and (where scored) the nearest training molecule
-    to the winning rows (a second pass over a few narrow columns, keeping
-    only the at most top_k x assays winners)."""
-    wanted = pa.array(np.unique(np.concatenate([np.empty(0, np.int64), *top.rows])))
+def _lookup(score_files: Sequence[Path], rows: np.ndarray) -> pa.Table:
+    """row, mol_id, smiles and (where scored) the nearest training molecule
+    of ``rows`` (a pass over those narrow columns, keeping only the rows
+    asked for)."""
+    wanted = pa.array(np.unique(rows))
     schema = pq.read_schema(score_files[0])
-    domain = [field for field in DOMAIN_FIELDS if field.name in schema.names]
-    columns = ["row", "mol_id", "smiles", *(field.name for field in domain)]
-    lookup = pa.concat_tables([
+    columns = ["row", "mol_id", "smiles", *(field.name for field in DOMAIN_FIELDS if field.name in schema.names)]
+    return pa.concat_tables([
         schema.empty_table().select(columns),
         *(table.filter(pc.is_in(table["row"], value_set=wanted))
           for table in _iter_tables(score_files, columns)),
     ])
+
+
+def _smiles_by_row(score_files: Sequence[Path], rows: np.ndarray) -> dict[int, str | None]:
+    lookup = _lookup(score_files, rows)
+    return dict(zip(lookup["row"].to_pylist(), lookup["smiles"].to_pylist()))
+
+
+def _hits_table(score_files: Sequence[Path], assays: Sequence[str], scores: Sequence[np.ndarray],
+                rows: Sequence[np.ndarray], alerts: AlertCache) -> pa.Table:
+    """The hit list from each assay's ranked (scores, rows), with ids,
+    SMILES, alerts and (where scored) the nearest training molecule attached."""
+    lookup = _lookup(score_files, np.concatenate([np.empty(0, np.int64), *rows]))
+    domain = [field for field in DOMAIN_FIELDS if field.name in lookup.column_names]
     position = {row: index for index, row in enumerate(lookup["row"].to_pylist())}
-    assay_col, rank_col, row_col, score_col = [], [], [], []
-    for assay, scores, rows in zip(assays, top.scores, top.rows):
-        assay_col += [assay] * len(rows)
-        rank_col += range(1, len(rows) + 1)
-        row_col += rows.tolist()
-        score_col.append(scores)
+    assay_col, rank_col, row_col = [], [], []
+    for assay, assay_rows in zip(assays, rows):
+        assay_col += [assay] * len(assay_rows)
+        rank_col += range(1, len(assay_rows) + 1)
+        row_col += assay_rows.tolist()
     take = pa.array([position[row] for row in row_col], pa.int64())
+    smiles = lookup["smiles"].take(take)
     return pa.table({
         "assay": pa.array(assay_col, pa.string()),
         "rank": pa.array(rank_col, pa.int32()),
         "row": pa.array(row_col, pa.int64()),
         "mol_id": lookup["mol_id"].take(take),
-        "smiles": lookup["smiles"].take(take),
-        "score": pa.array(np.concatenate([np.empty(0, np.float32), *score_col]), pa.float32()),
+        "smiles": smiles,
+        "score": pa.array(np.concatenate([np.empty(0, np.float32), *scores]), pa.float32()),
+        "alerts": alerts.alerts(smiles.to_pylist()),
         **{field.name: lookup[field.name].take(take) for field in domain},
     }, schema=pa.schema([*HITS_SCHEMA, *domain]))
 

@@ -102,3 +102,35 @@ def unzip_to(archive: bytes, folder: Path) -> Path:
     with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
         zipped.extractall(folder)
     return folder
+
+
+def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
+    """The MLflow run that logged the model behind ``model_uri``:
+    ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` (the registered
+    version's run, else its logged model's), ``models:/<model_id>`` (the
+    logged model's source run) and ``runs:/<run_id>/...``. None for other
+    URIs (a local folder, ``models:/NAME/latest`` or a stage) and for a model
+    logged outside any run."""
+    from pipelines.platform.tracking import client
+
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].split("/", 1)[0] or None
+    if not model_uri.startswith("models:/"):
+        return None
+    path = model_uri[len("models:/"):]
+    mlflow_client = client(tracking_uri)
+    if "/" in path:
+        name, version = path.split("/", 1)
+        if not version.isdigit():
+            return None
+        registered = mlflow_client.get_model_version(name, version)
+    elif "@" in path:
+        name, alias = path.rsplit("@", 1)
+        registered = mlflow_client.get_model_version_by_alias(name, alias)
+    else:
+        return mlflow_client.get_logged_model(path).source_run_id or None
+    if registered.run_id:
+        return registered.run_id
+    if registered.model_id:
+        return mlflow_client.get_logged_model(registered.model_id).source_run_id or None
+    return None

@@ -10,8 +10,12 @@ Layout of the output folder::
                                     nn_similarity, nn_mol_id, in_training_set
     rejects.parquet                 row, raw, mol_id, reason: every library
                                     row that could not be scored
-    hits.parquet                    top K per assay: assay, rank, row, mol_id, smiles, score
-    multi_assay_hits.parquet        molecules scoring >= threshold in several assays
+    hits.parquet                    top K per assay: assay, rank, row, mol_id, smiles, score,
+                                    alerts (structural alert names; --exclude-alerts:
+                                    the K best molecules without any)
+    multi_assay_hits.parquet        molecules active in several assays (in their top K,
+                                    or scoring >= threshold), with alerts
+    hits.png | hits-<assay>.png     the top hits drawn (per assay with --assays)
     screening.json                  counts, model, library identity, options
 
 Everything is written into a hidden folder beside the output and renamed
@@ -19,6 +23,7 @@ into place when complete, so a killed run never leaves files that look done.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -163,6 +168,11 @@ def check_out_dir(out_dir: Path, identity: Mapping[str, Any], overwrite: bool) -
         raise UserError(f"--out {out_dir} holds a screening of another model, library or "
                         "options; pass --overwrite or choose another output folder")
     return None
+
+
+def identity_digest(identity: Mapping[str, Any]) -> str:
+    """SHA-256 of a screening's identity: a short stable name for it."""
+    return hashlib.sha256(_canonical(identity).encode()).hexdigest()
 
 
 def _canonical(value: Any) -> str:

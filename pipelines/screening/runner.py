@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from featurize.sources import file_sha256
 from pipelines.errors import UserError
 from pipelines.screening.hits import rank_hits
@@ -18,7 +20,7 @@ from pipelines.screening.library import (
     check_library_spec,
     resolve_library,
 )
-from pipelines.screening.model import fetch_model
+from pipelines.screening.model import fetch_model, source_run_id
 from pipelines.screening.outputs import (
     HITS_FILE,
     MULTI_ASSAY_FILE,
@@ -26,7 +28,9 @@ from pipelines.screening.outputs import (
     SCORES_DIR,
     StagedOutput,
     check_out_dir,
+    identity_digest,
 )
+from pipelines.screening.pictures import draw_hit_pictures
 from pipelines.screening.scoring import Resources, scored_dataset, write_scores
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ class ScreeningConfig:
     top_k: int = 100
     threshold: float | None = None  # multi-assay view: None = in the assay's top_k
     min_active_assays: int = 2
+    exclude_alerts: bool = False  # rank only molecules without structural alerts
     smiles_col: str = "smiles"
     id_col: str | None = None
     resources: Resources = field(default_factory=Resources)
@@ -82,6 +87,10 @@ class ScreeningResult:
     streaming_s: float  # the Ray Data pass alone (read, featurize, score, write)
     featurize_seconds: float  # summed over featurize tasks
     score_seconds: float  # summed over scoring actors
+    hits_with_alerts: int = 0  # rows of hits.parquet with a structural alert
+    excluded_for_alerts: int = 0  # flagged molecules left out (--exclude-alerts)
+    pictures: tuple[str, ...] = ()  # PNG files in out_dir
+    pictures_logged_to: str | None = None  # runs:/<run_id>/<path> of the model's run
     skipped_existing: bool = False
 
     @property
@@ -100,7 +109,8 @@ class ScreeningResult:
 
     @classmethod
     def from_manifest(cls, out_dir: Path, manifest: dict[str, Any]) -> ScreeningResult:
-        counts = manifest["result"]
+        counts = dict(manifest["result"])
+        counts["pictures"] = tuple(counts.get("pictures", ()))
         return cls(out_dir=out_dir, skipped_existing=True, **counts)
 
 
@@ -123,7 +133,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         "model_sha256": model.sha256,
         "library": library_identity(library),
         "assays": assays, "top_k": config.top_k, "threshold": config.threshold,
-        "min_active_assays": config.min_active_assays,
+        "min_active_assays": config.min_active_assays, "exclude_alerts": config.exclude_alerts,
         "smiles_col": config.smiles_col, "id_col": config.id_col,
     }
     finished = check_out_dir(config.out_dir, identity, config.overwrite)
@@ -143,11 +153,18 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
                 expected_rows=library.rows, progress=config.progress, with_domain=model.has_domain)
             streaming_s = time.perf_counter() - streaming_started
         hits = rank_hits(counts.score_files, assays, staged.scratch, top_k=config.top_k,
-                         threshold=config.threshold, min_active_assays=config.min_active_assays)
+                         threshold=config.threshold, min_active_assays=config.min_active_assays,
+                         exclude_alerts=config.exclude_alerts)
+        pictures = draw_hit_pictures(pq.read_table(staged.scratch / HITS_FILE), staged.scratch,
+                                     per_assay=config.assays)
+        logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
+                                 f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
         result = ScreeningResult(
             out_dir=config.out_dir, model_uri=config.model_uri,
             library_rows=counts.library_rows, scored=counts.scored, rejected=counts.rejected,
             hits=hits.hits, multi_assay_hits=hits.multi_assay_hits,
+            hits_with_alerts=hits.hits_with_alerts, excluded_for_alerts=hits.excluded_for_alerts,
+            pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
             elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
             featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds)
         staged.commit({"identity": identity, "result": result.manifest(),
@@ -156,6 +173,31 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         staged.abort()
         raise
     return result
+
+
+def log_pictures(pictures: list[Path], model_uri: str, tracking_uri: str,
+                 artifact_dir: str) -> str | None:
+    """Log the pictures as artifacts of the run that logged the model, so the
+    screenings of a model sit beside its training; return where
+    (``runs:/<run_id>/<artifact_dir>``), None when the model has no run. A
+    tracking failure is a warning: the pictures are in the output folder."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.platform.tracking import log_files
+
+    if not pictures:
+        return None
+    try:
+        run_id = source_run_id(model_uri, tracking_uri)
+        if run_id is None:
+            logger.info("%s comes from no MLflow run: pictures not logged", model_uri)
+            return None
+        log_files(tracking_uri, run_id, pictures, artifact_dir)
+    except (MlflowException, OSError) as error:  # the registry, or the run's artifact store
+        logger.warning("could not log the hit pictures of %s to MLflow at %s: %s",
+                       model_uri, tracking_uri, (str(error) or type(error).__name__).splitlines()[0])
+        return None
+    return f"runs:/{run_id}/{artifact_dir}"
 
 
 def library_identity(library: ScreeningLibrary) -> dict[str, Any]:
