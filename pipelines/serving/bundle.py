@@ -7,6 +7,9 @@ training job logs for the best epoch)::
     model_config.json       models.config.ModelConfig.to_dict()
     fingerprint_spec.json   featurize.spec.FingerprintSpec.to_json()
     tasks.json              task (assay) names, in output column order
+    calibration.json        optional: per-assay probability calibration
+                            (pipelines/serving/calibration.py); bundles
+                            saved without it score raw probabilities
 
 The spec and task names travel with the weights so that screening can refuse
 a library featurized another way, and so output columns are named by assay.
@@ -25,6 +28,7 @@ from safetensors.torch import load_model, save_model
 from featurize.spec import FingerprintSpec
 from models.config import ModelConfig
 from models.factory import build_model
+from pipelines.serving.calibration import Calibration
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -34,11 +38,13 @@ TASKS_FILE = "tasks.json"
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A model with the fingerprint spec and task names it was trained on."""
+    """A model with the fingerprint spec and task names it was trained on,
+    and the calibration of its probabilities (None: none was fitted)."""
 
     model: torch.nn.Module
     spec: FingerprintSpec
     tasks: list[str]
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         config: ModelConfig = self.model.config
@@ -47,6 +53,8 @@ class ModelBundle:
         if config.n_features != self.spec.n_bits:
             raise ValueError(f"model takes {config.n_features} features but the fingerprint "
                              f"spec has {self.spec.n_bits} bits ({self.spec.describe()})")
+        if self.calibration is not None and self.calibration.tasks != list(self.tasks):
+            raise ValueError("the calibration's tasks are not the model's tasks (names or order)")
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the bundle into ``directory`` (created) and return it."""
@@ -56,6 +64,8 @@ class ModelBundle:
         (directory / CONFIG_FILE).write_text(json.dumps(self.model.config.to_dict(), indent=2))
         (directory / SPEC_FILE).write_text(self.spec.to_json())
         (directory / TASKS_FILE).write_text(json.dumps(list(self.tasks)))
+        if self.calibration is not None:
+            self.calibration.save(directory)
         return directory
 
     @classmethod
@@ -72,7 +82,8 @@ class ModelBundle:
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         model.to(device).eval()
         return cls(model=model, spec=FingerprintSpec.from_json((directory / SPEC_FILE).read_text()),
-                   tasks=list(json.loads((directory / TASKS_FILE).read_text())))
+                   tasks=list(json.loads((directory / TASKS_FILE).read_text())),
+                   calibration=Calibration.load(directory))
 
 
 def bundle_from_state(config: ModelConfig, state_dict: dict[str, torch.Tensor],

@@ -26,6 +26,7 @@ from pipelines.serving.bundle import ModelBundle
 from pipelines.serving.pyfunc_model import (
     BUNDLE_ARTIFACT,
     ERROR_COLUMN,
+    RAW_SCORES_PARAM,
     SMILES_COLUMN,
     pyfunc_entry_path,
 )
@@ -96,14 +97,16 @@ def bundle_code(package_root: Path, destination: Path) -> list[Path]:
 
 def scoring_signature(tasks: list[str]):  # -> mlflow.models.ModelSignature
     """Input: a ``smiles`` string column. Output: one float column per task
-    (null where the SMILES failed) and an optional string ``error``."""
+    (null where the SMILES failed) and an optional string ``error``. Param:
+    ``raw_scores`` (boolean, default false: calibrated probabilities)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("float", task) for task in tasks]
     outputs.append(ColSpec("string", ERROR_COLUMN, required=False))
     return ModelSignature(inputs=Schema([ColSpec("string", SMILES_COLUMN)]),
-                          outputs=Schema(outputs))
+                          outputs=Schema(outputs),
+                          params=ParamSchema([ParamSpec(RAW_SCORES_PARAM, "boolean", False)]))
 
 
 def register_model(run_id: str, name: str, *, alias: str | None = None,
