@@ -1,5 +1,6 @@
 """Per-task ranking metrics over non-missing labels (PR-AUC, ROC-AUC, the
-enrichment factor at 1 %), and the paper's Delta.
+enrichment factor at 1 %), calibration metrics (expected calibration error,
+Brier score), and the paper's Delta.
 
 Average precision and ROC-AUC are written in numpy (no scikit-learn in the
 hot path of evaluation, and their definitions are explicit here); tests
@@ -16,6 +17,10 @@ import numpy as np
 METRICS = ("ap", "roc_auc", "ef1")
 #: Share of a task's ranked molecules EF is read at (EF1%).
 EF_FRACTION = 0.01
+#: The per-task calibration metrics (CalibrationMetrics' fields).
+CALIBRATION_METRICS = ("ece", "brier")
+#: Equal-width probability bins of the expected calibration error.
+ECE_BINS = 10
 
 
 def metric_key(split: str, metric: str) -> str:
@@ -107,10 +112,7 @@ def _cumulative_counts(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndar
 def evaluate_tasks(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) -> TaskMetrics:
     """Per-task AP and ROC-AUC of `y_score` (`[N, K]`, any monotone score: logits
     or probabilities) against `y_true` (`[N, K]`, 0/1) where `mask` is True."""
-    y_true, y_score, mask = np.asarray(y_true), np.asarray(y_score, dtype=np.float64), np.asarray(mask, bool)
-    if not y_true.shape == y_score.shape == mask.shape or y_true.ndim != 2:
-        raise ValueError(f"y_true {y_true.shape}, y_score {y_score.shape} and mask {mask.shape} "
-                         "must be the same [N, K] shape")
+    y_true, y_score, mask = _check_task_arrays(y_true, y_score, mask)
     n_tasks = y_true.shape[1]
     ap = np.full(n_tasks, np.nan)
     auc = np.full(n_tasks, np.nan)
@@ -131,6 +133,85 @@ def evaluate_tasks(y_true: np.ndarray, y_score: np.ndarray, mask: np.ndarray) ->
 
     return TaskMetrics(ap=ap, roc_auc=auc, ef1=ef1, n_skipped=int(n_tasks - scored.sum()),
                        mean_ap=mean(ap), mean_roc_auc=mean(auc), mean_ef1=mean(ef1))
+
+
+@dataclass(frozen=True)
+class CalibrationMetrics:
+    """Per-task `ece` and `brier` (`float64[K]`, NaN = no present label) and
+    their means over the tasks with at least one present label. Unlike the
+    ranking metrics, both are defined for a task whose labels are all one
+    class (how far its probabilities are from 0 or 1), so those tasks count."""
+
+    ece: np.ndarray
+    brier: np.ndarray
+    mean_ece: float
+    mean_brier: float
+
+    def means(self, split: str) -> dict[str, float]:
+        """Both means under their logged names (:func:`metric_key`)."""
+        return {metric_key(split, metric): getattr(self, f"mean_{metric}")
+                for metric in CALIBRATION_METRICS}
+
+    def per_task(self, split: str, tasks: list[str]) -> dict[str, float]:
+        """``{split}_{metric}/<task>`` (NaN = task without present labels)."""
+        return {f"{split}_{metric}/{task}": float(value) for metric in CALIBRATION_METRICS
+                for task, value in zip(tasks, getattr(self, metric))}
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE = sum_b (n_b / N) |mean label_b - mean probability_b| over
+    ``n_bins`` equal-width bins of [0, 1] ([0, 0.1), ..., [0.9, 1.0] for 10:
+    a probability of exactly 1 falls in the last bin); empty bins add nothing."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.size == 0:
+        return float("nan")
+    bins = np.minimum((y_prob * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    gap = np.bincount(bins, weights=y_true, minlength=n_bins) - np.bincount(bins, weights=y_prob,
+                                                                           minlength=n_bins)
+    # sum_b (n_b / N) |sum_b(y - p) / n_b| = sum_b |sum_b(y - p)| / N
+    return float(np.abs(gap[counts > 0]).sum() / y_true.size)
+
+
+def brier_score(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Mean squared difference between probability and 0/1 label."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    return float(np.mean((y_prob - y_true) ** 2)) if y_true.size else float("nan")
+
+
+def evaluate_calibration(y_true: np.ndarray, y_prob: np.ndarray, mask: np.ndarray,
+                         n_bins: int = ECE_BINS) -> CalibrationMetrics:
+    """Per-task ECE and Brier score of probabilities `y_prob` (`[N, K]` in
+    [0, 1]) against `y_true` (`[N, K]`, 0/1) where `mask` is True."""
+    y_true, y_prob, mask = _check_task_arrays(y_true, y_prob, mask)
+    n_tasks = y_true.shape[1]
+    ece, brier = np.full(n_tasks, np.nan), np.full(n_tasks, np.nan)
+    for task in range(n_tasks):
+        present = mask[:, task]
+        if not present.any():
+            continue
+        truth = (y_true[present, task] > 0).astype(np.float64)
+        ece[task] = expected_calibration_error(truth, y_prob[present, task], n_bins)
+        brier[task] = brier_score(truth, y_prob[present, task])
+    labelled = ~np.isnan(ece)
+
+    def mean(values: np.ndarray) -> float:
+        return float(values[labelled].mean()) if labelled.any() else float("nan")
+
+    return CalibrationMetrics(ece=ece, brier=brier, mean_ece=mean(ece), mean_brier=mean(brier))
+
+
+def _check_task_arrays(y_true: np.ndarray, y_score: np.ndarray,
+                       mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three ``[N, K]`` arrays of a per-task evaluation, as numpy (scores
+    in float64, mask boolean), or a ValueError naming their shapes."""
+    y_true, y_score, mask = np.asarray(y_true), np.asarray(y_score, dtype=np.float64), np.asarray(mask, bool)
+    if not y_true.shape == y_score.shape == mask.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true {y_true.shape}, y_score {y_score.shape} and mask {mask.shape} "
+                         "must be the same [N, K] shape")
+    return y_true, y_score, mask
 
 
 def delta_vs_reference(values: np.ndarray, reference_values: np.ndarray) -> float:

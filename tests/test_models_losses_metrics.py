@@ -1,4 +1,5 @@
-"""Masked loss, ranking metrics against scikit-learn, Delta, expert diversity."""
+"""Masked loss, ranking metrics against scikit-learn, calibration metrics
+against plain loops, Delta, expert diversity."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,13 @@ from models.diversity import (
     expert_distance_matrix,
 )
 from models.losses import masked_bce_per_task
-from models.metrics import delta_vs_reference, evaluate_tasks
+from models.metrics import (
+    brier_score,
+    delta_vs_reference,
+    evaluate_calibration,
+    evaluate_tasks,
+    expected_calibration_error,
+)
 
 
 def test_masked_bce_matches_a_per_task_loop() -> None:
@@ -87,6 +94,55 @@ def test_perfect_and_reversed_rankings() -> None:
     reversed_ = evaluate_tasks(y, np.array([[0.9], [0.8], [0.2], [0.1]]), mask)
     assert perfect.ap[0] == 1.0 and perfect.roc_auc[0] == 1.0
     assert reversed_.roc_auc[0] == 0.0 and reversed_.ap[0] == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def _slow_ece(y: np.ndarray, p: np.ndarray, n_bins: int) -> float:
+    """ECE the textbook way: bin by bin, |accuracy - confidence| weighted by
+    the bin's share of samples."""
+    total = 0.0
+    for b in range(n_bins):
+        low, high = b / n_bins, (b + 1) / n_bins
+        in_bin = [i for i in range(len(p)) if low <= p[i] < high or (b == n_bins - 1 and p[i] == 1.0)]
+        if in_bin:
+            accuracy = sum(float(y[i]) for i in in_bin) / len(in_bin)
+            confidence = sum(float(p[i]) for i in in_bin) / len(in_bin)
+            total += len(in_bin) / len(p) * abs(accuracy - confidence)
+    return total
+
+
+@pytest.mark.parametrize("n_bins", [10, 7])
+def test_ece_and_brier_match_plain_loops(n_bins: int) -> None:
+    rng = np.random.default_rng(3)
+    p = rng.random(500) ** 3
+    p[:5] = [0.0, 1.0, 0.1, 0.5, 0.9]  # the bin edges, and both ends of [0, 1]
+    y = rng.random(500) < 0.2
+    assert expected_calibration_error(y, p, n_bins) == pytest.approx(_slow_ece(y, p, n_bins), abs=1e-12)
+    assert brier_score(y, p) == pytest.approx(sum((float(a) - b) ** 2 for a, b in zip(y, p)) / len(p),
+                                              abs=1e-12)
+    # A perfectly calibrated binning has no error; a confident wrong one the most.
+    assert expected_calibration_error(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.0
+    assert expected_calibration_error(np.array([0, 0]), np.array([1.0, 1.0])) == 1.0
+
+
+def test_calibration_metrics_per_task_skip_only_tasks_without_labels() -> None:
+    rng = np.random.default_rng(4)
+    y = (rng.random((300, 4)) < 0.1).astype(np.int8)
+    p = rng.random((300, 4))
+    mask = rng.random((300, 4)) < 0.6
+    y[:, 2] = 0      # one class only: still scored (the probabilities should be low)
+    mask[:, 3] = False
+    result = evaluate_calibration(y, p, mask)
+    for task in range(3):
+        rows = mask[:, task]
+        assert result.ece[task] == pytest.approx(_slow_ece(y[rows, task], p[rows, task], 10), abs=1e-12)
+        assert result.brier[task] == pytest.approx(np.mean((p[rows, task] - y[rows, task]) ** 2))
+    assert np.isnan(result.ece[3]) and np.isnan(result.brier[3])
+    assert result.mean_ece == pytest.approx(np.mean(result.ece[:3]))
+    assert result.means("test") == {"test_mean_ece": result.mean_ece, "test_mean_brier": result.mean_brier}
+    assert set(result.per_task("test", list("abcd"))) == {f"test_{m}/{t}" for m in ("ece", "brier")
+                                                          for t in "abcd"}
+    with pytest.raises(ValueError, match="same"):
+        evaluate_calibration(y, p[:, :3], mask)
 
 
 def test_delta_vs_reference_is_the_mean_relative_change_in_percent() -> None:

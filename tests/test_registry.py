@@ -1,7 +1,9 @@
 """The scoring model in MLflow: logged as a SMILES-in pyfunc, registered
 with an alias, loaded back by any MLflow client with the same predictions
 as the in-memory model; bad SMILES give no score and a reason, never a
-crash; served over HTTP, the response is strict JSON."""
+crash; served over HTTP, the response is strict JSON. A bundle with a
+calibration scores calibrated probabilities by default and raw ones on
+request; one without (saved before calibration existed) scores raw."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +24,14 @@ from featurize.standardize import standardize_smiles
 from models.config import ModelConfig
 from models.factory import build_model
 from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.calibration import (
+    CALIBRATION_FILE,
+    Calibration,
+    IdentityMap,
+    IsotonicMap,
+    PlattMap,
+    TaskCalibration,
+)
 from pipelines.serving.domain import (
     DOMAIN_COLUMNS,
     IN_TRAINING_SET_COLUMN,
@@ -35,6 +45,12 @@ from pipelines.serving.scorer import Scorer
 TASKS = ["PCBA-1030", "PCBA-1379", "PCBA-1452"]
 SPEC = FingerprintSpec(radius=2, n_bits=128)
 BAD = ["not a smiles", "", "C1CC"]
+#: One map of each kind, in TASKS order.
+CALIBRATION = Calibration(tasks=TASKS, maps=[
+    TaskCalibration(PlattMap(a=1.0, b=-3.0), n_labels=500, n_positives=20),
+    TaskCalibration(IsotonicMap(x=(0.3, 0.5, 0.7), y=(0.01, 0.05, 0.4)), n_labels=900, n_positives=150),
+    TaskCalibration(IdentityMap(reason="all 40 labels inactive"), n_labels=40, n_positives=0),
+])
 
 
 @pytest.fixture()
@@ -99,6 +115,61 @@ def test_scores_carry_the_nearest_training_molecule(bundle: ModelBundle, nci_smi
     with pytest.raises(ValueError, match="training domain has 256-bit"):
         ModelBundle(model=bundle.model, spec=SPEC, tasks=TASKS, domain=TrainingDomain.build(
             np.zeros((2, 32), np.uint8), ["a", "b"], n_bits=256))
+def test_bundles_with_and_without_calibration_load_and_score(bundle: ModelBundle, tmp_path: Path,
+                                                            nci_smiles: list[str]) -> None:
+    smiles = nci_smiles[:40] + BAD
+    plain_dir = bundle.save(tmp_path / "plain")
+    assert not (plain_dir / CALIBRATION_FILE).exists()
+    assert ModelBundle.load(plain_dir).calibration is None
+    plain = Scorer.from_bundle(plain_dir, "cpu").score_smiles(smiles)
+    raw, errors = plain.probabilities, plain.errors
+    calibrated_dir = dataclasses.replace(bundle, calibration=CALIBRATION).save(tmp_path / "calibrated")
+    assert ModelBundle.load(calibrated_dir).calibration == CALIBRATION
+
+    scorer = Scorer.from_bundle(calibrated_dir, "cpu")
+    assert scorer.calibrates() and not scorer.calibrates(raw_scores=True)
+    scored = scorer.score_smiles(smiles)
+    calibrated, calibrated_errors = scored.probabilities, scored.errors
+    assert calibrated_errors == errors and np.isnan(calibrated[40:]).all()
+    ok = raw[:40].astype(np.float64)
+    np.testing.assert_allclose(calibrated[:40, 0], 1 / (1 + (1 - ok[:, 0]) / ok[:, 0] * np.exp(3.0)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(calibrated[:40, 1], np.interp(ok[:, 1], (0.3, 0.5, 0.7), (0.01, 0.05, 0.4)),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(calibrated[:40, 2], raw[:40, 2])
+    assert not np.allclose(calibrated[:40, :2], raw[:40, :2])
+    # Raw scores stay available, per call or for the whole scorer.
+    np.testing.assert_array_equal(scorer.score_smiles(smiles, raw_scores=True).probabilities, raw)
+    raw_scorer = Scorer.from_bundle(calibrated_dir, "cpu", raw_scores=True)
+    fp, _ = raw_scorer.featurize_smiles(smiles)
+    np.testing.assert_array_equal(raw_scorer.score_packed(fp), raw[:40])
+    np.testing.assert_array_equal(raw_scorer.score_packed(fp, raw_scores=False), calibrated[:40])
+    with pytest.raises(ValueError, match="calibration's tasks"):
+        dataclasses.replace(bundle, calibration=dataclasses.replace(CALIBRATION, tasks=TASKS[::-1]))
+
+
+def test_the_pyfunc_serves_calibrated_scores_and_raw_ones_on_request(
+        bundle: ModelBundle, mlflow_uri: str, nci_smiles: list[str]) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from pipelines.platform.tracking import ensure_experiment
+    from pipelines.serving.registry import log_scoring_model
+
+    calibrated_bundle = dataclasses.replace(bundle, calibration=CALIBRATION)
+    run_id = MlflowClient(tracking_uri=mlflow_uri).create_run(
+        ensure_experiment(mlflow_uri, "tests")).info.run_id
+    pyfunc = mlflow.pyfunc.load_model(log_scoring_model(mlflow_uri, run_id, calibrated_bundle))
+    assert [param.name for param in pyfunc.metadata.get_params_schema().params] == ["raw_scores"]
+    smiles = nci_smiles[:25] + BAD
+    scorer = Scorer(calibrated_bundle, device="cpu")
+    frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}))
+    raw_frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}), params={"raw_scores": True})
+    np.testing.assert_array_equal(frame[TASKS][:25].to_numpy(np.float32),
+                                  scorer.score_smiles(smiles).probabilities[:25])
+    np.testing.assert_array_equal(raw_frame[TASKS][:25].to_numpy(np.float32),
+                                  scorer.score_smiles(smiles, raw_scores=True).probabilities[:25])
+    assert raw_frame[ERROR_COLUMN].notna().sum() == len(BAD)
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from pipelines.screening.outputs import (
     HITS_FILE,
     MULTI_ASSAY_FILE,
     ShardedParquetWriter,
+    StagedOutput,
     check_out_dir,
     scores_schema,
 )
@@ -228,3 +229,30 @@ def test_options_are_checked_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "taken" / "notes.txt").write_text("someone's work")
     with pytest.raises(UserError, match="is not empty"):
         check_out_dir(tmp_path / "taken", {}, overwrite=True)
+
+
+def test_raw_scores_are_a_flag_of_their_own_screening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--raw-scores reaches the config and changes the screening's identity,
+    so a calibrated screening's output is never taken for a raw one."""
+    from pipelines.cli import build_parser
+    from pipelines.jobs import screen
+    from pipelines.screening.runner import screening_identity
+
+    seen: list[ScreeningConfig] = []
+    monkeypatch.setattr("pipelines.screening.screen_library", seen.append)
+    monkeypatch.setattr(screen, "format_result", lambda result: "")
+    argv = ["screen", "--model", "models:/m@champion", "--library", str(tmp_path), "--out", str(tmp_path / "o")]
+    for extra in ([], ["--raw-scores"]):
+        args = build_parser().parse_args([*argv, *extra])
+        assert args.run(args) == 0
+    calibrated, raw = seen
+    assert not calibrated.raw_scores and raw.raw_scores
+    identities = [screening_identity(config, "sha", {"name": "lib"}, ["A"]) for config in seen]
+    assert identities[0] != identities[1]
+    assert {key for key in identities[0] if identities[0][key] != identities[1][key]} == {"raw_scores"}
+    # The identity is what a finished output folder is matched against.
+    staged = StagedOutput(tmp_path / "done")
+    staged.commit({"identity": identities[0], "result": {}})
+    assert check_out_dir(tmp_path / "done", identities[0], overwrite=False) is not None
+    with pytest.raises(UserError, match="another model, library or"):
+        check_out_dir(tmp_path / "done", identities[1], overwrite=False)

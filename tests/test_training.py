@@ -54,17 +54,18 @@ def test_worker_resources_leave_cpu_for_data_readers(cpus: float, workers: int, 
     assert worker_resources(dataclasses.replace(config, use_gpu=True), cpus)["GPU"] == 1.0
 
 
-def _loop(dataset: Path, lr: float = 3e-3, seed: int = 0) -> tuple[EpochLoop, object]:
+def _loop(dataset: Path, lr: float = 3e-3, seed: int = 0,
+          pos_weight: float | None = None) -> tuple[EpochLoop, object]:
     info = read_dataset_info(dataset)
     model = build_model(dataclasses.replace(TINY_MODEL, n_features=info.spec.n_bits,
                                             n_tasks=info.n_tasks))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    step = build_step(StepConfig(optimizer="maml-mtl", pos_weight=None))
+    step = build_step(StepConfig(optimizer="maml-mtl", pos_weight=pos_weight))
     return EpochLoop(model, step, optimizer, info.spec, seed=seed), info
 
 
-def _fit(dataset: Path, epochs: int, patience: int, lr: float = 3e-3):
-    loop, info = _loop(dataset, lr)
+def _fit(dataset: Path, epochs: int, patience: int, lr: float = 3e-3, pos_weight: float | None = None):
+    loop, info = _loop(dataset, lr, pos_weight=pos_weight)
     return loop.fit(lambda epoch: iter_dataset_batches(info, "train", 64, shuffle_seed=epoch),
                     lambda: iter_dataset_batches(info, "valid", 256),
                     epochs=epochs, patience=patience, keep_best_state=True), loop
@@ -139,6 +140,30 @@ def test_flat_all_reduce_averages_gradients_and_keeps_ranks_identical(tmp_path: 
         assert torch.equal(value, final[1]["weights"][key]), key
 
 
+def test_calibration_fitted_on_valid_lowers_test_calibration_error(small_dataset: Path) -> None:
+    """A model trained with a positive weight of 20 (as class weighting does)
+    overestimates every task's probabilities; the maps fitted on the valid
+    split bring the test split's ECE and Brier score down, and the run's
+    per-task table says which map each task got."""
+    from pipelines.serving.bundle import ModelBundle
+    from pipelines.training.evaluation import evaluate_bundle, fit_bundle_calibration
+
+    result, loop = _fit(small_dataset, epochs=3, patience=0, lr=1e-2, pos_weight=20.0)
+    loop.model.load_state_dict(result.best_state_dict)
+    info = read_dataset_info(small_dataset)
+    bundle = ModelBundle(loop.model.eval(), info.spec, list(info.tasks))
+    assert evaluate_bundle(bundle, info).calibration is None  # nothing fitted: nothing to report
+    calibrated = dataclasses.replace(bundle, calibration=fit_bundle_calibration(bundle, info))
+    report = evaluate_bundle(calibrated, info).calibration
+    assert report.calibration.split == "valid" and report.calibration.method_counts()["platt"] > 0
+    assert report.raw.mean_ece > 0.15
+    assert report.calibrated.mean_ece < 0.5 * report.raw.mean_ece
+    assert report.calibrated.mean_brier < report.raw.mean_brier
+    rows = report.rows()
+    assert [row["task"] for row in rows] == list(info.tasks)
+    assert {"method", "valid_labels", "valid_positives", "ece_raw", "ece", "brier_raw", "brier"} <= set(rows[0])
+
+
 # -- a real Ray Train run ----------------------------------------------------------
 
 
@@ -199,8 +224,14 @@ def test_ray_run_is_tracked_in_mlflow(two_ray_runs) -> None:
     assert 0.0 < run.data.metrics["diversity_score"] <= 1.0
     artifacts = {a.path for folder in ("test", "experts", "config")
                  for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"test/per_task_metrics.csv", "experts/diversity_heatmap.png", "experts/gate_usage.png",
-            "experts/exclusive_experts.json", "config/train_config.json"} <= artifacts
+    assert {"test/per_task_metrics.csv", "test/per_task_calibration.csv", "experts/diversity_heatmap.png",
+            "experts/gate_usage.png", "experts/exclusive_experts.json", "config/train_config.json"} <= artifacts
+    # Calibration: raw and calibrated test ECE/Brier, means and per task.
+    report = result.test_calibration
+    assert run.data.metrics["test_mean_ece"] == pytest.approx(report.raw.mean_ece)
+    assert run.data.metrics["test_calibrated_mean_ece"] == pytest.approx(report.calibrated.mean_ece)
+    assert run.data.metrics["test_calibrated_mean_brier"] == pytest.approx(report.calibrated.mean_brier)
+    assert {"test_ece/has_N", "test_calibrated_brier/has_N", "test_calibrated_mean_ap"} <= set(run.data.metrics)
     assert result.model_uri.startswith("models:/")
 
 

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPUs reserved per scoring actor (torch threads on CPU)")
     parser.add_argument("--batch-size", type=int, default=4096, help="molecules per scoring call")
     add_tracking_uri_argument(parser)
+    parser.add_argument("--raw-scores", action="store_true",
+                        help="write the model's uncalibrated probabilities (default: calibrated "
+                             "per assay where the model carries a calibration)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder that holds another screening")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_alerts=args.exclude_alerts,
         smiles_col=args.smiles_col, id_col=args.id_col, address=args.address,
         num_cpus=args.num_cpus, overwrite=args.overwrite, progress=not args.no_progress,
+        raw_scores=args.raw_scores,
         resources=Resources(num_actors=args.num_actors, use_gpu=args.use_gpu,
                             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                             batch_size=args.batch_size),

@@ -65,4 +65,15 @@ def run(args: argparse.Namespace) -> int:
                              "mean EF1%": result.test.mean_ef1,
                              "tasks scored": len(result.test.ap) - result.test.n_skipped,
                              "tasks skipped": result.test.n_skipped}]))
+    report = result.test_calibration
+    if report is not None:
+        methods = ", ".join(f"{count} {method}" for method, count
+                            in report.calibration.method_counts().items() if count)
+        print(format_table([
+            {"test scores": "raw", "mean ECE": report.raw.mean_ece,
+             "mean Brier": report.raw.mean_brier, "mean AP": result.test.mean_ap},
+            {"test scores": "calibrated", "mean ECE": report.calibrated.mean_ece,
+             "mean Brier": report.calibrated.mean_brier,
+             "mean AP": report.calibrated_ranking.mean_ap},
+        ], title=f"calibration (fitted on {report.calibration.split}: {methods})"))
     return 0

@@ -58,6 +58,7 @@ class ScreeningConfig:
     num_cpus: int | None = None  # CPUs of a local Ray instance started here
     overwrite: bool = False
     progress: bool = True
+    raw_scores: bool = False  # the model's uncalibrated probabilities
 
     def __post_init__(self) -> None:
         problems = []
@@ -129,13 +130,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     check_library_spec(library, model.spec)
     assays = list(config.assays) or list(model.tasks)
     model.assay_indices(assays)  # unknown assays fail before any work
-    identity = {
-        "model_sha256": model.sha256,
-        "library": library_identity(library),
-        "assays": assays, "top_k": config.top_k, "threshold": config.threshold,
-        "min_active_assays": config.min_active_assays, "exclude_alerts": config.exclude_alerts,
-        "smiles_col": config.smiles_col, "id_col": config.id_col,
-    }
+    identity = screening_identity(config, model.sha256, library_identity(library), assays)
     finished = check_out_dir(config.out_dir, identity, config.overwrite)
     if finished is not None:
         logger.info("%s already holds this screening: nothing to do", config.out_dir)
@@ -146,7 +141,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     try:
         with ray_session(config.address, config.num_cpus), quiet_ray_data():
             streaming_started = time.perf_counter()
-            dataset = scored_dataset(library, model, assays, config.resources)
+            dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores)
             counts = write_scores(
                 dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
                 assays, staged.scratch / SCORES_DIR, staged.scratch / REJECTS_FILE,
@@ -198,6 +193,19 @@ def log_pictures(pictures: list[Path], model_uri: str, tracking_uri: str,
                        model_uri, tracking_uri, (str(error) or type(error).__name__).splitlines()[0])
         return None
     return f"runs:/{run_id}/{artifact_dir}"
+
+
+def screening_identity(config: ScreeningConfig, model_sha256: str, library: dict[str, Any],
+                       assays: list[str]) -> dict[str, Any]:
+    """What makes two screenings the same: the model and library (by
+    content) and every option that changes the output files."""
+    return {
+        "model_sha256": model_sha256, "library": library,
+        "assays": assays, "top_k": config.top_k, "threshold": config.threshold,
+        "min_active_assays": config.min_active_assays, "exclude_alerts": config.exclude_alerts,
+        "smiles_col": config.smiles_col, "id_col": config.id_col,
+        "raw_scores": config.raw_scores,
+    }
 
 
 def library_identity(library: ScreeningLibrary) -> dict[str, Any]:

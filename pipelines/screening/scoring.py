@@ -105,10 +105,11 @@ def mark_featurized(batch: pa.Table) -> pa.Table:
 
 class AssayScorer:
     """Ray Data actor: loads the model once, then scores the accepted rows of
-    each block (packed fingerprints go to the device, probabilities come back)."""
+    each block (packed fingerprints go to the device, probabilities come back:
+    calibrated ones unless ``raw_scores``)."""
 
     def __init__(self, archive: bytes, columns: list[int], assays: list[str], device: str,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, raw_scores: bool = False) -> None:
         import torch
 
         from pipelines.platform.torch_setup import use_huge_pages
@@ -118,7 +119,8 @@ class AssayScorer:
         if threads:
             torch.set_num_threads(threads)
         self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")
-        self.scorer = Scorer.from_bundle(unzip_to(archive, Path(self._folder.name)), device)
+        self.scorer = Scorer.from_bundle(unzip_to(archive, Path(self._folder.name)), device,
+                                         raw_scores=raw_scores)
         self.columns = np.asarray(columns, dtype=np.int64)
         self.assays = assays
         # One torch thread computes in the calling thread, so its CPU time is
@@ -193,7 +195,7 @@ def library_dataset(library: ScreeningLibrary):  # -> ray.data.Dataset
 
 
 def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: list[str],
-                   resources: Resources):  # -> ray.data.Dataset
+                   resources: Resources, raw_scores: bool = False):  # -> ray.data.Dataset
     from ray.data import ActorPoolStrategy
 
     dataset = library_dataset(library)
@@ -217,6 +219,7 @@ def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: lis
         fn_constructor_kwargs={
             "archive": model.archive, "columns": model.assay_indices(assays), "assays": assays,
             "device": "cuda" if resources.use_gpu else "cpu", "threads": threads,
+            "raw_scores": raw_scores,
         })
 
 

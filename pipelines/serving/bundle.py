@@ -9,6 +9,9 @@ training job logs for the best epoch)::
     tasks.json              task (assay) names, in output column order
     domain/                 optional: the training fingerprints, searchable
                             (pipelines.serving.domain.TrainingDomain)
+    calibration.json        optional: per-assay probability calibration
+                            (pipelines/serving/calibration.py); bundles
+                            saved without it score raw probabilities
 
 The spec and task names travel with the weights so that screening can refuse
 a library featurized another way, and so output columns are named by assay.
@@ -29,6 +32,7 @@ from safetensors.torch import load_model, save_model
 from featurize.spec import FingerprintSpec
 from models.config import ModelConfig
 from models.factory import build_model
+from pipelines.serving.calibration import Calibration
 from pipelines.serving.domain import TrainingDomain
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,12 +45,14 @@ DOMAIN_DIR = "domain"
 @dataclass(frozen=True)
 class ModelBundle:
     """A model with the fingerprint spec and task names it was trained on,
-    and optionally its training set's :class:`TrainingDomain`."""
+    and optionally its training set's :class:`TrainingDomain` and the
+    calibration of its probabilities (None: none was fitted)."""
 
     model: torch.nn.Module
     spec: FingerprintSpec
     tasks: list[str]
     domain: TrainingDomain | None = None
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         config: ModelConfig = self.model.config
@@ -58,6 +64,8 @@ class ModelBundle:
         if self.domain is not None and self.domain.n_bits != self.spec.n_bits:
             raise ValueError(f"training domain has {self.domain.n_bits}-bit fingerprints but the "
                              f"spec has {self.spec.n_bits} bits ({self.spec.describe()})")
+        if self.calibration is not None and self.calibration.tasks != list(self.tasks):
+            raise ValueError("the calibration's tasks are not the model's tasks (names or order)")
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the bundle into ``directory`` (created) and return it."""
@@ -69,6 +77,8 @@ class ModelBundle:
         (directory / TASKS_FILE).write_text(json.dumps(list(self.tasks)))
         if self.domain is not None:
             self.domain.save(directory / DOMAIN_DIR)
+        if self.calibration is not None:
+            self.calibration.save(directory)
         return directory
 
     @classmethod
@@ -87,7 +97,8 @@ class ModelBundle:
         domain = TrainingDomain.load(directory / DOMAIN_DIR) \
             if TrainingDomain.saved_in(directory / DOMAIN_DIR) else None
         return cls(model=model, spec=FingerprintSpec.from_json((directory / SPEC_FILE).read_text()),
-                   tasks=list(json.loads((directory / TASKS_FILE).read_text())), domain=domain)
+                   tasks=list(json.loads((directory / TASKS_FILE).read_text())),
+                   calibration=Calibration.load(directory), domain=domain)
 
 
 def bundle_from_state(config: ModelConfig, state_dict: dict[str, torch.Tensor],

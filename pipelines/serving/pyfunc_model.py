@@ -5,7 +5,8 @@ Two ways in, one scoring code path (:class:`pipelines.serving.scorer.Scorer`):
 - :class:`PcbaPyfuncModel`, the MLflow pyfunc. Any MLflow client
   (``mlflow.pyfunc.load_model``, ``mlflow models predict``/``serve``) sends a
   table with a ``smiles`` column and gets one float column per task (named by
-  assay) plus ``error``. SMILES are featurized inside ``predict`` with
+  assay; calibrated probabilities where the model has a calibration, raw ones
+  with ``params={"raw_scores": True}``) plus ``error``. SMILES are featurized inside ``predict`` with
   featurize/'s own standardization and fingerprint code, so the features equal
   the training features. A SMILES that cannot be featurized gets None scores
   (``null`` in JSON) and its reason in ``error``; the batch never fails
@@ -33,6 +34,8 @@ SMILES_COLUMN = "smiles"
 ERROR_COLUMN = "error"
 #: Key of the bundle directory in the pyfunc's MLflow artifacts.
 BUNDLE_ARTIFACT = "bundle"
+#: Predict parameter asking for the model's uncalibrated probabilities.
+RAW_SCORES_PARAM = "raw_scores"
 
 
 class PcbaPyfuncModel(PythonModel):
@@ -49,7 +52,8 @@ class PcbaPyfuncModel(PythonModel):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         if SMILES_COLUMN not in model_input.columns:
             raise ValueError(f"input needs a {SMILES_COLUMN!r} column, got {list(model_input.columns)}")
-        scores = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist())
+        raw_scores = bool((params or {}).get(RAW_SCORES_PARAM, False))
+        scores = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist(), raw_scores)
         out = pd.DataFrame(scores.probabilities, columns=self.scorer.tasks, index=model_input.index)
         failed = any(error is not None for error in scores.errors)
         if scores.neighbours is not None:

@@ -24,7 +24,13 @@ from pipelines.errors import UserError
 from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 from pipelines.serving.bundle import ModelBundle
 from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
-from pipelines.serving.pyfunc_model import BUNDLE_ARTIFACT, ERROR_COLUMN, SMILES_COLUMN, pyfunc_entry_path
+from pipelines.serving.pyfunc_model import (
+    BUNDLE_ARTIFACT,
+    ERROR_COLUMN,
+    RAW_SCORES_PARAM,
+    SMILES_COLUMN,
+    pyfunc_entry_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +99,10 @@ def bundle_code(package_root: Path, destination: Path) -> list[Path]:
 def scoring_signature(tasks: list[str], with_domain: bool = False):  # -> mlflow.models.ModelSignature
     """Input: a ``smiles`` string column. Output: one float column per task
     (null where the SMILES failed), the applicability-domain columns when
-    the model carries its training domain, and an optional string ``error``."""
+    the model carries its training domain, and an optional string ``error``.
+    Param: ``raw_scores`` (boolean, default false: calibrated probabilities)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("float", task) for task in tasks]
     if with_domain:
@@ -104,7 +111,8 @@ def scoring_signature(tasks: list[str], with_domain: bool = False):  # -> mlflow
                     ColSpec("boolean", IN_TRAINING_SET_COLUMN, required=False)]
     outputs.append(ColSpec("string", ERROR_COLUMN, required=False))
     return ModelSignature(inputs=Schema([ColSpec("string", SMILES_COLUMN)]),
-                          outputs=Schema(outputs))
+                          outputs=Schema(outputs),
+                          params=ParamSchema([ParamSpec(RAW_SCORES_PARAM, "boolean", False)]))
 
 
 def register_model(run_id: str, name: str, *, alias: str | None = None,

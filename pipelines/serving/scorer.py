@@ -1,5 +1,6 @@
 """A trained model ready to score, without MLflow: packed fingerprints or
-SMILES in, one probability per assay out.
+SMILES in, one probability per assay out (calibrated where the bundle has a
+calibration, see pipelines/serving/calibration.py; raw on request).
 
 :class:`Scorer` is the one scoring code path. The MLflow pyfunc
 (:mod:`pipelines.serving.pyfunc_model`) wraps it; screening actors build it straight
@@ -22,6 +23,7 @@ from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
 from models.networks.sparse_input import Features, SparseRows
 from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.calibration import Calibration
 from pipelines.serving.domain import Neighbours, TrainingDomain
 
 
@@ -48,29 +50,43 @@ class SmilesScores:
 class Scorer:
     """A trained model ready to score: ``spec``, ``tasks``, ``score_packed``,
     ``score_smiles``, ``neighbours``. Cheap to call from many threads' worth of batches; build
-    one per process (e.g. in a Ray Data actor's ``__init__``)."""
+    one per process (e.g. in a Ray Data actor's ``__init__``).
+
+    Scores are the bundle's calibrated probabilities unless ``raw_scores``
+    (or the per-call ``raw_scores`` of the scoring methods) asks for the
+    model's own sigmoid outputs; a bundle without calibration scores raw."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "auto",
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, raw_scores: bool = False) -> None:
         self.device = resolve_device(device)
         self.model = bundle.model.to(self.device).eval()
         self.spec: FingerprintSpec = bundle.spec
         self.tasks: list[str] = list(bundle.tasks)
         self.domain: TrainingDomain | None = bundle.domain
+        self.calibration: Calibration | None = bundle.calibration
+        self.raw_scores = raw_scores
         # Rows per forward pass. A CPU is memory-bound on the per-task
         # activations ([K, B, h] floats: 268 MB at 4096 rows, K = h = 128);
         # 256 rows keep them in cache, 2x faster. A GPU wants big batches.
         self.batch_size = batch_size or (256 if self.device.type == "cpu" else 8192)
 
     @classmethod
-    def from_bundle(cls, directory: str | os.PathLike[str],
-                    device: torch.device | str = "auto") -> Scorer:
-        return cls(ModelBundle.load(directory, resolve_device(device)), device)
+    def from_bundle(cls, directory: str | os.PathLike[str], device: torch.device | str = "auto",
+                    raw_scores: bool = False) -> Scorer:
+        return cls(ModelBundle.load(directory, resolve_device(device)), device,
+                   raw_scores=raw_scores)
+
+    def calibrates(self, raw_scores: bool | None = None) -> bool:
+        """Whether a call with this ``raw_scores`` (None: the scorer's own
+        setting) returns calibrated probabilities."""
+        raw = self.raw_scores if raw_scores is None else raw_scores
+        return self.calibration is not None and not raw
 
     @torch.inference_mode()
-    def score_packed(self, fp: np.ndarray) -> np.ndarray:
+    def score_packed(self, fp: np.ndarray, raw_scores: bool | None = None) -> np.ndarray:
         """Packed fingerprints ``uint8[N, spec.n_bytes]`` -> probabilities
-        ``float32[N, K]``. Only packed bytes cross to the device."""
+        ``float32[N, K]`` (see :meth:`calibrates`). Only packed bytes cross
+        to the device."""
         fp = np.asarray(fp)
         if fp.dtype != np.uint8 or fp.ndim != 2 or fp.shape[1] != self.spec.n_bytes:
             raise ValueError(f"expected packed fingerprints uint8[N, {self.spec.n_bytes}] "
@@ -80,7 +96,7 @@ class Scorer:
             chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
             x = self._features(chunk.to(self.device, non_blocking=True))
             out[start:start + len(chunk)] = torch.sigmoid(self.model(x)).float().cpu().numpy()
-        return out
+        return self.calibration.apply(out) if self.calibrates(raw_scores) else out
 
     def _features(self, packed: torch.Tensor) -> Features:
         """The model's input for packed fingerprints. On a CPU, bags of on-bits:
@@ -112,13 +128,14 @@ class Scorer:
             return None
         return self.domain.nearest(fp, threads=torch.get_num_threads())
 
-    def score_smiles(self, smiles: Sequence[Any]) -> SmilesScores:
-        """Probabilities, errors and nearest training molecules of ``smiles``."""
+    def score_smiles(self, smiles: Sequence[Any], raw_scores: bool | None = None) -> SmilesScores:
+        """Probabilities (calibrated as in :meth:`score_packed`), errors and
+        nearest training molecules of ``smiles``."""
         fp, errors = self.featurize_smiles(smiles)
         probs = np.full((len(errors), len(self.tasks)), np.nan, dtype=np.float32)
         ok = np.array([error is None for error in errors], dtype=bool)
         if ok.any():
-            probs[ok] = self.score_packed(fp)
+            probs[ok] = self.score_packed(fp, raw_scores)
         found = self.neighbours(fp)
         if found is None:
             return SmilesScores(probs, errors, None)

@@ -1,8 +1,11 @@
-"""The end-of-run look at the best model, on the held-out test split:
-per-task AP/ROC-AUC, expert diversity (Aoki et al. 2021, Sec. 4.4) and gate
-usage per task. Runs in the driver, in one pass over the test split."""
+"""The end-of-run look at the best model: its probability calibration,
+fitted on the validation split, then, on the held-out test split, per-task
+AP/ROC-AUC, calibration error before and after, expert diversity (Aoki et
+al. 2021, Sec. 4.4) and gate usage per task. Runs in the driver, one pass
+over each split."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,18 +14,42 @@ import torch
 from featurize.dataset import DatasetInfo
 from featurize.tensors import unpack_fingerprints
 from models.diversity import ExpertDistanceAccumulator, diversity_score
-from models.metrics import TaskMetrics, evaluate_tasks
+from models.metrics import CalibrationMetrics, TaskMetrics, evaluate_calibration, evaluate_tasks
 from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.calibration import Calibration, fit_calibration
 from pipelines.training.engine import iter_dataset_batches
 
 EVAL_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
+class CalibrationReport:
+    """A calibration and, on one split, the ECE and Brier score of the raw
+    and the calibrated probabilities, and the ranking metrics of the
+    calibrated ones (equal to the raw ones except where an isotonic map made
+    ties)."""
+
+    calibration: Calibration
+    raw: CalibrationMetrics
+    calibrated: CalibrationMetrics
+    calibrated_ranking: TaskMetrics
+
+    def rows(self) -> list[dict[str, object]]:
+        """One row per task: its map, the labels it was fitted on, and the
+        split's ECE and Brier score before and after (the per-task CSV)."""
+        return [{**fitted, "ece_raw": float(self.raw.ece[index]),
+                 "ece": float(self.calibrated.ece[index]),
+                 "brier_raw": float(self.raw.brier[index]),
+                 "brier": float(self.calibrated.brier[index])}
+                for index, fitted in enumerate(self.calibration.rows())]
+
+
+@dataclass(frozen=True)
 class FinalEvaluation:
     """Test metrics and what the experts did. ``distance_matrix``/``diversity``
     and ``gate_usage`` (mean gate weight ``[K, E]``) are None for models without
-    experts / gates; ``exclusive_expert_task`` maps expert -> task index."""
+    experts / gates; ``exclusive_expert_task`` maps expert -> task index;
+    ``calibration`` is None for a bundle without calibration."""
 
     split: str
     n_rows: int
@@ -31,6 +58,39 @@ class FinalEvaluation:
     diversity: float | None
     gate_usage: np.ndarray | None
     exclusive_expert_task: dict[int, int]
+    calibration: CalibrationReport | None = None
+
+
+def _split_outputs(bundle: ModelBundle, info: DatasetInfo, split: str,
+                   device: torch.device | str) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """(model input, raw probabilities, labels) of each batch of ``split``."""
+    model = bundle.model.to(device).eval()
+    for fp, labels in iter_dataset_batches(info, split, EVAL_BATCH_SIZE):
+        x = unpack_fingerprints(torch.as_tensor(fp).to(device), bundle.spec)
+        yield x, torch.sigmoid(model(x)).float().cpu().numpy(), labels
+
+
+@torch.inference_mode()
+def fit_bundle_calibration(bundle: ModelBundle, info: DatasetInfo, split: str = "valid",
+                           device: torch.device | str = "cpu") -> Calibration:
+    """Per-assay calibration maps of the bundle's raw probabilities, fitted
+    on ``split``'s present labels (see pipelines/serving/calibration.py)."""
+    outputs = [(probs, labels) for _, probs, labels in _split_outputs(bundle, info, split, device)]
+    if not outputs:
+        raise ValueError(f"{info.path}: the {split} split is empty")
+    probs, labels = (np.concatenate(arrays) for arrays in zip(*outputs))
+    return fit_calibration(probs, labels, bundle.tasks, split=split)
+
+
+def calibration_report(labels: np.ndarray, raw: np.ndarray,
+                       calibration: Calibration) -> CalibrationReport:
+    """How ``calibration`` changes the raw probabilities' fit to ``labels``
+    (> 0 active, >= 0 present)."""
+    truth, present = labels > 0, labels >= 0
+    calibrated = calibration.apply(raw)
+    return CalibrationReport(calibration=calibration, raw=evaluate_calibration(truth, raw, present),
+                             calibrated=evaluate_calibration(truth, calibrated, present),
+                             calibrated_ranking=evaluate_tasks(truth, calibrated, present))
 
 
 @torch.inference_mode()
@@ -41,9 +101,8 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
     distances = ExpertDistanceAccumulator()
     gate_sum: torch.Tensor | None = None
     probs, labels = [], []
-    for fp, batch_labels in iter_dataset_batches(info, split, EVAL_BATCH_SIZE):
-        x = unpack_fingerprints(torch.as_tensor(fp).to(device), bundle.spec)
-        probs.append(torch.sigmoid(model(x)).float().cpu().numpy())
+    for x, batch_probs, batch_labels in _split_outputs(bundle, info, split, device):
+        probs.append(batch_probs)
         labels.append(batch_labels)
         experts = model.expert_outputs(x)
         if experts is not None:
@@ -64,6 +123,8 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
         diversity=None if matrix is None else diversity_score(matrix),
         gate_usage=None if gate_sum is None else (gate_sum / len(all_labels)).cpu().numpy(),
         exclusive_expert_task=exclusive_assignment(model),
+        calibration=None if bundle.calibration is None else
+        calibration_report(all_labels, all_probs, bundle.calibration),
     )
 
 

@@ -2,8 +2,9 @@
 
 :func:`build_trainer` makes the ``TorchTrainer`` (datasets, scaling, failure
 and checkpoint policy); :func:`run_training` is the job: open or resume the
-MLflow run, fit, evaluate the best checkpoint on the test split, log
-everything and the SMILES-in pyfunc, optionally register it.
+MLflow run, fit, calibrate the best checkpoint's probabilities on the
+validation split, evaluate it on the test split, log everything and the
+SMILES-in pyfunc, optionally register it.
 
 Tuning reuses both: a Tune function trainable calls :func:`run_training`
 with ``callbacks=[ray.tune.integration.ray_train.TuneReportCallback()]`` and a
@@ -34,7 +35,12 @@ from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
 from pipelines.training.config import TrainConfig
 from pipelines.training.domain import training_domain
-from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle
+from pipelines.training.evaluation import (
+    CalibrationReport,
+    FinalEvaluation,
+    evaluate_bundle,
+    fit_bundle_calibration,
+)
 from pipelines.training.worker import TRAIN_SPLIT, VALID_SPLIT, restore_checkpoint, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -42,11 +48,14 @@ logger = logging.getLogger(__name__)
 #: CPUs a Ray Data read task asks for: reading Parquet is I/O, and the
 #: training workers hold the cores.
 DATA_TASK_CPUS = 0.25
+#: Metric prefix of the calibrated test scores (test_calibrated_mean_ece).
+CALIBRATED_TEST = "test_calibrated"
 
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """What a finished run produced and where it is."""
+    """What a finished run produced and where it is. ``test`` ranks the raw
+    probabilities; ``test_calibration`` compares raw and calibrated ones."""
 
     run_name: str
     mlflow_run_id: str
@@ -63,6 +72,7 @@ class TrainingResult:
     diversity: float | None
     model_uri: str
     registered_version: int | None = None
+    test_calibration: CalibrationReport | None = None
 
 
 def default_run_name() -> str:
@@ -210,6 +220,9 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
         fit = trainer.fit()
         best, latest, last_metrics = _checkpoints(fit)
         bundle = _load_bundle(config, info, best)
+        bundle = dataclasses.replace(bundle, calibration=fit_bundle_calibration(bundle, info, VALID_SPLIT))
+        logger.info("calibration on %s: %s", VALID_SPLIT, ", ".join(
+            f"{count} {method}" for method, count in bundle.calibration.method_counts().items()))
         evaluation = evaluate_bundle(bundle, info) if info.split_counts.get("test") else None
         _log_run_end(uri, run_id, config, info, last_metrics, evaluation)
         model_uri = log_scoring_model(uri, run_id, bundle)
@@ -228,7 +241,8 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
         samples_per_s_per_worker=float(last_metrics["train_samples_per_s"]),
         test=None if evaluation is None else evaluation.metrics,
         diversity=None if evaluation is None else evaluation.diversity,
-        model_uri=model_uri, registered_version=version)
+        model_uri=model_uri, registered_version=version,
+        test_calibration=None if evaluation is None else evaluation.calibration)
 
 
 def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -254,8 +268,10 @@ def _load_bundle(config: TrainConfig, info: DatasetInfo, checkpoint: Any) -> Mod
 
 def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
                  last_metrics: dict[str, Any], evaluation: FinalEvaluation | None) -> None:
-    """Final metrics and artifacts: test means + per-task table, diversity
-    score + heatmap, gate usage plot, exclusive-expert assignment, config,
+    """Final metrics and artifacts: test means + per-task table, calibration
+    (ECE and Brier score raw and calibrated, means and per task; the
+    calibrated scores' ranking means) + per-task table, diversity score +
+    heatmap, gate usage plot, exclusive-expert assignment, config,
     fingerprint spec and dataset identity."""
     summary = {"epochs_completed": int(last_metrics["epoch"]) + 1,
                "best_epoch": last_metrics["best_epoch"],
@@ -270,6 +286,17 @@ def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
         summary.update({**test.means("test"), **test.per_task("test", info.tasks),
                         "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
         tracking.log_table_csv(uri, run_id, test.rows(info.tasks), "test/per_task_metrics.csv")
+        report = evaluation.calibration
+        if report is not None:
+            # Unprefixed names are the raw model's, like test_mean_ap;
+            # "test_calibrated" names what the model serves.
+            summary.update({**report.raw.means("test"), **report.raw.per_task("test", info.tasks),
+                            **report.calibrated.means(CALIBRATED_TEST),
+                            **report.calibrated.per_task(CALIBRATED_TEST, info.tasks),
+                            **report.calibrated_ranking.means(CALIBRATED_TEST),
+                            **{f"calibration_tasks_{method}": count for method, count
+                               in report.calibration.method_counts().items()}})
+            tracking.log_table_csv(uri, run_id, report.rows(), "test/per_task_calibration.csv")
         exclusive = {f"expert_{expert}": info.tasks[task]
                      for expert, task in evaluation.exclusive_expert_task.items()}
         tracking.log_json(uri, run_id, {"exclusivity": config.model.exclusivity,
