@@ -16,6 +16,7 @@ import pytest
 from featurize.pipeline import featurize_file
 from featurize.spec import FingerprintSpec
 from pipelines.screening.alerts import structural_alerts
+from pipelines.serving.domain import DOMAIN_COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -25,12 +26,17 @@ MODEL = "models:/pcba-screen-test@champion"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real SQLite MLflow registry with a small (untrained) MMoEEx as champion."""
+def registry(tmp_path_factory: pytest.TempPathFactory, nci_smiles: list[str]) -> Iterator[str]:
+    """A real SQLite MLflow registry with a small (untrained) MMoEEx as champion,
+    carrying an HNSW training domain of NCI molecules 1000-1599 (the library's
+    rows 1000-1499 are training molecules)."""
+    from featurize.fingerprints import fingerprint_matrix
+    from featurize.standardize import standardize_smiles
     from models.config import ModelConfig
     from models.factory import build_model
     from pipelines.platform import tracking
     from pipelines.serving.bundle import ModelBundle
+    from pipelines.serving.domain import TrainingDomain
     from pipelines.serving.registry import log_scoring_model, register_model
 
     root = tmp_path_factory.mktemp("registry")
@@ -41,8 +47,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         model = build_model(ModelConfig(n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=4,
                                         expert_hidden=(32,), tower_hidden=8, seed=3)).eval()
+        train = fingerprint_matrix([standardize_smiles(s).mol for s in nci_smiles[1000:1600]], SPEC)
+        domain = TrainingDomain.build(train, [f"train-{i}" for i in range(len(train))],
+                                      n_bits=SPEC.n_bits, exact_max_rows=0)
         run_id, _ = tracking.start_run(uri, "screen-tests", "untrained-champion")
-        log_scoring_model(uri, run_id, ModelBundle(model, SPEC, TASKS))
+        log_scoring_model(uri, run_id, ModelBundle(model, SPEC, TASKS, domain=domain))
         tracking.finish_run(uri, run_id)
         register_model(run_id, "pcba-screen-test", alias="champion", tracking_uri=uri)
         yield uri
@@ -85,6 +94,12 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     pyfunc = mlflow.pyfunc.load_model(MODEL)  # MLFLOW_TRACKING_URI is the registry's
     expected = pyfunc.predict(frame.loc[scores["row"], ["smiles"]].reset_index(drop=True))
     np.testing.assert_allclose(scores[TASKS].to_numpy(), expected[TASKS].to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(scores["nn_similarity"], expected["nn_similarity"].astype(np.float32))
+    assert scores["nn_mol_id"].tolist() == expected["nn_mol_id"].tolist()
+    training = scores["row"].between(1000, 1499)
+    assert scores.loc[training, "in_training_set"].all() and (scores.loc[training, "nn_similarity"] == 1).all()
+    assert result.in_training_set == int(scores["in_training_set"].sum()) >= 500
+    assert result.similarity_histogram.splitlines()[-1].startswith("0.9-1.0 |")
 
     hits = pd.read_parquet(tmp_path / "out" / "hits.parquet")
     assert len(hits) == result.hits == 7 * len(TASKS)
@@ -94,7 +109,9 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     assert [list(names) for names in hits["alerts"]] == structural_alerts(hits["smiles"].tolist())
     assert result.hits_with_alerts == int((hits["alerts"].str.len() > 0).sum())
     assert "alerts" in pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet").columns
-    _check_pictures(tmp_path / "out", result, ["hits.png"], registry)
+    by_row = scores.set_index("row")
+    assert hits["nn_similarity"].tolist() == by_row.loc[hits["row"], "nn_similarity"].tolist()
+    _check_pictures(tmp_path / "out", result, ["hits.png", "similarity.png"], registry)
 
     again = _screen(library, tmp_path / "out", registry)
     assert again.skipped_existing and again.scored == result.scored
@@ -133,10 +150,10 @@ def test_featurized_library_scores_the_same_and_spec_is_checked(
     multi = pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet")
     assert (multi["alerts"].str.len() == 0).all()
     assert result.excluded_for_alerts > 0  # NCI molecules: about two thirds are flagged
-    _check_pictures(tmp_path / "out", result, [f"hits-{TASKS[2]}.png", f"hits-{TASKS[0]}.png"],
-                    registry)
+    _check_pictures(tmp_path / "out", result, [f"hits-{TASKS[2]}.png", f"hits-{TASKS[0]}.png",
+                                               "similarity.png"], registry)
     scores = pd.read_parquet(tmp_path / "out" / "scores").set_index("mol_id")
-    assert list(scores.columns) == ["row", "smiles", TASKS[2], TASKS[0]]
+    assert list(scores.columns) == ["row", "smiles", TASKS[2], TASKS[0], *DOMAIN_COLUMNS]
     features = read_all(tmp_path / "fp", columns=["mol_id"])
     expected = load_scorer(MODEL, device="cpu").score_packed(features.fp)[:, [2, 0]]
     np.testing.assert_allclose(scores.loc[features.mol_id, [TASKS[2], TASKS[0]]].to_numpy(),

@@ -100,4 +100,7 @@ def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
     values["pictures"] = ", ".join(result.pictures) or "none (no hits)"
     if result.pictures_logged_to:
         values["pictures logged to"] = result.pictures_logged_to
-    return format_key_values(values, title=f"screen -> {result.out_dir}")
+    if result.in_training_set is not None:
+        values["training molecules screened"] = result.in_training_set
+    table = format_key_values(values, title=f"screen -> {result.out_dir}")
+    return table if result.similarity_histogram is None else f"{table}\n\n{result.similarity_histogram}"

@@ -12,10 +12,12 @@ Layout of the output folder::
                                     row that could not be scored
     hits.parquet                    top K per assay: assay, rank, row, mol_id, smiles, score,
                                     alerts (structural alert names; --exclude-alerts:
-                                    the K best molecules without any)
+                                    the K best molecules without any), and the
+                                    domain columns when the scores have them
     multi_assay_hits.parquet        molecules active in several assays (in their top K,
                                     or scoring >= threshold), with alerts
     hits.png | hits-<assay>.png     the top hits drawn (per assay with --assays)
+    similarity.png                  histogram of the library's nn_similarity (domain only)
     screening.json                  counts, model, library identity, options
 
 Everything is written into a hidden folder beside the output and renamed
@@ -41,6 +43,7 @@ from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, N
 SCORES_DIR = "scores"
 REJECTS_FILE = "rejects.parquet"
 HITS_FILE = "hits.parquet"
+SIMILARITY_PICTURE = "similarity.png"
 MULTI_ASSAY_FILE = "multi_assay_hits.parquet"
 MANIFEST_FILE = "screening.json"
 ROWS_PER_SHARD = 250_000

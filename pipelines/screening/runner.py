@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from featurize.sources import file_sha256
@@ -26,12 +27,18 @@ from pipelines.screening.outputs import (
     MULTI_ASSAY_FILE,
     REJECTS_FILE,
     SCORES_DIR,
+    SIMILARITY_PICTURE,
     StagedOutput,
     check_out_dir,
     identity_digest,
 )
-from pipelines.screening.pictures import draw_hit_pictures
+from pipelines.screening.pictures import (
+    draw_hit_pictures,
+    similarity_histogram_png,
+    similarity_histogram_text,
+)
 from pipelines.screening.scoring import Resources, scored_dataset, write_scores
+from pipelines.serving.domain import NN_SIMILARITY_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +99,10 @@ class ScreeningResult:
     excluded_for_alerts: int = 0  # flagged molecules left out (--exclude-alerts)
     pictures: tuple[str, ...] = ()  # PNG files in out_dir
     pictures_logged_to: str | None = None  # runs:/<run_id>/<path> of the model's run
+    # With a model that carries its training domain: the library's nearest-
+    # training-molecule similarities, as a text histogram, and exact repeats.
+    similarity_histogram: str | None = None
+    in_training_set: int | None = None
     skipped_existing: bool = False
 
     @property
@@ -152,6 +163,11 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
                          exclude_alerts=config.exclude_alerts)
         pictures = draw_hit_pictures(pq.read_table(staged.scratch / HITS_FILE), staged.scratch,
                                      per_assay=config.assays)
+        similarity = library_similarity(counts.score_files) if model.has_domain else None
+        if similarity is not None:
+            pictures.append(similarity_histogram_png(
+                similarity, staged.scratch / SIMILARITY_PICTURE,
+                title="similarity of the library to the training set"))
         logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
                                  f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
         result = ScreeningResult(
@@ -160,6 +176,9 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
             hits=hits.hits, multi_assay_hits=hits.multi_assay_hits,
             hits_with_alerts=hits.hits_with_alerts, excluded_for_alerts=hits.excluded_for_alerts,
             pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
+            similarity_histogram=None if similarity is None else similarity_histogram_text(
+                similarity, title="library similarity to the training set"),
+            in_training_set=None if similarity is None else int(np.sum(similarity >= 1.0)),
             elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
             featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds)
         staged.commit({"identity": identity, "result": result.manifest(),
@@ -168,6 +187,14 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         staged.abort()
         raise
     return result
+
+
+def library_similarity(score_files: list[Path]) -> np.ndarray:
+    """Every scored molecule's ``nn_similarity`` (4 bytes a molecule: 4 MB
+    for a million), read back from the score files."""
+    return np.concatenate([np.empty(0, np.float32), *(
+        pq.read_table(path, columns=[NN_SIMILARITY_COLUMN])[NN_SIMILARITY_COLUMN].to_numpy()
+        for path in score_files)])
 
 
 def log_pictures(pictures: list[Path], model_uri: str, tracking_uri: str,
