@@ -14,6 +14,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Ray Train's controller collects its workers' reports (and registers their
+# checkpoints) once per poll, every 2 s by default: longer than a test epoch,
+# so the worker-kill test, which waits for a registered checkpoint before it
+# kills a worker in the next epoch, would often find that epoch over. Runs
+# also end sooner. Set before Ray starts: its processes inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 SHARED_PCBA_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pcba-subset"
 

@@ -3,6 +3,11 @@ real 2-worker Ray Train run with an injected failure, tracked in MLflow."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ from models.factory import build_model
 from models.steps import StepConfig, build_step
 from pipelines.training.config import TrainConfig
 from pipelines.training.engine import EpochLoop, LoopState, iter_dataset_batches
-from pipelines.training.trainer import worker_resources
+from pipelines.training.trainer import TrainingResult, worker_resources
 
 TINY_MODEL = ModelConfig(n_experts=4, expert_hidden=(32,), tower_hidden=8, alpha=0.5, dropout=0.1)
 
@@ -166,26 +171,49 @@ def test_calibration_fitted_on_valid_lowers_test_calibration_error(small_dataset
 
 # -- a real Ray Train run ----------------------------------------------------------
 
-
-def _ray_config(dataset: Path, root: Path, run_name: str, **overrides: object) -> TrainConfig:
-    return TrainConfig(data_dir=str(dataset), model=TINY_MODEL, step=StepConfig(optimizer="maml-mtl", inner_lr=0.05),
-                       batch_size=64, epochs=2, patience=0, seed=3, num_workers=2,
-                       resources_per_worker={"CPU": 0.5}, run_name=run_name,
-                       storage_path=str(root / "ray"), experiment_name="tests", **overrides)
+#: Per-worker rows per step in the Ray runs: small, so that an epoch of the
+#: full NCI set takes seconds (about 120 steps a worker) and the SIGKILL test
+#: can land inside one after the controller recorded the previous checkpoint.
+RAY_BATCH_SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def two_ray_runs(ray_local: None, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The same 2-worker run twice: once failing at epoch 1 (and recovering
-    from its epoch-0 checkpoint), once clean."""
+def ray_dataset(nci_smiles: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All ~5,000 NCI molecules (4,000 train rows), for the Ray Train runs."""
+    return make_dataset(nci_smiles, tmp_path_factory.mktemp("ray-training") / "data",
+                        n_molecules=len(nci_smiles))
+
+
+@pytest.fixture(scope="module")
+def ray_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Ray storage (``ray/``) and MLflow store (``mlflow.db``) of this module's runs."""
+    return tmp_path_factory.mktemp("ray-runs")
+
+
+def _ray_config(dataset: Path, root: Path, run_name: str, **overrides: object) -> TrainConfig:
+    return TrainConfig(data_dir=str(dataset), model=TINY_MODEL, step=StepConfig(optimizer="maml-mtl", inner_lr=0.05),
+                       batch_size=RAY_BATCH_SIZE, epochs=2, patience=0, seed=3, num_workers=2,
+                       resources_per_worker={"CPU": 0.5}, run_name=run_name,
+                       storage_path=str(root / "ray"), experiment_name="tests",
+                       tracking_uri=f"sqlite:///{root / 'mlflow.db'}", **overrides)
+
+
+@pytest.fixture(scope="module")
+def clean_ray_run(ray_local: None, ray_dataset: Path, ray_root: Path) -> TrainingResult:
+    """The 2-worker run that nothing interrupts: what every recovered run must reproduce."""
     from pipelines.training.trainer import run_training
 
-    root = tmp_path_factory.mktemp("ray-runs")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    failing = _ray_config(small_dataset, root, "fails-once", max_failures=1, fail_at_epoch=1,
-                          tracking_uri=uri)
-    clean = _ray_config(small_dataset, root, "clean", tracking_uri=uri)
-    return run_training(failing), run_training(clean), failing, root, uri
+    return run_training(_ray_config(ray_dataset, ray_root, "clean"))
+
+
+@pytest.fixture(scope="module")
+def two_ray_runs(clean_ray_run: TrainingResult, ray_dataset: Path, ray_root: Path):
+    """The clean run, and the same run failing at epoch 1 (and recovering
+    from its epoch-0 checkpoint)."""
+    from pipelines.training.trainer import run_training
+
+    failing = _ray_config(ray_dataset, ray_root, "fails-once", max_failures=1, fail_at_epoch=1)
+    return run_training(failing), clean_ray_run, failing, ray_root, failing.tracking_uri
 
 
 @pytest.mark.slow
@@ -233,6 +261,105 @@ def test_ray_run_is_tracked_in_mlflow(two_ray_runs) -> None:
     assert run.data.metrics["test_calibrated_mean_brier"] == pytest.approx(report.calibrated.mean_brier)
     assert {"test_ece/has_N", "test_calibrated_brier/has_N", "test_calibrated_mean_ap"} <= set(run.data.metrics)
     assert result.model_uri.startswith("models:/")
+
+
+#: Seconds the SIGKILL test waits for the run to record its first checkpoint.
+FIRST_CHECKPOINT_TIMEOUT_S = 600
+
+
+def _train_workers(job_id: str) -> dict[str, dict]:
+    """Ray Train worker actors (``RayTrainWorker``) of this Ray job, any state,
+    by actor id, from Ray's own actor table (with their pid). Why the GCS
+    table and not ``ray.util.state.list_actors``: the State API is served by
+    the dashboard, which the tests' Ray runs without."""
+    from ray._private import state
+
+    return {actor_id: actor for actor_id, actor in state.actors().items()
+            if actor["ActorClassName"] == "RayTrainWorker" and actor["JobID"] == job_id}
+
+
+def _latest_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint the Train controller has registered as latest (what a
+    restarted worker group resumes from), from the snapshot it writes to the
+    run's storage after each registration; None before the first."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being rewritten
+        return None
+    return latest["checkpoint_dir_name"] if latest else None
+
+
+def _kill_a_worker_in_epoch_1(run_dir: Path, job_id: str, known: set[str], run: Future) -> int:
+    """Once the controller has registered the epoch-0 checkpoint, SIGKILL one
+    of this run's (alive) Train workers while epoch 1 is still running; the pid."""
+    deadline = time.monotonic() + FIRST_CHECKPOINT_TIMEOUT_S
+    while _latest_checkpoint(run_dir) != "epoch_0000":
+        assert not run.done(), f"the run ended before its first checkpoint: {run.exception()!r}"
+        assert time.monotonic() < deadline, "no epoch-0 checkpoint in time"
+        time.sleep(0.05)
+    alive = sorted(actor["Pid"] for actor_id, actor in _train_workers(job_id).items()
+                   if actor_id not in known and actor["State"] == "ALIVE")
+    assert len(alive) == 2, f"expected this run's 2 Train workers, found pids {alive}"
+    assert not (run_dir / "epoch_0001").exists(), "epoch 1 ended before the kill could land in it"
+    os.kill(alive[-1], signal.SIGKILL)
+    return alive[-1]
+
+
+def _training_state(checkpoint: str) -> dict:
+    return torch.load(Path(checkpoint, "training_state.pt"), weights_only=True)
+
+
+def _assert_same_tensors(actual: object, expected: object, where: str) -> None:
+    """Nested dicts/lists of tensors and numbers, bit for bit."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same_tensors(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected), where
+        for index, (left, right) in enumerate(zip(actual, expected)):
+            _assert_same_tensors(left, right, f"{where}[{index}]")
+    elif isinstance(expected, torch.Tensor):
+        assert torch.equal(actual, expected), where
+    else:
+        assert actual == expected, where
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_resumes_from_the_last_checkpoint_and_matches_a_clean_run(
+        ray_local: None, ray_dataset: Path, ray_root: Path, clean_ray_run: TrainingResult) -> None:
+    """A worker process killed (SIGKILL) during epoch 1: with max_failures=1
+    Ray Train restarts the worker group from the epoch-0 checkpoint, and the
+    run ends with exactly the clean run's weights and optimizer state."""
+    import ray
+    from mlflow import MlflowClient
+
+    from pipelines.training.trainer import run_training
+
+    config = _ray_config(ray_dataset, ray_root, "killed", max_failures=1)
+    run_dir = ray_root / "ray" / "killed"
+    job_id = ray.get_runtime_context().get_job_id()
+    known = set(_train_workers(job_id))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        run = pool.submit(run_training, config)
+        killed_pid = _kill_a_worker_in_epoch_1(run_dir, job_id, known, run)
+        result = run.result()
+
+    # One restart: the killed group's 2 workers, then 2 new ones.
+    workers = {actor_id: actor for actor_id, actor in _train_workers(job_id).items() if actor_id not in known}
+    assert len(workers) == 4 and killed_pid in {actor["Pid"] for actor in workers.values()}
+    # Resumed at epoch 1 (epoch 0 was not trained or reported again); epoch
+    # 1 was reported once, by the new group: at most one epoch was lost.
+    history = MlflowClient(config.tracking_uri).get_metric_history(result.mlflow_run_id, "train_loss")
+    assert sorted(point.step for point in history) == [0, 1]
+    assert result.epochs_completed == 2 and result.best_epoch == clean_ray_run.best_epoch
+    # The same weights, optimizer moments and loop state as the clean run, bit for bit.
+    for name in ("latest_checkpoint", "best_checkpoint"):
+        assert Path(getattr(result, name)).name == Path(getattr(clean_ray_run, name)).name
+        _assert_same_tensors(_training_state(getattr(result, name)),
+                             _training_state(getattr(clean_ray_run, name)), name)
+    assert result.test.mean_ap == clean_ray_run.test.mean_ap
 
 
 def test_the_gates_get_their_own_learning_rate_and_weight_decay() -> None:

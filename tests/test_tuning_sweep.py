@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import processes
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -44,9 +47,10 @@ def tiny_panel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "dataset"
 
 
-def _tune_args(dataset: Path, storage: Path, uri: str, space_file: Path) -> list[str]:
-    return ["tune", "--data", str(dataset), "--num-samples", "4", "--max-concurrent", "1",
-            "--epochs", "3", "--grace-period", "1", "--reduction-factor", "2",
+def _tune_args(dataset: Path, storage: Path, uri: str, space_file: Path, *, num_samples: int = 4,
+               epochs: int = 3) -> list[str]:
+    return ["tune", "--data", str(dataset), "--num-samples", str(num_samples), "--max-concurrent", "1",
+            "--epochs", str(epochs), "--grace-period", "1", "--reduction-factor", "2",
             "--search-space", str(space_file), "--batch-size", "64", "--tower-hidden", "8",
             # the trial settings this sweep's seeded ASHA decisions were read with
             "--optimizer", "maml-mtl", "--dropout", "0.1", "--gate-lr-scale", "1",
@@ -76,6 +80,37 @@ def _result_lines(experiment_dir: Path, trial_id: str) -> int:
     return len((experiment_dir / trial_id / "result.json").read_text().splitlines())
 
 
+def _driver_env(**extra: str) -> dict[str, str]:
+    """A tune driver's environment: this checkout's code, and Tune saving its
+    experiment state every second, so a finished trial shows in it before the
+    (fast) sweep is over and the driver is killed mid-sweep."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    return {**env, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1", **extra}
+
+
+def _start_driver(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m pipelines ARGS`` in a session of its own (see tests/processes.py)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_once_a_trial_finished(driver: subprocess.Popen, experiment_dir: Path, log: Path) -> set[str]:
+    """SIGKILL ``driver`` (that pid only) once Tune's experiment state records
+    a finished trial; those trials' ids."""
+    deadline = time.monotonic() + STATE_TIMEOUT_S
+    try:
+        while not (finished := _terminated_trials(experiment_dir)):
+            assert driver.poll() is None, \
+                f"the sweep driver ended before any trial finished:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    return finished
+
+
 def test_interrupted_sweep_resumes_and_registers_the_best(
         ray_local: None, mlflow_uri: str, tiny_panel: Path, tmp_path: Path) -> None:
     import ray
@@ -90,21 +125,9 @@ def test_interrupted_sweep_resumes_and_registers_the_best(
     args = _tune_args(tiny_panel, storage, mlflow_uri, space_file)
 
     # 1. A driver on the shared Ray, killed once a trial has finished.
-    # Tune saves its experiment state every second, so a finished trial shows
-    # before the (fast) sweep is over and the driver is killed mid-sweep.
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + STATE_TIMEOUT_S
-    try:
-        while not (finished_before := _terminated_trials(experiment_dir)):
-            assert driver.poll() is None, "the sweep driver ended before any trial finished"
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.2)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    env = _driver_env(RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    log = tmp_path / "driver.log"
+    finished_before = _kill_once_a_trial_finished(_start_driver(args, tmp_path, env, log), experiment_dir, log)
     lines_before = {trial: _result_lines(experiment_dir, trial) for trial in finished_before}
 
     # 2. --resume completes it in this process.
@@ -157,3 +180,70 @@ def test_interrupted_sweep_resumes_and_registers_the_best(
     number, decision = register_best(again, "pcba-tune-test", "champion")
     assert number == 2 and not decision.promote and "does not beat" in decision.reason
     assert int(client.get_model_version_by_alias("pcba-tune-test", "champion").version) == 1
+
+
+#: Seconds a killed driver's own Ray gets to go down by itself before the
+#: test ends what is left of it; seconds the resumed sweep gets to finish.
+RAY_EXIT_GRACE_S = 10
+RESUME_TIMEOUT_S = 600
+
+
+def test_killed_driver_with_its_own_ray_resumes_in_a_new_process(
+        mlflow_uri: str, tiny_panel: Path, tmp_path: Path) -> None:
+    """The command-line case: ``tune`` starting its own local Ray, SIGKILLed
+    after a trial finished, run again with ``--resume`` in a new process (and
+    a new Ray). The finished trial is kept, not re-run, and the sweep
+    completes. Two trials of two epochs: the smallest sweep with a finished
+    trial to keep and one left to run."""
+    from mlflow import MlflowClient
+
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(SPACE))
+    storage = tmp_path / "tune"
+    experiment_dir = storage / "sweep"
+    args = [*_tune_args(tiny_panel, storage, mlflow_uri, space_file, num_samples=2, epochs=2),
+            "--num-cpus", "2"]
+    # Each driver's Ray keeps its sockets and logs here (a short path: Unix
+    # sockets), not in the machine's shared /tmp/ray.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="raytmp-", dir="/tmp"))
+    env = _driver_env(RAY_TMPDIR=str(ray_tmp))
+    log = tmp_path / "driver.log"
+    started: set[processes.Process] = set()
+    try:
+        # 1. Killed once a trial has finished. Its Ray's GCS, raylet and
+        # workers die with it (Ray's kernel fate-sharing), but the raylet's
+        # dashboard and runtime-env agents, though they notice at once, first
+        # try to report the death to the dead GCS, for about a minute (until
+        # their GCS client gives up): end them here.
+        driver = _start_driver(args, tmp_path, env, log)
+        finished_before = _kill_once_a_trial_finished(driver, experiment_dir, log)
+        started |= processes.session_processes(driver.pid)
+        processes.kill(processes.wait_until_gone(started, RAY_EXIT_GRACE_S))
+        lines_before = {trial: _result_lines(experiment_dir, trial) for trial in finished_before}
+
+        # 2. The same command with --resume, in a new process.
+        resumed = _start_driver([*args, "--resume"], tmp_path, env, log)
+        try:
+            returncode = resumed.wait(timeout=RESUME_TIMEOUT_S)
+        finally:
+            started |= processes.session_processes(resumed.pid)
+        assert returncode == 0, log.read_text()[-3000:]
+    finally:
+        processes.kill(started)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    # The finished trial kept its results (not run again); the other completed.
+    for trial in finished_before:
+        assert _result_lines(experiment_dir, trial) == lines_before[trial]
+    assert len(_terminated_trials(experiment_dir)) == 2
+    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("pcba-mmoeex").experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2  # the resumed trial continued its own run
+    statuses = {run.data.tags["pcba.ray_run_name"].removeprefix("sweep-"): run.data.tags["pcba.tune.status"]
+                for run in children}
+    assert all(statuses[trial] == "finished" for trial in finished_before)
+    assert client.get_model_version_by_alias("pcba-tune-test", "champion").run_id == \
+        parents[0].data.tags["pcba.tune.best_run_id"]
