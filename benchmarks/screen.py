@@ -2,6 +2,7 @@
 
     python benchmarks/screen.py                          # 100k and 1M molecules (the README table)
     python benchmarks/screen.py --sizes 20000            # a quick look
+    python benchmarks/screen.py --sizes 1000000 --domain-rows 70000   # cost of the domain columns
 
 A model with the end-to-end run's default shape (MMoEEx, 4 experts of 128
 units, 128 assays, 2048-bit Morgan; untrained weights score at the same
@@ -14,11 +15,17 @@ CPUs, exactly as a user would run it. Reported: wall time of the command
 molecules/s, the CPU-seconds spent featurizing vs scoring (summed over
 actors), and the peak RSS of the job's whole process tree (driver, raylet,
 workers; sampled every 0.5 s). Memory is flat when the 1M peak is close to
-the 100k peak. The machine may be shared: timings are single runs, noisy.
+the 100k peak. With ``--domain-rows N``, a second model with the same
+weights carries the applicability domain of N other generated molecules
+(an HNSW index above 2,000 rows) and each size is screened with both, so the
+table shows what the nn_similarity/nn_mol_id/in_training_set columns cost.
+The machine may be shared: timings are single runs, noisy.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -43,7 +50,10 @@ from pipelines.summary import format_table
 MODEL_NAME = "pcba-screen-bench"
 
 
-def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bits: int) -> str:
+def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bits: int,
+                   domain_rows: int) -> dict[str, str]:
+    """The benchmark's model(s), by label: "plain", and "domain" when
+    ``domain_rows`` asks for a training domain."""
     from featurize.spec import FingerprintSpec
     from models.config import ModelConfig
     from models.factory import build_model
@@ -54,12 +64,36 @@ def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bit
 
     model = build_model(ModelConfig(n_features=bits, n_tasks=tasks, n_experts=experts,
                                     expert_hidden=(hidden,))).eval()
-    bundle = ModelBundle(model, FingerprintSpec(n_bits=bits), [f"ASSAY-{k:03d}" for k in range(tasks)])
-    run_id, _ = tracking.start_run(tracking_uri, "screen-benchmark", "untrained")
-    log_scoring_model(tracking_uri, run_id, bundle)
-    tracking.finish_run(tracking_uri, run_id)
-    register(run_id, MODEL_NAME, alias="champion", tracking_uri=tracking_uri)
-    return f"models:/{MODEL_NAME}@champion"
+    spec = FingerprintSpec(n_bits=bits)
+    bundle = ModelBundle(model, spec, [f"ASSAY-{k:03d}" for k in range(tasks)])
+    bundles = {"plain": bundle}
+    if domain_rows:
+        bundles["domain"] = dataclasses.replace(bundle, domain=training_domain(spec, domain_rows))
+    models = {}
+    for label, each in bundles.items():
+        run_id, _ = tracking.start_run(tracking_uri, "screen-benchmark", f"untrained-{label}")
+        log_scoring_model(tracking_uri, run_id, each)
+        tracking.finish_run(tracking_uri, run_id)
+        register(run_id, MODEL_NAME, alias=label, tracking_uri=tracking_uri)
+        models[label] = f"models:/{MODEL_NAME}@{label}"
+    return models
+
+
+def training_domain(spec, rows: int):  # -> pipelines.serving.domain.TrainingDomain
+    """The domain of ``rows`` generated molecules unlike the libraries' (another seed)."""
+    from featurize.fingerprints import FingerprintRows
+    from featurize.library import generate_library
+    from featurize.standardize import standardize_smiles
+    from pipelines.serving.domain import TrainingDomain
+
+    fingerprints = FingerprintRows(spec)
+    for smiles in generate_library(rows, seed=2):
+        fingerprints.add(standardize_smiles(smiles).mol)
+    started = time.perf_counter()
+    domain = TrainingDomain.build(fingerprints.matrix(), [f"train-{i}" for i in range(rows)], n_bits=spec.n_bits)
+    print(f"domain of {rows} molecules ({domain.method}) built in {time.perf_counter() - started:.1f} s",
+          flush=True)
+    return domain
 
 
 def write_library(path: Path, n_molecules: int) -> None:
@@ -122,6 +156,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--tasks", type=int, default=128)
     parser.add_argument("--bits", type=int, default=2048)
+    parser.add_argument("--domain-rows", type=int, default=0,
+                        help="also screen with a model carrying the domain of this many training molecules")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     args = parser.parse_args()
 
@@ -130,16 +166,19 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root.resolve() / 'mlflow.db'}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        model = register_model(uri, args.experts, args.hidden, args.tasks, args.bits)
+        models = register_model(uri, args.experts, args.hidden, args.tasks, args.bits, args.domain_rows)
         rows = []
-        for size in args.sizes:
+        for size, (label, model) in itertools.product(args.sizes, models.items()):
             library = root / f"library-{size}.csv"
-            write_library(library, size)
-            wall, peak = screen(model, library, root / f"screen-{size}", uri, args.cpus)
-            result = json.loads((root / f"screen-{size}" / "screening.json").read_text())["result"]
+            if not library.exists():
+                write_library(library, size)
+            out = root / f"screen-{size}-{label}"
+            wall, peak = screen(model, library, out, uri, args.cpus)
+            result = json.loads((out / "screening.json").read_text())["result"]
             busy = result["featurize_seconds"] + result["score_seconds"]
             rows.append({
-                "molecules": size, "command s": round(wall, 1),
+                "molecules": size, "model": label if label == "plain" else f"+ domain of {args.domain_rows:,}",
+                "command s": round(wall, 1),
                 "Ray Data pass s": round(result["streaming_s"], 1),
                 "mol/s (pass)": round(size / result["streaming_s"]),
                 "mol/s (command)": round(size / wall),
