@@ -86,12 +86,22 @@ def smiles_text_problem(text: str) -> str | None:
         return None
     in_brackets = False
     for position, char in enumerate(text):
+        if not in_brackets and _is_dative_arrow(text, position):
+            continue
         problem = _character_problem(char, in_brackets)
         if problem:
             return "not a SMILES: " + problem.format(char=repr(char), position=position)
         if char in "[]":
             in_brackets = char == "["
     return None
+
+
+def _is_dative_arrow(text: str, position: int) -> bool:
+    """``->`` or ``<-``: a dative bond, which RDKit reads and writes
+    (``[NH3]->[Cu+2]``); a lone ``>`` or ``<`` is a reaction arrow or stray text."""
+    char = text[position]
+    return (char == ">" and position > 0 and text[position - 1] == "-") or \
+        (char == "<" and text[position + 1:position + 2] == "-")
 
 
 def _character_problem(char: str, in_brackets: bool) -> str | None:

@@ -115,3 +115,20 @@ def test_training_domain_is_built_once_per_dataset(panel_dataset: Path, tmp_path
     manifest = json.loads((data / "manifest.json").read_text())
     (data / "manifest.json").write_text(json.dumps({**manifest, "note": "re-featurized"}))
     assert cache_path(read_dataset_info(data)) != first
+
+
+def test_identity_rests_on_the_stored_bits_not_on_the_graph_or_the_hash(molecules: list[Chem.Mol]) -> None:
+    from pipelines.serving.domain import fingerprint_hashes
+
+    fingerprints = fingerprint_matrix(molecules[:300], SPEC)
+    domain = TrainingDomain.build(fingerprints, [f"train-{i}" for i in range(300)], n_bits=SPEC.n_bits,
+                                  exact_max_rows=0)
+    hashes = fingerprint_hashes(fingerprints)
+    distinct = len({row.tobytes() for row in fingerprints})
+    assert len(set(hashes.tolist())) == distinct  # equal bits, equal hash; no collision here
+    # A forged collision: another molecule's hash on row 0 must not make it "in the training set".
+    outsider = fingerprint_matrix(molecules[400:401], SPEC)
+    forged = TrainingDomain(SPEC.n_bits, domain.mol_ids, index=domain.index,
+                            hashes=np.concatenate([fingerprint_hashes(outsider), hashes[1:]]))
+    assert not forged.nearest(outsider).in_training_set[0]
+    assert domain.nearest(fingerprints).in_training_set.all()  # every training molecule, graph or not

@@ -60,6 +60,8 @@ def test_bad_smiles_get_reasons(raw: str | None, reason: str) -> None:
     ("C*", "not a SMILES: dummy atom '*' at position 1 (a placeholder, not a compound)"),
     ("[*:1]CC", "not a SMILES: dummy atom '*' at position 1 (a placeholder, not a compound)"),
     ("CC>>O", "not a SMILES: character '>' at position 2 is not used in SMILES"),
+    ("CC<O", "not a SMILES: character '<' at position 2 is not used in SMILES"),
+    ("C>-C", "not a SMILES: character '>' at position 1 is not used in SMILES"),
 ])
 def test_text_that_is_not_plain_smiles_is_never_read_as_a_prefix(raw: str, reason: str) -> None:
     for canonical in (True, False):
@@ -69,8 +71,11 @@ def test_text_that_is_not_plain_smiles_is_never_read_as_a_prefix(raw: str, reaso
 def test_the_field_is_stripped_and_plain_smiles_pass_the_text_check(nci_smiles: list[str]) -> None:
     assert standardize_smiles(" \tCCO\u00a0\r\n").smiles == "CCO"  # str.strip: any whitespace
     for raw in ("C$C", "[13CH3][C@@H](N)C(=O)[O-]", "C%12CC%12", "F/C=C\\F", "[CH3:1]O",
-                "[NH4+].[Cl-]", "[Fe+3]"):
+                "[NH4+].[Cl-]", "[Fe+3]", "[NH3]->[Cu+2]", "[Cu+2]<-[NH3]"):
         assert smiles_text_problem(raw) is None, raw
+    # A dative bond as RDKit writes it reads back (a fuzzed SMILES once did not).
+    written = Chem.MolToSmiles(Chem.MolFromSmiles("B0[N][Au]0([O]=C(B)0)[N](B)([N]0)"))
+    assert "<-" in written and standardize_smiles(written).reason is None
     # No real molecule RDKit reads is turned away by the text check.
     readable = [s for s in nci_smiles if Chem.MolFromSmiles(s) is not None]
     assert len(readable) > 4000

@@ -125,7 +125,7 @@ def _check_pictures(out: Path, result, names: list[str], registry: str) -> None:
     assert list(result.pictures) == names
     for name in names:
         with Image.open(out / name) as image:
-            assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= 300
+            assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 300
     mlflow_client = client(registry)
     run_id = mlflow_client.get_model_version_by_alias("pcba-screen-test", "champion").run_id
     assert result.pictures_logged_to.startswith(f"runs:/{run_id}/screenings/out-")

@@ -15,13 +15,17 @@ Two searches, one answer format:
 - approximate, above that: a USearch HNSW graph with the Tanimoto metric on
   the packed bits, built once and shipped with the model. It returns the true
   similarity of the neighbour it finds; what it can miss is a closer one
-  (recall@1 and the similarity error are in docs/benchmarks.md).
+  (recall@1 and the similarity error are in docs/benchmarks.md). Whether a
+  query is a training fingerprint never rests on the graph: a sorted table
+  of 64-bit fingerprint hashes answers it exactly, and a hash match is
+  checked against the graph's stored bits before it counts.
 
 On disk (a folder of the model bundle)::
 
     mol_ids.json        training mol_ids, in row order
     fingerprints.npy    uint8[N, n_bytes] packed bits (exact search)
     index.usearch       the HNSW graph with its vectors (approximate search)
+    hashes.npy          uint64[N] fingerprint hashes, in row order (approximate search)
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ DOMAIN_COLUMNS = (NN_SIMILARITY_COLUMN, NN_MOL_ID_COLUMN, IN_TRAINING_SET_COLUMN
 MOL_IDS_FILE = "mol_ids.json"
 FINGERPRINTS_FILE = "fingerprints.npy"
 INDEX_FILE = "index.usearch"
+HASHES_FILE = "hashes.npy"
 #: Largest training set searched exactly. Exact costs ~30 adds per training
 #: molecule and query (2.4 ms a query at 70k rows on 2 cores), the graph a few
 #: thousand distances whatever the size (0.07-0.2 ms); they meet near here
@@ -76,12 +81,15 @@ class TrainingDomain:
     """The training split's fingerprints, searchable by Tanimoto similarity."""
 
     def __init__(self, n_bits: int, mol_ids: list[str], fingerprints: np.ndarray | None = None,
-                 index: Any = None) -> None:
-        if (fingerprints is None) == (index is None):
-            raise ValueError("a training domain searches either fingerprints or an index")
+                 index: Any = None, hashes: np.ndarray | None = None) -> None:
+        if (fingerprints is None) == (index is None) or (index is None) != (hashes is None):
+            raise ValueError("a training domain searches either fingerprints, or an index "
+                             "with its fingerprint hashes")
         self.n_bits = n_bits
         self.mol_ids = mol_ids
         self.index = index
+        self.hashes = hashes
+        self._hash_order = None if hashes is None else np.argsort(hashes, kind="stable")
         self._bits: torch.Tensor | None = None  # [n_bits, N] float32, built on first exact search
         self._counts: torch.Tensor | None = None
         self.fingerprints = fingerprints
@@ -110,7 +118,7 @@ class TrainingDomain:
             return cls(n_bits, list(mol_ids), fingerprints=fingerprints)
         index = _new_index(n_bits)
         index.add(np.arange(len(fingerprints), dtype=np.uint64), fingerprints, threads=threads)
-        return cls(n_bits, list(mol_ids), index=index)
+        return cls(n_bits, list(mol_ids), index=index, hashes=fingerprint_hashes(fingerprints))
 
     def nearest(self, packed: np.ndarray, threads: int = 1) -> Neighbours:
         """The nearest training molecule of each packed query fingerprint."""
@@ -129,8 +137,29 @@ class TrainingDomain:
         distances = found.distances.reshape(len(packed), -1)[:, 0]
         keys = found.keys.reshape(len(packed), -1)[:, 0].astype(np.int64)
         # A query without on-bits is at distance 1 (or NaN) from everything.
-        similarity = np.nan_to_num(1.0 - distances.astype(np.float32), nan=0.0)
-        return np.clip(similarity, 0.0, 1.0), np.where(keys < 0, 0, keys)
+        similarity = np.clip(np.nan_to_num(1.0 - distances.astype(np.float32), nan=0.0), 0.0, 1.0)
+        # USearch's float distance of identical bits can be a rounding above 0;
+        # any other pair is at least 1 / n_bits away, so this snap is exact.
+        similarity[distances < 0.5 / self.n_bits] = 1.0
+        rows = np.where(keys < 0, 0, keys)
+        identical, row_of = self._identical_rows(packed)
+        similarity[identical], rows[identical] = 1.0, row_of
+        return similarity, rows
+
+    def _identical_rows(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which queries are a training fingerprint, and its row: the graph
+        can miss even an identical molecule, a hash table cannot."""
+        hashes = fingerprint_hashes(packed)
+        sorted_hashes = self.hashes[self._hash_order]
+        slot = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
+        candidate = self._hash_order[slot]
+        matched = np.flatnonzero(sorted_hashes[slot] == hashes)
+        if len(matched):  # a 64-bit hash match is checked against the stored bits
+            stored = np.asarray(self.index.get(candidate[matched].astype(np.uint64)), dtype=np.uint8)
+            matched = matched[(stored.reshape(len(matched), -1) == packed[matched]).all(axis=1)]
+        identical = np.zeros(len(packed), dtype=bool)
+        identical[matched] = True
+        return identical, candidate[matched]
 
     def _search_exact(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bits, counts = self._exact_tables()
@@ -167,6 +196,7 @@ class TrainingDomain:
             np.save(directory / FINGERPRINTS_FILE, self.fingerprints, allow_pickle=False)
         else:
             self.index.save(str(directory / INDEX_FILE))
+            np.save(directory / HASHES_FILE, self.hashes, allow_pickle=False)
         return directory
 
     @classmethod
@@ -177,13 +207,29 @@ class TrainingDomain:
         if (directory / INDEX_FILE).is_file():
             index = _new_index(saved["n_bits"])
             index.view(str(directory / INDEX_FILE))
-            return cls(saved["n_bits"], saved["mol_ids"], index=index)
+            return cls(saved["n_bits"], saved["mol_ids"], index=index,
+                       hashes=np.load(directory / HASHES_FILE, allow_pickle=False))
         fingerprints = np.load(directory / FINGERPRINTS_FILE, allow_pickle=False)
         return cls(saved["n_bits"], saved["mol_ids"], fingerprints=fingerprints)
 
     @staticmethod
     def saved_in(directory: str | os.PathLike[str]) -> bool:
         return (Path(directory) / MOL_IDS_FILE).is_file()
+
+
+def fingerprint_hashes(packed: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each packed fingerprint (FNV-style over its 8-byte
+    words, vectorized over rows; uint64 arithmetic wraps)."""
+    width = -(-packed.shape[1] // 8) * 8
+    words = np.zeros((len(packed), width), np.uint8)
+    words[:, :packed.shape[1]] = packed
+    words = words.view("<u8")
+    hashes = np.full(len(packed), 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for column in range(words.shape[1]):
+            hashes = (hashes ^ words[:, column]) * prime
+    return hashes
 
 
 def _new_index(n_bits: int) -> Any:
