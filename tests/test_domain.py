@@ -80,10 +80,13 @@ def test_training_molecules_are_found_and_round_trip(molecules: list[Chem.Mol], 
         fingerprint_matrix(molecules[300:400], SPEC)).similarity)
 
 
-def test_queries_without_on_bits_and_bad_shapes() -> None:
+@pytest.mark.parametrize("exact_max_rows", [10_000, 0], ids=["exact", "hnsw"])
+def test_queries_without_on_bits_and_bad_shapes(exact_max_rows: int) -> None:
     rng = np.random.default_rng(0)
     fingerprints = np.packbits(rng.random((50, SPEC.n_bits)) < 0.05, axis=1)
-    domain = TrainingDomain.build(fingerprints, [str(i) for i in range(50)], n_bits=SPEC.n_bits)
+    fingerprints[7] = 0  # an empty training fingerprint: still like nothing
+    domain = TrainingDomain.build(fingerprints, [str(i) for i in range(50)], n_bits=SPEC.n_bits,
+                                  exact_max_rows=exact_max_rows)
     found = domain.nearest(np.zeros((3, SPEC.n_bytes), np.uint8))
     assert found.similarity.tolist() == [0.0, 0.0, 0.0] and not found.in_training_set.any()
     assert domain.nearest(np.zeros((0, SPEC.n_bytes), np.uint8)).mol_id == []

@@ -136,11 +136,10 @@ class TrainingDomain:
         found = self.index.search(packed, 1, threads=threads)
         distances = found.distances.reshape(len(packed), -1)[:, 0]
         keys = found.keys.reshape(len(packed), -1)[:, 0].astype(np.int64)
-        # A query without on-bits is at distance 1 (or NaN) from everything.
         similarity = np.clip(np.nan_to_num(1.0 - distances.astype(np.float32), nan=0.0), 0.0, 1.0)
-        # USearch's float distance of identical bits can be a rounding above 0;
-        # any other pair is at least 1 / n_bits away, so this snap is exact.
-        similarity[distances < 0.5 / self.n_bits] = 1.0
+        # A query without on-bits is like nothing, as in the exact search (USearch
+        # puts it at distance 0 from an empty training fingerprint).
+        similarity[~packed.any(axis=1)] = 0.0
         rows = np.where(keys < 0, 0, keys)
         identical, row_of = self._identical_rows(packed)
         similarity[identical], rows[identical] = 1.0, row_of
@@ -148,12 +147,13 @@ class TrainingDomain:
 
     def _identical_rows(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which queries are a training fingerprint, and its row: the graph
-        can miss even an identical molecule, a hash table cannot."""
+        can miss even an identical molecule, a hash table cannot (and its
+        float distance of identical bits can be a rounding above 0)."""
         hashes = fingerprint_hashes(packed)
         sorted_hashes = self.hashes[self._hash_order]
         slot = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
         candidate = self._hash_order[slot]
-        matched = np.flatnonzero(sorted_hashes[slot] == hashes)
+        matched = np.flatnonzero((sorted_hashes[slot] == hashes) & packed.any(axis=1))
         if len(matched):  # a 64-bit hash match is checked against the stored bits
             stored = np.asarray(self.index.get(candidate[matched].astype(np.uint64)), dtype=np.uint8)
             matched = matched[(stored.reshape(len(matched), -1) == packed[matched]).all(axis=1)]
