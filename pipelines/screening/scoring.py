@@ -152,12 +152,14 @@ def _with_domain(table: pa.Table, accepted: np.ndarray, neighbours: Neighbours |
     rejected rows)."""
     similarity = np.zeros(table.num_rows, np.float32)
     mol_ids = np.full(table.num_rows, None, dtype=object)
+    in_training_set = np.zeros(table.num_rows, bool)
     if neighbours is not None:
         similarity[accepted] = neighbours.similarity
         mol_ids[accepted] = neighbours.mol_id
+        in_training_set[accepted] = neighbours.in_training_set
     return (table.append_column(NN_SIMILARITY_COLUMN, pa.array(similarity, mask=~accepted))
             .append_column(NN_MOL_ID_COLUMN, pa.array(mol_ids, pa.string()))
-            .append_column(IN_TRAINING_SET_COLUMN, pa.array(similarity >= 1.0, mask=~accepted)))
+            .append_column(IN_TRAINING_SET_COLUMN, pa.array(in_training_set, mask=~accepted)))
 
 
 def _with_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
