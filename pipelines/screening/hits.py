@@ -221,13 +221,12 @@ def _top_k_membership(hits: pa.Table, assays: Sequence[str]) -> tuple[pa.Table, 
     return hits.select(["row", "mol_id", "smiles"]).take(first), active, scores
 
 
-def _lookup(score_files: Sequence[Path], rows: np.ndarray) -> pa.Table:
-    """row, mol_id, smiles and (where scored) the nearest training molecule
-    of ``rows`` (a pass over those narrow columns, keeping only the rows
-    asked for)."""
+def _lookup(score_files: Sequence[Path], rows: np.ndarray, columns: Sequence[str]) -> pa.Table:
+    """``columns`` (row among them) of ``rows``: a pass over those narrow
+    columns, keeping only the rows asked for."""
     wanted = pa.array(np.unique(rows))
     schema = pq.read_schema(score_files[0])
-    columns = ["row", "mol_id", "smiles", *(field.name for field in DOMAIN_FIELDS if field.name in schema.names)]
+    columns = list(columns)
     return pa.concat_tables([
         schema.empty_table().select(columns),
         *(table.filter(pc.is_in(table["row"], value_set=wanted))
@@ -236,7 +235,7 @@ def _lookup(score_files: Sequence[Path], rows: np.ndarray) -> pa.Table:
 
 
 def _smiles_by_row(score_files: Sequence[Path], rows: np.ndarray) -> dict[int, str | None]:
-    lookup = _lookup(score_files, rows)
+    lookup = _lookup(score_files, rows, ["row", "smiles"])
     return dict(zip(lookup["row"].to_pylist(), lookup["smiles"].to_pylist()))
 
 
@@ -244,8 +243,10 @@ def _hits_table(score_files: Sequence[Path], assays: Sequence[str], scores: Sequ
                 rows: Sequence[np.ndarray], alerts: AlertCache) -> pa.Table:
     """The hit list from each assay's ranked (scores, rows), with ids,
     SMILES, alerts and (where scored) the nearest training molecule attached."""
-    lookup = _lookup(score_files, np.concatenate([np.empty(0, np.int64), *rows]))
-    domain = [field for field in DOMAIN_FIELDS if field.name in lookup.column_names]
+    names = pq.read_schema(score_files[0]).names
+    domain = [field for field in DOMAIN_FIELDS if field.name in names]
+    lookup = _lookup(score_files, np.concatenate([np.empty(0, np.int64), *rows]),
+                     ["row", "mol_id", "smiles", *(field.name for field in domain)])
     position = {row: index for index, row in enumerate(lookup["row"].to_pylist())}
     assay_col, rank_col, row_col = [], [], []
     for assay, assay_rows in zip(assays, rows):
