@@ -116,10 +116,11 @@ def test_optuna_define_by_run_samples_the_same_space() -> None:
 
 def test_trial_params_apply_to_the_base_configs() -> None:
     params = TrialParams.from_config({"alpha": 0.0, "n_experts": 12, "inner_lr": 0.02, "lr": 0.003,
-                                      "expert_width": 64})
+                                      "expert_width": 64, "gate_lr_scale": 0.05})
     model, step, lr = params.apply(ModelConfig(expert_hidden=(256, 256), tower_hidden=8),
                                    StepConfig(optimizer="maml-mtl"), 1e-3)
     assert (model.alpha, model.n_experts, model.expert_hidden, model.tower_hidden) == (0.0, 12, (64, 64), 8)
+    assert model.gate_lr_scale == 0.05
     assert model.n_exclusive_experts == 0  # alpha 0 is plain MMoE
     assert (step.inner_lr, step.optimizer, lr) == (0.02, "maml-mtl", 0.003)
     # A sampled weighting replaces a base whose "auto" was already resolved.
@@ -134,10 +135,11 @@ def test_trial_params_apply_to_the_base_configs() -> None:
 
 
 @pytest.mark.parametrize("architecture, optimizer, searched", [
-    ("mmoeex", "maml-mtl", {"alpha", "n_experts", "inner_lr", "lr", "expert_width", "pos_weight"}),
-    ("mmoe", "maml-mtl", {"n_experts", "inner_lr", "lr", "expert_width", "pos_weight"}),
+    ("mmoeex", "maml-mtl", {"alpha", "n_experts", "inner_lr", "lr", "expert_width", "pos_weight",
+                            "gate_lr_scale"}),
+    ("mmoe", "maml-mtl", {"n_experts", "inner_lr", "lr", "expert_width", "pos_weight", "gate_lr_scale"}),
     ("shared-bottom", "plain", {"lr", "expert_width", "pos_weight"}),
-    ("mmoeex", "plain", {"alpha", "n_experts", "lr", "expert_width", "pos_weight"}),
+    ("mmoeex", "plain", {"alpha", "n_experts", "lr", "expert_width", "pos_weight", "gate_lr_scale"}),
 ])
 def test_the_space_samples_only_what_the_architecture_and_step_have(
         architecture: str, optimizer: str, searched: set[str]) -> None:
@@ -231,7 +233,8 @@ def test_trial_table_and_figure() -> None:
     trials = [_trial("a", FINISHED, 0.3), _trial("b", EARLY_STOPPED, 0.2), _trial("c", ERROR, math.nan)]
     rows = trial_rows(trials, best_trial_id="a")
     assert [row["trial"] for row in rows] == ["a *", "b", "c"]
-    assert list(rows[0]) == ["trial", "alpha", "E", "inner lr", "lr", "width", "epochs", "valid AP", "status"]
+    assert list(rows[0]) == ["trial", "alpha", "E", "inner lr", "lr", "width", "pos weight", "gate lr x",
+                            "epochs", "valid AP", "status"]
     assert rows[2]["valid AP"] is None
     figure = trials_figure(trials)
     assert len(figure.axes) == 3 and figure.axes[2].get_xscale() == "log"

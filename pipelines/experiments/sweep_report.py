@@ -24,6 +24,8 @@ def trial_rows(trials: Sequence[TrialOutcome], best_trial_id: str | None = None)
             "inner lr": _significant(params.get("inner_lr")),
             "lr": _significant(params.get("lr")),
             "width": params.get("expert_width"),
+            "pos weight": params.get("pos_weight"),
+            "gate lr x": _significant(params.get("gate_lr_scale")),
             "epochs": trial.epochs,
             "valid AP": None if math.isnan(trial.best_valid_mean_ap) else round(trial.best_valid_mean_ap, 4),
             "status": trial.status,
