@@ -146,3 +146,17 @@ def test_shipped_config_files_build_a_training_config_in_every_training_job(path
     assert config != TrainConfig(data_dir="d")
     args, module = _parse("tune", "--data", "d", "--num-samples", "1", "--config", str(path))
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").model == config.model
+
+
+def test_the_shipped_config_files_parse() -> None:
+    """configs/: the champion is a train --config file and the sweep's space a
+    --search-space file, both read the way the jobs read them."""
+    from tuning.search_space import SearchSpace
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    args, module = _parse("train", "--data", "d", "--config", str(folder / "pcba-subset.yaml"))
+    built = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
+    assert (built.model.architecture, built.model.n_exclusive_experts, built.lr) == ("mmoe", 0, 0.0022)
+    space = SearchSpace.from_file(folder / "spaces" / "pcba-subset.yaml")
+    assert space.parameters["n_experts"].values == (4, 6, 8)
+    assert "gate_lr_scale" in space.applicable_to(built.model, built.step).parameters
