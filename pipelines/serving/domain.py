@@ -89,7 +89,9 @@ class TrainingDomain:
         self.mol_ids = mol_ids
         self.index = index
         self.hashes = hashes
+        # Sorted once here, not per search: screening calls nearest() per batch.
         self._hash_order = None if hashes is None else np.argsort(hashes, kind="stable")
+        self._sorted_hashes = None if hashes is None else hashes[self._hash_order]
         self._bits: torch.Tensor | None = None  # [n_bits, N] float32, built on first exact search
         self._counts: torch.Tensor | None = None
         self.fingerprints = fingerprints
@@ -150,10 +152,9 @@ class TrainingDomain:
         can miss even an identical molecule, a hash table cannot (and its
         float distance of identical bits can be a rounding above 0)."""
         hashes = fingerprint_hashes(packed)
-        sorted_hashes = self.hashes[self._hash_order]
-        slot = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
+        slot = np.minimum(np.searchsorted(self._sorted_hashes, hashes), len(self._sorted_hashes) - 1)
         candidate = self._hash_order[slot]
-        matched = np.flatnonzero((sorted_hashes[slot] == hashes) & packed.any(axis=1))
+        matched = np.flatnonzero((self._sorted_hashes[slot] == hashes) & packed.any(axis=1))
         if len(matched):  # a 64-bit hash match is checked against the stored bits
             stored = np.asarray(self.index.get(candidate[matched].astype(np.uint64)), dtype=np.uint8)
             matched = matched[(stored.reshape(len(matched), -1) == packed[matched]).all(axis=1)]
