@@ -127,7 +127,7 @@ def bench_case(args: argparse.Namespace, n_experts: int, hidden: tuple[int, ...]
     """One row per MAML-MTL variant for E experts of widths `hidden`, all
     against the same plain step."""
     device = torch.device(args.device)
-    config = ModelConfig(n_features=args.features, n_tasks=args.tasks, n_experts=n_experts,
+    config = ModelConfig(architecture="mmoeex", n_features=args.features, n_tasks=args.tasks, n_experts=n_experts,
                          expert_hidden=hidden, tower_hidden=args.tower_hidden, alpha=args.alpha, seed=0)
     model = build_model(config).to(device).train()
     generator = torch.Generator().manual_seed(0)

@@ -48,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     spec = FingerprintSpec(n_bits=args.bits)
-    model = build_model(ModelConfig(n_features=args.bits, n_tasks=args.tasks,
+    model = build_model(ModelConfig(architecture="mmoeex", n_features=args.bits, n_tasks=args.tasks,
                                     n_experts=args.experts, expert_hidden=(args.hidden,))).eval()
     bits = np.random.default_rng(0).random((args.molecules, args.bits)) < args.density
     packed = torch.from_numpy(np.packbits(bits, axis=1, bitorder="little"))

@@ -62,7 +62,7 @@ def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bit
     from pipelines.serving.registry import log_scoring_model
     from pipelines.serving.registry import register_model as register
 
-    model = build_model(ModelConfig(n_features=bits, n_tasks=tasks, n_experts=experts,
+    model = build_model(ModelConfig(architecture="mmoeex", n_features=bits, n_tasks=tasks, n_experts=experts,
                                     expert_hidden=(hidden,))).eval()
     spec = FingerprintSpec(n_bits=bits)
     bundle = ModelBundle(model, spec, [f"ASSAY-{k:03d}" for k in range(tasks)])

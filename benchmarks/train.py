@@ -127,7 +127,7 @@ def cpu_comparison(args: argparse.Namespace) -> None:
     import ray
 
     spec = FingerprintSpec(n_bits=args.bits)
-    model_config = ModelConfig(n_features=args.bits, n_tasks=args.tasks, n_experts=args.experts,
+    model_config = ModelConfig(architecture="mmoeex", n_features=args.bits, n_tasks=args.tasks, n_experts=args.experts,
                                expert_hidden=tuple(args.expert_hidden), alpha=0.5)
     step_config = StepConfig(optimizer=args.optimizer, pos_weight=None)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
@@ -160,7 +160,7 @@ def pcba_epoch(args: argparse.Namespace) -> None:
     EpochLoop, data generated in memory (no disk in the timing)."""
     device = torch.device(args.device)
     spec = FingerprintSpec(n_bits=args.bits)
-    model_config = ModelConfig(n_features=args.bits, n_tasks=128, n_experts=args.experts,
+    model_config = ModelConfig(architecture="mmoeex", n_features=args.bits, n_tasks=128, n_experts=args.experts,
                                expert_hidden=tuple(args.expert_hidden), alpha=0.5)
     rows = []
     for optimizer in ("plain", "maml-mtl"):

@@ -118,7 +118,7 @@ def gflop(args: argparse.Namespace, batch: Batch, architecture: str, optimizer: 
     if optimizer == "maml-mtl":
         inner = inner_row_count(rows, StepConfig().inner_fraction)
         outer = rows - inner
-        exclusive = ModelConfig(n_experts=experts, alpha=0.5).n_exclusive_experts
+        exclusive = ModelConfig(architecture="mmoeex", n_experts=experts, alpha=0.5).n_exclusive_experts
         served = (experts - exclusive) * tasks + exclusive  # (expert, task) pairs corrected
         multiply_adds += outer * inner * bits + served * outer * inner * hidden
     return 2 * multiply_adds / 1e9

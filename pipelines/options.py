@@ -72,6 +72,25 @@ class OptionGroup:
     title: str
     config: type
     options: tuple[Option, ...]
+    #: Flag -> the default this job gives it in place of its field's (see
+    #: :meth:`with_defaults`).
+    job_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def with_defaults(self, **defaults: Any) -> OptionGroup:
+        """This group with other defaults for some flags (keyword: the flag as
+        a Python name), for a job whose purpose asks for them: ``tune``
+        searches the MMoEEx family, whose alpha ``train``'s MMoE default lacks."""
+        by_flag = {key.replace("_", "-"): value for key, value in defaults.items()}
+        unknown = set(by_flag) - {option.flag for option in self.options}
+        if unknown:
+            raise ValueError(f"{self.title}: no options {sorted(unknown)}")
+        return dataclasses.replace(self, job_defaults={**self.job_defaults, **by_flag})
+
+    def default_of(self, option: Option) -> Any:
+        """What ``option`` is when neither a config file nor the command line sets it."""
+        if option.flag in self.job_defaults:
+            return self.job_defaults[option.flag]
+        return field_default(self.config, option.field)
 
     def without(self, *flags: str) -> OptionGroup:
         """This group less the named flags (a job that sets them itself)."""
@@ -85,7 +104,7 @@ class OptionGroup:
         group = parser.add_argument_group(self.title)
         hints = typing.get_type_hints(self.config)
         for option in self.options:
-            default = field_default(self.config, option.field)
+            default = self.default_of(option)
             shown = "" if default is None or default is False else f" (default: {_shown(default)})"
             kind = {"type": option.parse} if option.parse else _argparse_kind(hints[option.field])
             group.add_argument(f"--{option.flag}", dest=option.key, default=None,
@@ -251,10 +270,13 @@ def add_option_groups(parser: argparse.ArgumentParser, groups: Sequence[OptionGr
 
 
 def resolve_options(args: argparse.Namespace, groups: Sequence[OptionGroup]) -> dict[str, Any]:
-    """The values the user set, by key: the ``--config`` file's, then the
-    command line's over them. Unset options are absent (their configs'
-    defaults apply when the configs are built)."""
-    values: dict[str, Any] = {}
+    """The values the user set, by key, over the job's own defaults: the
+    ``--config`` file's, then the command line's over them. Other unset
+    options are absent (their configs' defaults apply when the configs are
+    built)."""
+    values: dict[str, Any] = {option.key: group.job_defaults[option.flag]
+                              for group in groups for option in group.options
+                              if option.flag in group.job_defaults}
     config_file = getattr(args, "config", None)
     if config_file is not None:
         values.update(read_config_file(config_file, groups))

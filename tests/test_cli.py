@@ -5,6 +5,7 @@ files the same way (pipelines/options.py)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from models.config import ModelConfig, StepConfig
 from pipelines.cli import JOBS, build_parser, main
 from pipelines.errors import UserError
-from pipelines.options import build_train_config, field_default, resolve_options
+from pipelines.options import build_train_config, resolve_options
 from pipelines.training.config import TrainConfig
 
 
@@ -60,15 +61,16 @@ def _parse(job: str, *argv: str):
 
 @pytest.mark.parametrize("job", ["train", "tune", "run", "compare"])
 def test_each_training_job_shows_the_dataclass_defaults(job: str) -> None:
-    """Every model, step and training option's help ends with its config
-    field's default (or shows none where the default is None or off)."""
+    """Every model, step and training option's help ends with its default,
+    its config field's or the job's own (or shows none where the default is
+    None or off)."""
     from importlib import import_module
 
     groups = import_module(JOBS[job]).GROUPS
     actions = {action.dest: action for action in _job_parsers()[job]._actions}
     for group in groups:
         for option in group.options:
-            default = field_default(group.config, option.field)
+            default = group.default_of(option)
             help_text = actions[option.key].help
             if default is None or default is False:
                 assert "(default: " not in help_text or "(default: " in option.help, option.flag
@@ -78,13 +80,19 @@ def test_each_training_job_shows_the_dataclass_defaults(job: str) -> None:
 
 
 def test_train_tune_compare_and_run_build_the_dataclass_defaults() -> None:
+    """Every job trains the dataclasses' defaults but tune, which searches
+    the MMoEEx family (alpha) unless told another network."""
     expected = TrainConfig(data_dir="d")
     args, module = _parse("train", "--data", "d")
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
     args, module = _parse("compare", "--data", "d")
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
     args, module = _parse("tune", "--data", "d", "--num-samples", "2")
-    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
+    sweep = dataclasses.replace(expected, model=ModelConfig(architecture="mmoeex"))
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == sweep
+    args, module = _parse("tune", "--data", "d", "--num-samples", "2", "--model", "shared-bottom")
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").model.architecture \
+        == "shared-bottom"
     args, module = _parse("run")
     values = resolve_options(args, module.GROUPS)
     from pipelines.end_to_end import RunSettings
@@ -141,9 +149,12 @@ def test_pos_weight_auto_resolves_from_the_training_labels() -> None:
 def test_shipped_config_files_build_a_training_config_in_every_training_job(path: Path) -> None:
     """configs/*.yaml hold train's long flags: train, tune and run read them
     the same way (compare takes them less --model and --optimizer)."""
+    import yaml
+
     args, module = _parse("train", "--data", "d", "--config", str(path))
-    config = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
-    assert config != TrainConfig(data_dir="d")
+    values = resolve_options(args, module.GROUPS)
+    assert set(values) == {key.replace("-", "_") for key in yaml.safe_load(path.read_text())}
+    config = build_train_config(values, data_dir="d")
     args, module = _parse("tune", "--data", "d", "--num-samples", "1", "--config", str(path))
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").model == config.model
 

@@ -21,7 +21,7 @@ from pipelines.experiments.comparison.summary import reference_per_task, summari
 from pipelines.training.engine import EpochResult
 from pipelines.training.evaluation import FinalEvaluation
 
-BASE_MODEL = ModelConfig(n_experts=3, expert_hidden=(8,), tower_hidden=4, alpha=0.5, dropout=0.0)
+BASE_MODEL = ModelConfig(architecture="mmoeex", n_experts=3, expert_hidden=(8,), tower_hidden=4, alpha=0.5, dropout=0.0)
 BASE_STEP = StepConfig(inner_lr=0.05)
 
 

@@ -107,8 +107,9 @@ def test_fast_maml_matches_the_reference_for_every_expert_grouping(n_tasks, n_ex
                                                                     second_order, variant) -> None:
     """The outer pass carries experts open to one task only as `[G, 1, ...]`:
     check the layouts the gates' open mask can give."""
-    config = ModelConfig(n_features=12, n_tasks=n_tasks, n_experts=n_experts, expert_hidden=(6, 4),
-                         tower_hidden=3, alpha=alpha, exclusivity=exclusivity, dropout=0.0, seed=1)
+    config = ModelConfig(architecture="mmoeex", n_features=12, n_tasks=n_tasks, n_experts=n_experts,
+                         expert_hidden=(6, 4), tower_hidden=3, alpha=alpha, exclusivity=exclusivity,
+                         dropout=0.0, seed=1)
     model = build_model(config).double()
     x, labels, mask = batch(10, 12, n_tasks)
     config = step_config(inner_lr=0.7, maml_variant=variant, second_order=second_order)
@@ -202,7 +203,8 @@ def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int
 
 
 def test_dropout_in_train_mode_gives_finite_gradients() -> None:
-    config = ModelConfig(n_features=12, n_tasks=5, n_experts=3, expert_hidden=(6, 4), dropout=0.3)
+    config = ModelConfig(architecture="mmoeex", n_features=12, n_tasks=5, n_experts=3, expert_hidden=(6, 4),
+                         dropout=0.3)
     model = build_model(config).train()
     x, labels, mask = batch(10, 12, 5, dtype=torch.float32)
     output = build_step(step_config())(model, x, labels, mask)
@@ -229,8 +231,8 @@ def test_outer_activation_with_dropout_equals_activation_times_mask(name: str) -
 
 
 def test_bf16_autocast_step_is_close_to_float32() -> None:
-    config = ModelConfig(n_features=64, n_tasks=6, n_experts=4, expert_hidden=(16, 8), tower_hidden=32,
-                         dropout=0.0)
+    config = ModelConfig(architecture="mmoeex", n_features=64, n_tasks=6, n_experts=4, expert_hidden=(16, 8),
+                         tower_hidden=32, dropout=0.0)
     x, labels, mask = batch(32, 64, 6, dtype=torch.float32)
     _, full = fast_grads(build_model(config), step_config(), x, labels, mask)
     _, half = fast_grads(build_model(config), step_config(autocast="bfloat16"), x, labels, mask)
@@ -300,7 +302,7 @@ def test_fast_maml_on_cuda_matches_the_reference(second_order: bool, variant: st
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_autocast_step_runs_on_cuda() -> None:
-    config = ModelConfig(n_features=256, n_tasks=16, n_experts=4, expert_hidden=(32, 16))
+    config = ModelConfig(architecture="mmoeex", n_features=256, n_tasks=16, n_experts=4, expert_hidden=(32, 16))
     model = build_model(config).cuda()
     x, labels, mask = (t.cuda() for t in batch(64, 256, 16, dtype=torch.float32))
     output = build_step(step_config(autocast="bfloat16"))(model, x, labels, mask)
@@ -325,7 +327,7 @@ def test_short_training_run_learns(optimizer: str) -> None:
     torch.manual_seed(0)
     x, labels, mask = synthetic_panel(1000, 64, 6, seed=0)
     n_train = 800
-    model = build_model(ModelConfig(n_features=64, n_tasks=6, n_experts=4, expert_hidden=(32,),
+    model = build_model(ModelConfig(architecture="mmoeex", n_features=64, n_tasks=6, n_experts=4, expert_hidden=(32,),
                                     tower_hidden=8, alpha=0.5, dropout=0.0))
     step = build_step(step_config(optimizer=optimizer, inner_lr=0.05))
     adam = torch.optim.Adam(model.parameters(), lr=1e-2)

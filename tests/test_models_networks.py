@@ -19,8 +19,8 @@ ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
 
 
 def small_config(**overrides: object) -> ModelConfig:
-    values = {"n_features": 24, "n_tasks": 6, "n_experts": 4, "expert_hidden": (8,), "tower_hidden": 5,
-              "alpha": 0.5, "dropout": 0.0, "seed": 3}
+    values = {"architecture": "mmoeex", "n_features": 24, "n_tasks": 6, "n_experts": 4, "expert_hidden": (8,),
+              "tower_hidden": 5, "alpha": 0.5, "dropout": 0.0, "seed": 3}
     return ModelConfig(**(values | overrides))
 
 

@@ -55,8 +55,8 @@ CALIBRATION = Calibration(tasks=TASKS, maps=[
 
 @pytest.fixture()
 def bundle() -> ModelBundle:
-    model = build_model(ModelConfig(n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=3,
-                                    expert_hidden=(16,), tower_hidden=4, alpha=0.5, seed=7))
+    model = build_model(ModelConfig(architecture="mmoeex", n_features=SPEC.n_bits, n_tasks=len(TASKS),
+                                    n_experts=3, expert_hidden=(16,), tower_hidden=4, alpha=0.5, seed=7))
     with torch.no_grad():  # not the init: make sure weights really travel
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))

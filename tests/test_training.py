@@ -23,7 +23,8 @@ from pipelines.training.config import TrainConfig
 from pipelines.training.engine import EpochLoop, LoopState, iter_dataset_batches
 from pipelines.training.trainer import TrainingResult, worker_resources
 
-TINY_MODEL = ModelConfig(n_experts=4, expert_hidden=(32,), tower_hidden=8, alpha=0.5, dropout=0.1)
+TINY_MODEL = ModelConfig(architecture="mmoeex", n_experts=4, expert_hidden=(32,), tower_hidden=8, alpha=0.5,
+                         dropout=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ class TrainConfig:
     data_dir: a featurized dataset with a train/valid(/test) split.
     model / step: the network and the optimizer step (models/); the model's
         n_features and n_tasks are taken from the dataset (:meth:`for_dataset`).
-    lr / weight_decay: Adam on the outer (MAML-MTL) or plain gradient.
+    lr / weight_decay: Adam on the outer (MAML-MTL) or plain gradient. The
+        default rate is the sweep's champion's on the real PCBA subset; it
+        also suits the shared bottom there (docs/results.md).
     batch_size: rows per step on each worker (the global batch is
         batch_size * num_workers).
     epochs / patience: at most `epochs`; stop after `patience` epochs without
@@ -56,7 +58,7 @@ class TrainConfig:
     data_dir: str
     model: ModelConfig = field(default_factory=ModelConfig)
     step: StepConfig = field(default_factory=StepConfig)
-    lr: float = 1e-3
+    lr: float = 2.2e-3
     weight_decay: float = 0.0
     batch_size: int = 512
     epochs: int = 60
