@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -45,6 +46,7 @@ from pipelines.errors import UserError
 from pipelines.training.config import TrainConfig
 
 ArgumentGroup = argparse.ArgumentParser | argparse._ArgumentGroup
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -269,17 +271,20 @@ def add_option_groups(parser: argparse.ArgumentParser, groups: Sequence[OptionGr
         group.add_to(parser)
 
 
-def resolve_options(args: argparse.Namespace, groups: Sequence[OptionGroup]) -> dict[str, Any]:
+def resolve_options(args: argparse.Namespace, groups: Sequence[OptionGroup],
+                    not_used: Sequence[OptionGroup] = ()) -> dict[str, Any]:
     """The values the user set, by key, over the job's own defaults: the
     ``--config`` file's, then the command line's over them. Other unset
     options are absent (their configs' defaults apply when the configs are
-    built)."""
+    built). A config file's keys of the ``not_used`` groups (another job's:
+    compare takes train's files, whose model and seed its rows set) are
+    left out with a warning that names them."""
     values: dict[str, Any] = {option.key: group.job_defaults[option.flag]
                               for group in groups for option in group.options
                               if option.flag in group.job_defaults}
     config_file = getattr(args, "config", None)
     if config_file is not None:
-        values.update(read_config_file(config_file, groups))
+        values.update(read_config_file(config_file, groups, not_used))
     for group in groups:
         for option in group.options:
             given = getattr(args, option.key, None)
@@ -288,9 +293,11 @@ def resolve_options(args: argparse.Namespace, groups: Sequence[OptionGroup]) -> 
     return values
 
 
-def read_config_file(path: Path, groups: Sequence[OptionGroup]) -> dict[str, Any]:
+def read_config_file(path: Path, groups: Sequence[OptionGroup],
+                     not_used: Sequence[OptionGroup] = ()) -> dict[str, Any]:
     """A YAML mapping of long flags -> values, checked: unknown keys and
-    values of the wrong type are errors naming the file and the key."""
+    values of the wrong type are errors naming the file and the key; keys of
+    the ``not_used`` groups that ``groups`` lack are skipped and named."""
     import yaml
 
     path = Path(path)
@@ -305,13 +312,20 @@ def read_config_file(path: Path, groups: Sequence[OptionGroup]) -> dict[str, Any
         raise UserError(f"--config {path}: expected a mapping of flags to values, "
                         f"got {type(loaded).__name__}")
     owners = {option.key: group for group in groups for option in group.options}
+    skippable = {option.key for group in not_used for option in group.options} - set(owners)
     values: dict[str, Any] = {}
+    skipped = []
     for raw_key, value in loaded.items():
         key = str(raw_key).removeprefix("--").replace("-", "_")
+        if key in skippable:
+            skipped.append(str(raw_key))
+            continue
         if key not in owners:
             known = sorted(option.flag for group in groups for option in group.options)
             raise UserError(f"--config {path}: unknown setting {raw_key!r}; known: {', '.join(known)}")
         values[key] = owners[key].coerce(key, value, f"--config {path}")
+    if skipped:
+        logger.warning("--config %s: %s left out: this job sets them itself", path, ", ".join(skipped))
     return values
 
 

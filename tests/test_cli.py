@@ -14,7 +14,7 @@ import pytest
 from models.config import ModelConfig, StepConfig
 from pipelines.cli import JOBS, build_parser, main
 from pipelines.errors import UserError
-from pipelines.options import build_train_config, resolve_options
+from pipelines.options import TRAIN_CONFIG_GROUPS, build_train_config, resolve_options
 from pipelines.training.config import TrainConfig
 
 
@@ -157,6 +157,27 @@ def test_shipped_config_files_build_a_training_config_in_every_training_job(path
     config = build_train_config(values, data_dir="d")
     args, module = _parse("tune", "--data", "d", "--num-samples", "1", "--config", str(path))
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").model == config.model
+    args, module = _parse("compare", "--data", "d", "--config", str(path))
+    shared = build_train_config(resolve_options(args, module.GROUPS, not_used=TRAIN_CONFIG_GROUPS),
+                                data_dir="d")
+    assert (shared.lr, shared.model.n_experts) == (config.lr, config.model.n_experts)
+
+
+def test_compare_takes_a_train_config_file_and_names_what_it_leaves_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The rows name the network and the step, --seeds the seeds: those keys
+    of a train file are skipped out loud; a key no training job has still
+    stops the job."""
+    config = tmp_path / "train.yaml"
+    config.write_text("model: shared-bottom\noptimizer: plain\nseed: 3\nlr: 0.004\nexperts: 6\n")
+    args, module = _parse("compare", "--data", "d", "--config", str(config))
+    with caplog.at_level("WARNING", logger="pipelines.options"):
+        values = resolve_options(args, module.GROUPS, not_used=TRAIN_CONFIG_GROUPS)
+    assert values == {"lr": 0.004, "experts": 6}
+    assert "model, optimizer, seed left out" in caplog.text
+    config.write_text("lr: 0.004\ncolour: red\n")
+    with pytest.raises(UserError, match="unknown setting 'colour'"):
+        resolve_options(args, module.GROUPS, not_used=TRAIN_CONFIG_GROUPS)
 
 
 def test_the_shipped_config_files_parse() -> None:

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.names import COMPARISON_EXPERIMENT
-from pipelines.options import MLFLOW, MODEL, STEP, TRAINING, add_option_groups
+from pipelines.options import MLFLOW, MODEL, STEP, TRAIN_CONFIG_GROUPS, TRAINING, add_option_groups
 
 HELP = "compare architectures and optimizer steps on one split and budget, several seeds"
 
@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Each row names its own step; the shared settings are checked against
     # the step that reads them all (a plain row then refuses MAML-only ones).
-    base = build_train_config({**resolve_options(args, GROUPS), "optimizer": "maml-mtl"},
+    # A train --config file works here: its model, optimizer, seed and the
+    # like are the rows' and --seeds' business, and are named and skipped.
+    shared = resolve_options(args, GROUPS, not_used=TRAIN_CONFIG_GROUPS)
+    base = build_train_config({**shared, "optimizer": "maml-mtl"},
                               data_dir=args.data)
     try:
         configurations = [parse_configuration(text, base.model, base.step) for text in args.configs]
