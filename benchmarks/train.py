@@ -165,7 +165,8 @@ def pcba_epoch(args: argparse.Namespace) -> None:
     rows = []
     for optimizer in ("plain", "maml-mtl"):
         model = build_model(model_config).to(device)
-        step = build_step(StepConfig(optimizer=optimizer, pos_weight=None, autocast=args.autocast))
+        step = build_step(StepConfig(optimizer=optimizer, maml_variant="split", pos_weight=None,
+                                     autocast=args.autocast))
         loop = EpochLoop(model, step, torch.optim.Adam(model.parameters(), 3e-3), spec, device)
         batches = list(synthetic_batches(args.pcba_rows, 128, spec, args.batch_size))
         loop.train_epoch(batches[:3], epoch=0)  # warm-up (kernels, allocator)

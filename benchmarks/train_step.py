@@ -95,7 +95,8 @@ def project_step(args: argparse.Namespace, batch: Batch, architecture: str, opti
                          n_experts=args.experts, expert_hidden=(args.hidden,), tower_hidden=0,
                          alpha=0.5, dropout=args.dropout, seed=0)
     model = build_model(config).train()
-    train_step = build_step(StepConfig(optimizer=optimizer, inner_lr=0.05, pos_weight=None))
+    train_step = build_step(StepConfig(optimizer=optimizer, inner_lr=0.05, maml_variant="split",
+                                       pos_weight=None))
     adam = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step() -> None:
