@@ -188,7 +188,8 @@ def test_the_shipped_config_files_parse() -> None:
     folder = Path(__file__).resolve().parents[1] / "configs"
     args, module = _parse("train", "--data", "d", "--config", str(folder / "pcba-subset.yaml"))
     built = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
-    assert (built.model.architecture, built.model.n_exclusive_experts, built.lr) == ("mmoe", 0, 0.0022)
+    assert (built.model.architecture, built.model.n_exclusive_experts, built.lr,
+            built.model.gate_weight_decay) == ("mmoe", 0, 0.0022, 0.001)
     space = SearchSpace.from_file(folder / "spaces" / "pcba-subset.yaml")
     assert space.parameters["n_experts"].values == (4, 6, 8)
     assert "gate_lr_scale" in space.applicable_to(built.model, built.step).parameters

@@ -376,7 +376,7 @@ def test_the_gates_get_their_own_learning_rate_and_weight_decay() -> None:
     assert len(rest["params"]) + len(gates["params"]) == len(list(model.parameters()))
     assert (gates["lr"], gates["weight_decay"], rest["lr"], rest["weight_decay"]) == (2e-4, 0.01, 2e-3, 1e-4)
     plain = TrainConfig(data_dir="d", model=ModelConfig(n_features=16, n_tasks=3, n_experts=3,
-                                                        gate_lr_scale=1.0))
+                                                        gate_lr_scale=1.0, gate_weight_decay=None))
     assert len(optimizer_for(build_model(plain.model), plain).param_groups) == 1
     assert "model.gate_lr_scale" not in TrainConfig(
         data_dir="d", model=ModelConfig(architecture="shared-bottom")).params()
