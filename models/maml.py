@@ -38,6 +38,13 @@ K copies of the weights. The mixture path below needs neither:
   in the outer pass. Such experts are carried as `[E_x, 1, B, h]` (their own
   task only) and added to that task's mixture, the rest as `[E_s, K, B, h]`;
   with alpha = 0.5 this halves the expert work of the step, exactly.
+* One expert layer read by linear heads (the product's shape), first
+  order: Delta_k factors as c_k(i) m(i) * w_k (a scalar per task and row,
+  a mask shared by the tasks, the head), so the inner pass needs only
+  dL_k/dlogit_k and the outer pass is one product per task over the rows
+  where that task is labelled, fused with its activation and head
+  (models/outer_expert_scores.py); no `[E, K, B, h]` tensor is formed.
+  Every other shape takes the general path below.
 * The outer pass runs for all K tasks at once on `[E, K, B_out, h]` tensors
   and one backward gives the outer gradient: with the inner quantities
   detached it is the first-order gradient (each layer being affine in its
@@ -63,6 +70,7 @@ from models.activations import Activation
 from models.losses import masked_bce_per_task
 from models.networks.base import MultiTaskModel
 from models.networks.mixture import MixtureOfExpertsModel
+from models.outer_expert_scores import outer_expert_scores
 
 AutocastFactory = Callable[[], AbstractContextManager]
 
@@ -193,6 +201,8 @@ def _mixture_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: f
                           second_order: bool, pos_weight: float | None, tasks: Tensor | None,
                           autocast: AutocastFactory) -> Tensor:
     """The low-rank exact path for MMoEEx, MMoE and shared bottom (module docstring)."""
+    if _takes_linear_head_path(model, rows, second_order, autocast):
+        return _linear_head_outer_losses(model, rows, inner_lr, pos_weight, tasks)
     inner = _mixture_inner_pass(model, rows, inner_lr, second_order, pos_weight, tasks, autocast)
     n_tasks = inner.grad_mixture.shape[0]
     with autocast():
@@ -206,6 +216,93 @@ def _mixture_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: f
             mixed = group.add_to_mixture(mixed, weights, expert_out, model.mix, n_tasks)
         logits = functional_call(model.towers, inner.towers, (mixed, tasks)).transpose(0, 1)
     return masked_bce_per_task(logits, rows.labels_out, rows.mask_out, pos_weight)
+
+
+def _takes_linear_head_path(model: MixtureOfExpertsModel, rows: _Rows, second_order: bool,
+                            autocast: AutocastFactory) -> bool:
+    """One expert layer, linear heads, first order, full precision: the
+    shape the product trains, whose outer pass models/outer_expert_scores.py
+    fuses. Autocast keeps the general path, whose products it may lower."""
+    if second_order or len(model.experts.layers) != 1 or model.towers.hidden is not None:
+        return False
+    with autocast():
+        return not torch.is_autocast_enabled(rows.x_in.device.type)
+
+
+def _linear_head_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: float,
+                              pos_weight: float | None, tasks: Tensor | None) -> Tensor:
+    """First-order outer losses for one-layer experts read by linear heads.
+
+    The same numbers as the general path, arranged so that no `[K, B, h]`
+    tensor is formed: the inner pass needs only dL_k/dlogit_k (the heads
+    are linear, so task k's gradient at an expert's pre-activation is that
+    scalar times g^k_e sigma'(z) w_k), and the outer pass scores each
+    (task, labelled outer row) pair in models/outer_expert_scores.py.
+    """
+    layer, activation = model.experts.layers[0], model.experts.activation
+    dropout = model.experts.dropout if model.training else 0.0
+    with torch.no_grad():
+        z_in = layer(rows.x_in)  # [E, B_in, h]
+        drop_in = _dropout_mask(z_in.shape, dropout, z_in)
+        expert_in = _activate_and_drop(activation, z_in, drop_in)
+    heads = model.towers.output
+    gate_params = dict(model.gates.named_parameters()) if model.gates is not None else {}
+    weights_in = model.gates(rows.x_in, tasks) if model.gates is not None else None  # [B_in, K, E]
+    logits_in = _linear_head_logits(weights_in, expert_in, _head_rows(heads.weight, tasks),
+                                    _head_rows(heads.bias, tasks))
+    inner_losses = masked_bce_per_task(logits_in, rows.labels_in, rows.mask_in, pos_weight)
+    grad_logits, grad_weight, grad_bias, *grad_gates = torch.autograd.grad(
+        inner_losses.sum(), [logits_in, heads.weight, heads.bias, *gate_params.values()])
+    updated_gates = {name: p - inner_lr * g for (name, p), g in zip(gate_params.items(), grad_gates)}
+    weights_out = (functional_call(model.gates, updated_gates, (rows.x_out, tasks))
+                   if model.gates is not None else None)
+    heads_out = _head_rows(heads.weight - inner_lr * grad_weight, tasks)  # w'_k [K, h]
+    heads_in = _head_rows(heads.weight, tasks).detach()
+    gram = (rows.x_out @ rows.x_in.transpose(0, 1) + 1.0) * -inner_lr
+    base = layer(rows.x_out)  # [E, B_out, h]
+    drop_out = _dropout_mask(base.shape, dropout, base)
+    inner_factor = activation.derivative(z_in)
+    if drop_in is not None:
+        inner_factor.mul_(drop_in)
+    n_outer, n_tasks = rows.mask_out.shape
+    open_mask = (model.gates.open_mask(tasks) if model.gates is not None
+                 else torch.ones(n_tasks, 1, dtype=torch.bool, device=base.device))
+    labelled = rows.mask_out.transpose(0, 1)  # [K, B_out]: only these pairs reach the loss
+    logits = _head_rows(heads.bias - inner_lr * grad_bias, tasks).unsqueeze(1).expand(n_tasks, n_outer)
+    logits = logits.reshape(-1)
+    for expert in range(base.shape[0]):
+        pairs = (labelled & open_mask[:, expert:expert + 1]).nonzero()
+        if pairs.shape[0] == 0:
+            continue
+        task_of_pair, row_of_pair = pairs[:, 0], pairs[:, 1]
+        coefficients = grad_logits.transpose(0, 1)  # c_k(i) = g^k_e(i) dL_k/dlogit_k(i)
+        if weights_in is not None:
+            coefficients = coefficients * weights_in[:, :, expert].detach().transpose(0, 1)
+        scores = outer_expert_scores(
+            base[expert], heads_out, gram, coefficients, inner_factor[expert], heads_in,
+            None if drop_out is None else drop_out[expert], task_of_pair, row_of_pair, activation)
+        if weights_out is not None:
+            scores = scores * weights_out[row_of_pair, task_of_pair, expert]
+        logits = logits.index_add(0, task_of_pair * n_outer + row_of_pair, scores)
+    return masked_bce_per_task(logits.view(n_tasks, n_outer).transpose(0, 1), rows.labels_out,
+                               rows.mask_out, pos_weight)
+
+
+def _linear_head_logits(weights: Tensor | None, expert_out: Tensor, head_weight: Tensor,
+                        head_bias: Tensor) -> Tensor:
+    """sum_e g^k_e (w_k . f_e) + b_k -> `[B, K]` (Towers.mixture_logits, for
+    the tasks in play and any head weights)."""
+    per_expert = torch.matmul(expert_out, head_weight.transpose(0, 1))  # [E, B, K]
+    if weights is None:
+        return per_expert[0] + head_bias
+    return torch.einsum("bke,ebk->bk", weights, per_expert) + head_bias
+
+
+def _head_rows(head_param: Tensor, tasks: Tensor | None) -> Tensor:
+    """A linear head's `[K, h, 1]` weight or `[K, 1]` bias as `[K', h]` or
+    `[K']`, for the tasks in play."""
+    rows = head_param.squeeze(-1)
+    return rows if tasks is None else rows[tasks]
 
 
 @dataclass(frozen=True)

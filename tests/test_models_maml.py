@@ -9,6 +9,7 @@ import pytest
 import torch
 from maml_reference import reference_maml_step
 
+from models import maml
 from models.activations import get_activation
 from models.config import ModelConfig
 from models.factory import build_model
@@ -16,6 +17,7 @@ from models.losses import masked_bce_per_task
 from models.maml import MAML_VARIANTS, _activate_and_drop
 from models.metrics import evaluate_tasks
 from models.networks.sparse_input import SparseRows
+from models.outer_expert_scores import outer_expert_scores
 from models.steps import StepConfig, build_step
 
 
@@ -56,6 +58,9 @@ CASES = [
     ("mmoeex", (6, 4), 0.34, "tanh", 0), ("mmoe", (6,), 0.0, "relu", 3),
     ("mmoe", (6, 4), 0.0, "gelu", 3), ("shared-bottom", (6, 4), 0.0, "relu", 3),
     ("single-task", (6,), 0.0, "relu", 3), ("single-task", (6, 4), 0.0, "silu", 0),
+    # one expert layer into linear heads: the fused first-order path
+    ("mmoeex", (6,), 0.67, "relu", 0), ("mmoe", (6,), 0.0, "gelu", 0),
+    ("shared-bottom", (6,), 0.0, "tanh", 0),
 ]
 
 
@@ -98,18 +103,22 @@ def test_fast_maml_matches_the_reference_on_odd_batches(variant: str, inner_frac
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "second-order"])
+@pytest.mark.parametrize("expert_hidden, tower_hidden", [((6, 4), 3), ((6,), 0)],
+                         ids=["general", "linear-heads"])
 @pytest.mark.parametrize("n_tasks, n_experts, alpha, exclusivity", [
     (5, 3, 0.67, "exclusion"),  # each assigned expert closed to its task only
     (2, 4, 0.75, "exclusive"),  # 3 exclusive experts, 2 tasks: a task owns two
     (2, 3, 0.67, "exclusion"),  # an expert open to one task of two
 ])
 def test_fast_maml_matches_the_reference_for_every_expert_grouping(n_tasks, n_experts, alpha, exclusivity,
+                                                                    expert_hidden, tower_hidden,
                                                                     second_order, variant) -> None:
-    """The outer pass carries experts open to one task only as `[G, 1, ...]`:
-    check the layouts the gates' open mask can give."""
+    """The outer pass carries experts open to one task only as `[G, 1, ...]`
+    (general path) or scores only the tasks an expert is open to (linear
+    heads): check the layouts the gates' open mask can give."""
     config = ModelConfig(architecture="mmoeex", n_features=12, n_tasks=n_tasks, n_experts=n_experts,
-                         expert_hidden=(6, 4), tower_hidden=3, alpha=alpha, exclusivity=exclusivity,
-                         dropout=0.0, seed=1)
+                         expert_hidden=expert_hidden, tower_hidden=tower_hidden, alpha=alpha,
+                         exclusivity=exclusivity, dropout=0.0, seed=1)
     model = build_model(config).double()
     x, labels, mask = batch(10, 12, n_tasks)
     config = step_config(inner_lr=0.7, maml_variant=variant, second_order=second_order)
@@ -178,14 +187,15 @@ def test_step_zeroes_old_gradients_and_fills_every_grad() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("hidden, tower_hidden", [((6, 4), 3), ((6,), 0)], ids=["general", "linear-heads"])
 @pytest.mark.parametrize("tasks_per_step, seed", [(2, 11), (2, 7), (2, 6), (1, 3)])
-def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int, seed: int,
-                                                             variant: str) -> None:
+def test_task_subsampling_is_the_mean_over_the_sampled_tasks(tasks_per_step: int, seed: int, hidden: tuple,
+                                                             tower_hidden: int, variant: str) -> None:
     """The model's exclusive experts belong to tasks 1 and 4. Seeds chosen so
     that the sampled tasks are [1, 4] (both owners), [0, 1] (one: the other
     expert is read by no task in play), [0, 2] (none) and [1] (one task in
     play: every expert it reads is in the shared layout)."""
-    model = tiny_model("mmoeex", (6, 4), 0.67)
+    model = tiny_model("mmoeex", hidden, 0.67, tower_hidden=tower_hidden)
     assert model.gates.exclusive_expert_task.tolist() == [-1, 4, 1]
     x, labels, mask = batch(10, 12, 5)
     torch.manual_seed(seed)
@@ -210,6 +220,37 @@ def test_dropout_in_train_mode_gives_finite_gradients() -> None:
     output = build_step(step_config())(model, x, labels, mask)
     assert torch.isfinite(output.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("architecture, activation", [("mmoe", "relu"), ("mmoe", "gelu"),
+                                                      ("shared-bottom", "relu")])
+def test_linear_head_path_matches_the_general_path_with_dropout(architecture: str, activation: str,
+                                                                variant: str, monkeypatch) -> None:
+    """The reference loop cannot share dropout masks with a batched step, so
+    the fused path is checked against the general one in train mode: with
+    every expert shared, both draw their inner and outer masks in the same
+    order and shapes, so one seed gives both the same masks."""
+    config = ModelConfig(architecture=architecture, n_features=12, n_tasks=5, n_experts=3, expert_hidden=(6,),
+                         tower_hidden=0, dropout=0.3, activation=activation, seed=1)
+    x, labels, mask = batch(10, 12, 5)
+    step = build_step(step_config(inner_lr=0.7, maml_variant=variant, pos_weight=3.0))
+    results = []
+    for fused in (True, False):
+        model = build_model(config).double().train()
+        scored: list[int] = []
+
+        def counted(*args, calls=scored):
+            calls.append(1)
+            return outer_expert_scores(*args)
+        monkeypatch.setattr(maml, "outer_expert_scores", counted)
+        if not fused:
+            monkeypatch.setattr(maml, "_takes_linear_head_path", lambda *args: False)
+        torch.manual_seed(5)
+        output = step(model, x, labels, mask)
+        assert bool(scored) == fused
+        results.append((output.task_losses, {name: p.grad for name, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["relu", "gelu"])
