@@ -160,3 +160,54 @@ def test_budget_seconds_stops_every_row_after_the_epoch_that_spends_it(tiny_data
     assert result.parent_run_id is None
     [outcome] = result.outcomes
     assert len(outcome.history) == 1 and outcome.stop_reason == "time budget"
+
+
+def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run capped by its time budget, continued under a larger one, killed
+    in an epoch, resumed, then reused: its epochs and test numbers are those
+    of one uninterrupted run (dropout on, so the per-epoch reseeding counts)."""
+    from pipelines.training.engine import EpochLoop
+
+    configuration = parse_configuration("mmoe/plain:dropout=0.2", BASE_MODEL, BASE_STEP)
+    budget = Budget(epochs=3, patience=0, batch_size=64, lr=3e-3, weight_decay=0.0)
+    checkpoint_dir = tmp_path / "checkpoints"
+
+    def compare(seconds: float | None = None) -> RunOutcome:
+        [outcome] = run_comparison(tiny_dataset, [configuration], [0], dataclasses.replace(budget, seconds=seconds),
+                                   progress=False, checkpoint_dir=checkpoint_dir).outcomes
+        return outcome
+
+    [whole] = run_comparison(tiny_dataset, [configuration], [0], budget, progress=False).outcomes
+    capped = compare(seconds=1e-9)
+    assert len(capped.history) == 1 and capped.stop_reason == "time budget"
+    train_epoch = EpochLoop.train_epoch
+
+    def killed_in_epoch_3(self, batches, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return train_epoch(self, batches, epoch)
+    monkeypatch.setattr(EpochLoop, "train_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        compare()
+    monkeypatch.setattr(EpochLoop, "train_epoch", train_epoch)
+    resumed = compare()
+    assert [epoch.epoch for epoch in resumed.history] == [0, 1, 2] and resumed.stop_reason == "epochs"
+    assert ([epoch.valid.mean_ap for epoch in resumed.history]
+            == [epoch.valid.mean_ap for epoch in whole.history])
+    assert resumed.best_epoch == whole.best_epoch
+    np.testing.assert_array_equal(resumed.evaluation.metrics.ap, whole.evaluation.metrics.ap)
+
+    monkeypatch.setattr(EpochLoop, "train_epoch", lambda *args: pytest.fail("a finished run trained again"))
+    reused = compare()
+    np.testing.assert_array_equal(reused.evaluation.metrics.ap, whole.evaluation.metrics.ap)
+
+
+def test_a_checkpoint_of_other_settings_is_refused_by_name(tiny_dataset: Path, tmp_path: Path) -> None:
+    configuration = parse_configuration("shared-bottom/plain", BASE_MODEL, BASE_STEP)
+    budget = Budget(epochs=1, patience=0, batch_size=64, lr=1e-3, weight_decay=0.0)
+    run_comparison(tiny_dataset, [configuration], [0], budget, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"shared-bottom/plain seed 0 with other settings \(lr: 0.001 there, "
+                                         r"0.002 now\)"):
+        run_comparison(tiny_dataset, [configuration], [0], dataclasses.replace(budget, lr=2e-3),
+                       progress=False, checkpoint_dir=tmp_path)

@@ -10,6 +10,9 @@ tracks every row and seed in MLflow under one parent run.
 
     python -m pipelines compare --data runs/pcba-subset --seeds 3 --epochs 4
     python -m pipelines compare --data DIR --configs mmoe/plain mmoeex/maml-mtl:experts=8,inner-lr=0.1
+    # hours of CPU training in pieces: the same command again resumes it
+    python -m pipelines compare --data DIR --configs mmoeex/maml-mtl --budget-seconds 3600 \\
+        --checkpoint-dir runs/compare-ckpt
     # where MLflow is not reachable (a GPU box): save the runs, log them elsewhere
     python -m pipelines compare --data DIR --no-tracking --save-outcomes runs.pkl
     python -m pipelines compare --data DIR --log-outcomes runs.pkl
@@ -48,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--run-name", default=None, help="MLflow parent run name")
     where.add_argument("--out", type=Path, default=None,
                        help="also write comparison.csv and comparison.md here")
+    where.add_argument("--checkpoint-dir", type=Path, default=None,
+                       help="save every run after each epoch here; rerun with the same rows and "
+                            "settings to reuse finished runs, resume the others, and continue "
+                            "time-capped ones under a larger --budget-seconds")
     where.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     where.add_argument("--save-outcomes", type=Path, default=None,
                        help="pickle every run's outcome here (for --log-outcomes)")
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device)
     try:
         result = run_comparison(args.data, configurations, seeds, budget, device=args.device,
-                                tracker=tracker, render=lambda summaries: _text_table(summaries, title))
+                                tracker=tracker, render=lambda summaries: _text_table(summaries, title),
+                                checkpoint_dir=args.checkpoint_dir)
     except ValueError as error:
         raise UserError(str(error)) from None
     print(_text_table(result.summaries, title))

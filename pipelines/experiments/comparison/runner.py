@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from featurize.dataset import DatasetInfo
+from pipelines.experiments.comparison.checkpoints import RunCheckpoints
 from pipelines.experiments.comparison.configurations import (
     Budget,
     Configuration,
@@ -41,7 +42,7 @@ def run_comparison(data_dir: str | Path, configurations: Sequence[Configuration]
                    budget: Budget, *, device: str = "cpu",
                    tracker: Callable[[DatasetInfo, list[Configuration]], ComparisonTracker] | None = None,
                    render: Callable[[Sequence[Summary]], str] = table_markdown,
-                   progress: bool = True) -> ComparisonResult:
+                   progress: bool = True, checkpoint_dir: str | Path | None = None) -> ComparisonResult:
     """Train every configuration for every seed (same data, split and
     budget) and score each best-validation model on the test split once.
 
@@ -50,6 +51,9 @@ def run_comparison(data_dir: str | Path, configurations: Sequence[Configuration]
     Without one nothing is tracked (a machine with no MLflow: save the
     outcomes and log them later with :func:`log_outcomes`). ``render`` turns
     the summaries into the text table logged on the parent run.
+    ``checkpoint_dir`` keeps every run's progress after each epoch, so a
+    rerun with the same rows and settings resumes where this one stopped
+    (pipelines/experiments/comparison/checkpoints.py).
     """
     from tqdm import tqdm
 
@@ -59,6 +63,7 @@ def run_comparison(data_dir: str | Path, configurations: Sequence[Configuration]
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
     configurations = ordered_with_reference_first(configurations)
     data = ComparisonData.load(data_dir, device)
+    checkpoints = RunCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
     active = tracker(data.info, configurations) if tracker is not None else None
     logger.info("comparing %d configurations x %d seeds on %s (%s)%s", len(configurations), len(seeds),
                 data.info.path, device, "" if active is None else
@@ -72,7 +77,7 @@ def run_comparison(data_dir: str | Path, configurations: Sequence[Configuration]
             for seed in seeds:
                 bar.set_postfix_str(f"{configuration.name} seed {seed}")
                 try:
-                    runs.append(train_and_test(data, configuration, seed, budget, device))
+                    runs.append(train_and_test(data, configuration, seed, budget, device, checkpoints))
                 except BaseException:
                     if active is not None:
                         active.fail()

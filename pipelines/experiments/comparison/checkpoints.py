@@ -1,0 +1,83 @@
+"""Per-run checkpoints of a comparison, so that a killed or time-capped
+compare picks up where it stopped.
+
+A comparison of MAML-MTL rows on a CPU runs for hours; the machine it runs
+on may not. With a checkpoint directory every (configuration, seed) run
+writes, after each epoch, its weights, optimizer state, loop state,
+per-epoch history and best weights; a finished run adds its outcome. A
+rerun with the same rows and settings reuses finished runs, resumes the
+others from their last epoch, and continues a run its time budget stopped
+once the budget is raised. The epoch loop reseeds every epoch from (seed,
+epoch) and the batches are a function of them too, so a resumed run takes
+the same steps as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.training.engine import EpochResult, LoopState
+
+
+@dataclass
+class RunProgress:
+    """What a run has done so far: enough to resume it, or to reuse it."""
+
+    identity: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    loop_state: dict[str, Any]
+    history: list[EpochResult] = field(default_factory=list)
+    best_state_dict: dict[str, torch.Tensor] | None = None
+    wall_seconds: float = 0.0
+    outcome: Any = None  # RunOutcome once the run has finished
+
+    @property
+    def trained_seconds(self) -> float:
+        return sum(epoch.train_seconds for epoch in self.history)
+
+    def loop(self) -> LoopState:
+        return LoopState.from_dict(dict(self.loop_state))
+
+
+class RunCheckpoints:
+    """One file per (configuration, seed) under ``directory``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, configuration: str, seed: int) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", configuration).strip("_")
+        return self.directory / f"{slug}-seed{seed}.pt"
+
+    def load(self, configuration: str, seed: int, identity: dict[str, Any]) -> RunProgress | None:
+        """The run's progress, None if it has none; an error if the file was
+        written by a run with other settings (resuming it would mix them)."""
+        path = self.path(configuration, seed)
+        if not path.exists():
+            return None
+        # Written by this module on this machine's file system (pickled
+        # dataclasses: the history's metrics, the outcome).
+        progress: RunProgress = torch.load(path, map_location="cpu", weights_only=False)
+        changed = sorted(key for key in {*identity, *progress.identity}
+                         if identity.get(key) != progress.identity.get(key))
+        if changed:
+            shown = ", ".join(f"{key}: {progress.identity.get(key)!r} there, {identity.get(key)!r} now"
+                              for key in changed[:5])
+            raise ValueError(f"{path} is a checkpoint of {configuration} seed {seed} with other settings "
+                             f"({shown}{', ...' if len(changed) > 5 else ''}); give another "
+                             "--checkpoint-dir or delete the file to start that run over")
+        return progress
+
+    def save(self, configuration: str, seed: int, progress: RunProgress) -> None:
+        """Write atomically: a run killed while saving keeps its last checkpoint."""
+        path = self.path(configuration, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(progress, partial)
+        os.replace(partial, path)
