@@ -69,7 +69,9 @@ from torch.func import functional_call
 from models.activations import Activation
 from models.losses import masked_bce_per_task
 from models.networks.base import MultiTaskModel
+from models.networks.layers import linear_head_logits
 from models.networks.mixture import MixtureOfExpertsModel
+from models.networks.sparse_input import SparseRows
 from models.outer_expert_scores import outer_expert_scores
 
 AutocastFactory = Callable[[], AbstractContextManager]
@@ -220,10 +222,15 @@ def _mixture_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: f
 
 def _takes_linear_head_path(model: MixtureOfExpertsModel, rows: _Rows, second_order: bool,
                             autocast: AutocastFactory) -> bool:
-    """One expert layer, linear heads, first order, full precision: the
-    shape the product trains, whose outer pass models/outer_expert_scores.py
-    fuses. Autocast keeps the general path, whose products it may lower."""
-    if second_order or len(model.experts.layers) != 1 or model.towers.hidden is not None:
+    """One expert layer, linear heads, first order, full precision, on a
+    CPU: the shape the product trains, whose outer pass
+    models/outer_expert_scores.py fuses. Autocast keeps the general path,
+    whose products it may lower; so does a GPU, where the fused path's
+    per-task loop would be a few thousand small kernels a step against the
+    general path's few large ones (measured on an H100 for the general path
+    only, docs/benchmarks.md)."""
+    if (second_order or rows.x_in.device.type != "cpu" or len(model.experts.layers) != 1
+            or model.towers.hidden is not None):
         return False
     with autocast():
         return not torch.is_autocast_enabled(rows.x_in.device.type)
@@ -241,25 +248,28 @@ def _linear_head_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_l
     """
     layer, activation = model.experts.layers[0], model.experts.activation
     dropout = model.experts.dropout if model.training else 0.0
+    # The layers that read the input take its on-bits (as the plain step
+    # does on a CPU); the Gram products below read the dense rows.
+    x_in, x_out = SparseRows.from_dense(rows.x_in), SparseRows.from_dense(rows.x_out)
     with torch.no_grad():
-        z_in = layer(rows.x_in)  # [E, B_in, h]
+        z_in = layer(x_in)  # [E, B_in, h]
         drop_in = _dropout_mask(z_in.shape, dropout, z_in)
         expert_in = _activate_and_drop(activation, z_in, drop_in)
     heads = model.towers.output
     gate_params = dict(model.gates.named_parameters()) if model.gates is not None else {}
-    weights_in = model.gates(rows.x_in, tasks) if model.gates is not None else None  # [B_in, K, E]
-    logits_in = _linear_head_logits(weights_in, expert_in, _head_rows(heads.weight, tasks),
+    weights_in = model.gates(x_in, tasks) if model.gates is not None else None  # [B_in, K, E]
+    logits_in = linear_head_logits(weights_in, expert_in, _head_rows(heads.weight, tasks),
                                     _head_rows(heads.bias, tasks))
     inner_losses = masked_bce_per_task(logits_in, rows.labels_in, rows.mask_in, pos_weight)
     grad_logits, grad_weight, grad_bias, *grad_gates = torch.autograd.grad(
         inner_losses.sum(), [logits_in, heads.weight, heads.bias, *gate_params.values()])
     updated_gates = {name: p - inner_lr * g for (name, p), g in zip(gate_params.items(), grad_gates)}
-    weights_out = (functional_call(model.gates, updated_gates, (rows.x_out, tasks))
+    weights_out = (functional_call(model.gates, updated_gates, (x_out, tasks))
                    if model.gates is not None else None)
     heads_out = _head_rows(heads.weight - inner_lr * grad_weight, tasks)  # w'_k [K, h]
     heads_in = _head_rows(heads.weight, tasks).detach()
     gram = (rows.x_out @ rows.x_in.transpose(0, 1) + 1.0) * -inner_lr
-    base = layer(rows.x_out)  # [E, B_out, h]
+    base = layer(x_out)  # [E, B_out, h]
     drop_out = _dropout_mask(base.shape, dropout, base)
     inner_factor = activation.derivative(z_in)
     if drop_in is not None:
@@ -286,16 +296,6 @@ def _linear_head_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_l
         logits = logits.index_add(0, task_of_pair * n_outer + row_of_pair, scores)
     return masked_bce_per_task(logits.view(n_tasks, n_outer).transpose(0, 1), rows.labels_out,
                                rows.mask_out, pos_weight)
-
-
-def _linear_head_logits(weights: Tensor | None, expert_out: Tensor, head_weight: Tensor,
-                        head_bias: Tensor) -> Tensor:
-    """sum_e g^k_e (w_k . f_e) + b_k -> `[B, K]` (Towers.mixture_logits, for
-    the tasks in play and any head weights)."""
-    per_expert = torch.matmul(expert_out, head_weight.transpose(0, 1))  # [E, B, K]
-    if weights is None:
-        return per_expert[0] + head_bias
-    return torch.einsum("bke,ebk->bk", weights, per_expert) + head_bias
 
 
 def _head_rows(head_param: Tensor, tasks: Tensor | None) -> Tensor:

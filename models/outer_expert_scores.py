@@ -26,7 +26,9 @@ caller mixes them with the outer gates. Only z is kept for the backward,
 which needs no product.
 
 First order only: c, m, G and the inner heads w_k are constants here (the
-second-order path differentiates through them, models/maml.py).
+second-order path differentiates through them, models/maml.py). Built for
+CPUs, where a per-task loop costs little next to its products; on a GPU
+models/maml.py keeps its batched path.
 """
 from __future__ import annotations
 

@@ -146,8 +146,7 @@ class Towers(nn.Module):
         """
         if self.hidden is not None:
             raise ValueError("mixture_logits needs linear towers (tower_hidden = 0)")
-        per_expert = torch.matmul(expert_out, self._output_columns().t())  # [E, B, K]
-        return torch.einsum("bke,ebk->bk", weights, per_expert) + self._output_bias()
+        return linear_head_logits(weights, expert_out, self._output_columns(), self._output_bias())
 
     def _output_columns(self) -> Tensor:
         """The output weights `[K, in, 1]` as `[K, in]`: task k's head is row k."""
@@ -155,3 +154,15 @@ class Towers(nn.Module):
 
     def _output_bias(self) -> Tensor:
         return self.output.bias.squeeze(-1)
+
+
+def linear_head_logits(weights: Tensor | None, expert_out: Tensor, head_weight: Tensor,
+                       head_bias: Tensor) -> Tensor:
+    """sum_e g^k_e (w_k . f_e) + b_k -> `[B, K]` from expert outputs `[E, B, h]`,
+    gate weights `[B, K, E]` (None: one expert, weight 1) and heads `[K, h]`,
+    `[K]`: one `[E * B, h] x [h, K]` product (Towers.mixture_logits; the
+    MAML-MTL inner pass calls it with the heads of the tasks in play)."""
+    per_expert = torch.matmul(expert_out, head_weight.transpose(0, 1))  # [E, B, K]
+    if weights is None:
+        return per_expert[0] + head_bias
+    return torch.einsum("bke,ebk->bk", weights, per_expert) + head_bias
