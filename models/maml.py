@@ -280,12 +280,13 @@ def _linear_head_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_l
     labelled = rows.mask_out.transpose(0, 1)  # [K, B_out]: only these pairs reach the loss
     logits = _head_rows(heads.bias - inner_lr * grad_bias, tasks).unsqueeze(1).expand(n_tasks, n_outer)
     logits = logits.reshape(-1)
+    grad_logits = grad_logits.transpose(0, 1)  # [K, B_in]
     for expert in range(base.shape[0]):
         pairs = (labelled & open_mask[:, expert:expert + 1]).nonzero()
         if pairs.shape[0] == 0:
             continue
         task_of_pair, row_of_pair = pairs[:, 0], pairs[:, 1]
-        coefficients = grad_logits.transpose(0, 1)  # c_k(i) = g^k_e(i) dL_k/dlogit_k(i)
+        coefficients = grad_logits  # c_k(i) = g^k_e(i) dL_k/dlogit_k(i)
         if weights_in is not None:
             coefficients = coefficients * weights_in[:, :, expert].detach().transpose(0, 1)
         scores = outer_expert_scores(

@@ -63,7 +63,7 @@ class OuterExpertScores(torch.autograd.Function):
             rows = row_of_pair[pairs]
             z = torch.index_select(base, 0, rows, out=pre_activations[pairs])
             z.addmm_(gram.index_select(0, rows).mul_(coefficients[task]), inner_factor * heads_in[task])
-            torch.mv(_activated(activation, z, dropout, rows), heads_out[task], out=scores[pairs])
+            torch.mv(_activated(activation, z, _rows_of(dropout, rows)), heads_out[task], out=scores[pairs])
         ctx.save_for_backward(pre_activations, heads_out, dropout, task_of_pair, row_of_pair)
         ctx.activation = activation
         ctx.base_rows = base.shape[0]
@@ -77,10 +77,11 @@ class OuterExpertScores(torch.autograd.Function):
         grad_heads = torch.zeros_like(heads_out)
         for task, pairs in _task_segments(task_of_pair):
             rows, z, grad = row_of_pair[pairs], pre_activations[pairs], grad_scores[pairs]
-            torch.mv(_activated(activation, z, dropout, rows).transpose(0, 1), grad, out=grad_heads[task])
+            scale = _rows_of(dropout, rows)
+            torch.mv(_activated(activation, z, scale).transpose(0, 1), grad, out=grad_heads[task])
             grad_z = activation.derivative(z).mul_(torch.outer(grad, heads_out[task]))
-            if dropout is not None:
-                grad_z.mul_(dropout.index_select(0, rows))
+            if scale is not None:
+                grad_z.mul_(scale)
             grad_base.index_add_(0, rows, grad_z)
         return (grad_base, grad_heads, *(None,) * 8)
 
@@ -93,11 +94,15 @@ def _task_segments(task_of_pair: Tensor) -> list[tuple[int, slice]]:
             for task, count, end in zip(tasks.tolist(), counts.tolist(), ends)]
 
 
-def _activated(activation: Activation, z: Tensor, dropout: Tensor | None, rows: Tensor) -> Tensor:
-    """sigma(z) * dropout of the pairs' outer rows (a new tensor)."""
-    if dropout is None:
+def _rows_of(dropout: Tensor | None, rows: Tensor) -> Tensor | None:
+    """The dropout multipliers of the pairs' outer rows (None: no dropout)."""
+    return None if dropout is None else dropout.index_select(0, rows)
+
+
+def _activated(activation: Activation, z: Tensor, scale: Tensor | None) -> Tensor:
+    """sigma(z) * scale, the pairs' dropout multipliers (a new tensor)."""
+    if scale is None:
         return activation.fn(z)
-    scale = dropout.index_select(0, rows)
     if activation.scaled is not None:
         return activation.scaled(z, scale)
     return activation.fn(z).mul_(scale)

@@ -190,8 +190,7 @@ class EpochLoop:
                 state.best_epoch = epoch
                 state.epochs_without_improvement = 0
                 if keep_best_state:
-                    result.best_state_dict = {key: value.detach().to("cpu", copy=True)
-                                              for key, value in self.model.state_dict().items()}
+                    result.best_state_dict = cpu_state_dict(self.model)
             else:
                 state.epochs_without_improvement += 1
             state.epoch = epoch + 1
@@ -204,6 +203,12 @@ class EpochLoop:
 
 
 @torch.inference_mode()
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU, detached: the best epoch's,
+    kept while training goes on."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+
+
 def model_input(x: torch.Tensor, sparse: bool = True) -> Features:
     """Dense bits as the network reads them fastest: SparseRows on a CPU
     (the same numbers as dense within float tolerance), dense on a GPU."""

@@ -17,11 +17,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipelines.training.engine import EpochResult, LoopState
+
+if TYPE_CHECKING:  # runs.py imports this module
+    from pipelines.experiments.comparison.runs import RunOutcome
 
 
 @dataclass
@@ -35,7 +38,7 @@ class RunProgress:
     history: list[EpochResult] = field(default_factory=list)
     best_state_dict: dict[str, torch.Tensor] | None = None
     wall_seconds: float = 0.0
-    outcome: Any = None  # RunOutcome once the run has finished
+    outcome: RunOutcome | None = None  # once the run has finished
 
     @property
     def trained_seconds(self) -> float:

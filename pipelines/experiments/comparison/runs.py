@@ -22,6 +22,7 @@ from pipelines.training.engine import (
     EpochLoop,
     EpochResult,
     LoopState,
+    cpu_state_dict,
 )
 from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle
 
@@ -158,8 +159,7 @@ class _RunRecorder:
         progress = self.progress
         progress.history.append(result)
         if result.improved:
-            progress.best_state_dict = {key: value.detach().to("cpu", copy=True)
-                                        for key, value in self.model.state_dict().items()}
+            progress.best_state_dict = cpu_state_dict(self.model)
         logger.info("%s seed %d: epoch %d/%d  train loss %.4f  valid mean AP %.4f  %.0f samples/s%s",
                     self.name, self.seed, result.epoch + 1, self.epochs, result.train_loss,
                     result.valid.mean_ap, result.train_samples / max(result.train_seconds, 1e-9),
