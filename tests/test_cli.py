@@ -180,6 +180,15 @@ def test_compare_takes_a_train_config_file_and_names_what_it_leaves_out(
         resolve_options(args, module.GROUPS, not_used=TRAIN_CONFIG_GROUPS)
 
 
+def test_compare_seeds_start_at_first_seed_and_refuse_none() -> None:
+    from pipelines.jobs.compare import seeds_of
+
+    assert seeds_of(_parse("compare", "--data", "d")[0]) == [0, 1, 2]
+    assert seeds_of(_parse("compare", "--data", "d", "--first-seed", "1", "--seeds", "2")[0]) == [1, 2]
+    with pytest.raises(UserError, match="--seeds must be at least 1"):
+        seeds_of(_parse("compare", "--data", "d", "--seeds", "0")[0])
+
+
 def test_the_shipped_config_files_parse() -> None:
     """configs/: the champion is a train --config file and the sweep's space a
     --search-space file, both read the way the jobs read them."""

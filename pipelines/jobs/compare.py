@@ -13,6 +13,8 @@ tracks every row and seed in MLflow under one parent run.
     # hours of CPU training in pieces: the same command again resumes it
     python -m pipelines compare --data DIR --configs mmoeex/maml-mtl --budget-seconds 3600 \\
         --checkpoint-dir runs/compare-ckpt
+    # or seed by seed: seeds 1 and 2 of a row whose seed 0 ran earlier
+    python -m pipelines compare --data DIR --configs mmoeex/maml-mtl --first-seed 1 --seeds 2
     # where MLflow is not reachable (a GPU box): save the runs, log them elsewhere
     python -m pipelines compare --data DIR --no-tracking --save-outcomes runs.pkl
     python -m pipelines compare --data DIR --log-outcomes runs.pkl
@@ -38,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     rows = parser.add_argument_group("rows")
     rows.add_argument("--data", required=True, help="featurized dataset with train/valid/test splits")
-    rows.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (model init, data order)")
+    rows.add_argument("--seeds", type=int, default=3, help="seeds K..K+N-1 (model init, data order)")
+    rows.add_argument("--first-seed", type=int, default=0, metavar="K",
+                      help="the first seed, K above (one row's seeds split across machines or sessions)")
     rows.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGURATIONS),
                       metavar="ARCH/OPT[:option=value,...]",
                       help="rows; an override names a model or step option (flag or field name)")
@@ -85,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     budget = Budget.of(base, args.budget_seconds)
     if args.log_outcomes is not None:
         return _log_saved(args)
-    seeds = list(range(args.seeds))
-    title = (f"{args.data}: {args.seeds} seeds, at most {budget.epochs} epochs (patience "
+    seeds = seeds_of(args)
+    title = (f"{args.data}: seeds {seeds[0]}..{seeds[-1]}, at most {budget.epochs} epochs (patience "
              f"{budget.patience}), batch {budget.batch_size}, {args.device}")
     tracker = None if args.no_tracking else mlflow_tracker(
         base.tracking_uri, args.experiment, args.run_name, seeds=seeds, budget=budget,
@@ -108,6 +112,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"outcomes saved to {args.save_outcomes}")
     _write_tables(args.out, result.summaries)
     return 0
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """--first-seed K --seeds N: seeds K..K+N-1, so that a row too long for one
+    sitting can run seed by seed and the seeds still differ."""
+    from pipelines.errors import UserError
+
+    if args.seeds < 1 or args.first_seed < 0:
+        raise UserError(f"--seeds must be at least 1 and --first-seed at least 0 "
+                        f"(got {args.seeds} and {args.first_seed})")
+    return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
 def _log_saved(args: argparse.Namespace) -> int:
