@@ -74,24 +74,9 @@ class OptionGroup:
     title: str
     config: type
     options: tuple[Option, ...]
-    #: Flag -> the default this job gives it in place of its field's (see
-    #: :meth:`with_defaults`).
-    job_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def with_defaults(self, **defaults: Any) -> OptionGroup:
-        """This group with other defaults for some flags (keyword: the flag as
-        a Python name), for a job whose purpose asks for them: ``tune``
-        searches the MMoEEx family, whose alpha ``train``'s MMoE default lacks."""
-        by_flag = {key.replace("_", "-"): value for key, value in defaults.items()}
-        unknown = set(by_flag) - {option.flag for option in self.options}
-        if unknown:
-            raise ValueError(f"{self.title}: no options {sorted(unknown)}")
-        return dataclasses.replace(self, job_defaults={**self.job_defaults, **by_flag})
 
     def default_of(self, option: Option) -> Any:
         """What ``option`` is when neither a config file nor the command line sets it."""
-        if option.flag in self.job_defaults:
-            return self.job_defaults[option.flag]
         return field_default(self.config, option.field)
 
     def without(self, *flags: str) -> OptionGroup:
@@ -273,15 +258,13 @@ def add_option_groups(parser: argparse.ArgumentParser, groups: Sequence[OptionGr
 
 def resolve_options(args: argparse.Namespace, groups: Sequence[OptionGroup],
                     not_used: Sequence[OptionGroup] = ()) -> dict[str, Any]:
-    """The values the user set, by key, over the job's own defaults: the
-    ``--config`` file's, then the command line's over them. Other unset
+    """The values the user set, by key: the ``--config`` file's, then the
+    command line's over them. Other unset
     options are absent (their configs' defaults apply when the configs are
     built). A config file's keys of the ``not_used`` groups (another job's:
     compare takes train's files, whose model and seed its rows set) are
     left out with a warning that names them."""
-    values: dict[str, Any] = {option.key: group.job_defaults[option.flag]
-                              for group in groups for option in group.options
-                              if option.flag in group.job_defaults}
+    values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     if config_file is not None:
         values.update(read_config_file(config_file, groups, not_used))

@@ -5,7 +5,6 @@ files the same way (pipelines/options.py)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 from pathlib import Path
 
@@ -80,16 +79,15 @@ def test_each_training_job_shows_the_dataclass_defaults(job: str) -> None:
 
 
 def test_train_tune_compare_and_run_build_the_dataclass_defaults() -> None:
-    """Every job trains the dataclasses' defaults but tune, which searches
-    the MMoEEx family (alpha) unless told another network."""
+    """Every job trains the dataclasses' defaults (MMoEEx, which tune's
+    sweep of alpha needs) unless told another network."""
     expected = TrainConfig(data_dir="d")
     args, module = _parse("train", "--data", "d")
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
     args, module = _parse("compare", "--data", "d")
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
     args, module = _parse("tune", "--data", "d", "--num-samples", "2")
-    sweep = dataclasses.replace(expected, model=ModelConfig(architecture="mmoeex"))
-    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == sweep
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d") == expected
     args, module = _parse("tune", "--data", "d", "--num-samples", "2", "--model", "shared-bottom")
     assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").model.architecture \
         == "shared-bottom"
@@ -197,8 +195,8 @@ def test_the_shipped_config_files_parse() -> None:
     folder = Path(__file__).resolve().parents[1] / "configs"
     args, module = _parse("train", "--data", "d", "--config", str(folder / "pcba-subset.yaml"))
     built = build_train_config(resolve_options(args, module.GROUPS), data_dir="d")
-    assert (built.model.architecture, built.model.n_exclusive_experts, built.lr,
-            built.model.gate_weight_decay) == ("mmoe", 0, 0.0022, 0.001)
+    assert (built.model.architecture, built.model.exclusivity, built.model.n_exclusive_experts,
+            built.lr, built.model.gate_weight_decay) == ("mmoeex", "exclusion", 2, 0.0022, 0.001)
     space = SearchSpace.from_file(folder / "spaces" / "pcba-subset.yaml")
     assert space.parameters["n_experts"].values == (4, 6, 8)
     assert "gate_lr_scale" in space.applicable_to(built.model, built.step).parameters

@@ -43,8 +43,8 @@ def batch(rows: int, features: int, tasks: int, seed: int = 0, dtype: torch.dtyp
 def tiny_model(architecture: str, hidden: tuple[int, ...], alpha: float, activation: str = "relu",
                tower_hidden: int = 3) -> torch.nn.Module:
     config = ModelConfig(architecture=architecture, n_features=12, n_tasks=5, n_experts=3,
-                         expert_hidden=hidden, tower_hidden=tower_hidden, alpha=alpha, dropout=0.0,
-                         activation=activation, seed=1)
+                         expert_hidden=hidden, tower_hidden=tower_hidden, alpha=alpha,
+                         exclusivity="exclusive", dropout=0.0, activation=activation, seed=1)
     return build_model(config).double()
 
 

@@ -20,7 +20,7 @@ ARCHITECTURES = ["mmoeex", "mmoe", "shared-bottom", "single-task"]
 
 def small_config(**overrides: object) -> ModelConfig:
     values = {"architecture": "mmoeex", "n_features": 24, "n_tasks": 6, "n_experts": 4, "expert_hidden": (8,),
-              "tower_hidden": 5, "alpha": 0.5, "dropout": 0.0, "seed": 3}
+              "tower_hidden": 5, "alpha": 0.5, "exclusivity": "exclusive", "dropout": 0.0, "seed": 3}
     return ModelConfig(**(values | overrides))
 
 

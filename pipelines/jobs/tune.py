@@ -19,9 +19,9 @@ from pipelines.options import (
 HELP = "sweep alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
 
 #: The settings every trial shares (the searched ones are the trials' own).
-#: A sweep searches the MMoEEx family, alpha included (its default space puts
-#: a quarter of the draws at alpha 0, MMoE, train's default network).
-GROUPS = (MODEL.with_defaults(model="mmoeex"), STEP, TRAINING, MLFLOW)
+#: The default network is train's, MMoEEx, so a sweep searches alpha (its
+#: default space puts a quarter of the draws at alpha 0, MMoE).
+GROUPS = (MODEL, STEP, TRAINING, MLFLOW)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
