@@ -259,15 +259,13 @@ def add_option_groups(parser: argparse.ArgumentParser, groups: Sequence[OptionGr
 def resolve_options(args: argparse.Namespace, groups: Sequence[OptionGroup],
                     not_used: Sequence[OptionGroup] = ()) -> dict[str, Any]:
     """The values the user set, by key: the ``--config`` file's, then the
-    command line's over them. Other unset
-    options are absent (their configs' defaults apply when the configs are
-    built). A config file's keys of the ``not_used`` groups (another job's:
-    compare takes train's files, whose model and seed its rows set) are
-    left out with a warning that names them."""
-    values: dict[str, Any] = {}
+    command line's over them. Other unset options are absent (their
+    configs' defaults apply when the configs are built). A config file's
+    keys of the ``not_used`` groups (another job's: compare takes train's
+    files, whose model and seed its rows set) are left out with a warning
+    that names them."""
     config_file = getattr(args, "config", None)
-    if config_file is not None:
-        values.update(read_config_file(config_file, groups, not_used))
+    values = {} if config_file is None else read_config_file(config_file, groups, not_used)
     for group in groups:
         for option in group.options:
             given = getattr(args, option.key, None)
