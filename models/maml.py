@@ -41,9 +41,10 @@ K copies of the weights. The mixture path below needs neither:
 * One expert layer read by linear heads (the product's shape), first
   order: Delta_k factors as c_k(i) m(i) * w_k (a scalar per task and row,
   a mask shared by the tasks, the head), so the inner pass needs only
-  dL_k/dlogit_k and the outer pass is one product per task over the rows
-  where that task is labelled, fused with its activation and head
-  (models/outer_expert_scores.py); no `[E, K, B, h]` tensor is formed.
+  dL_k/dlogit_k and the outer pass takes the (task, row) pairs where a
+  label is present in blocks, one product each, fused with the
+  activation and heads (models/outer_expert_scores.py); no `[E, K, B, h]`
+  tensor is formed.
   Every other shape takes the general path below.
 * The outer pass runs for all K tasks at once on `[E, K, B_out, h]` tensors
   and one backward gives the outer gradient: with the inner quantities

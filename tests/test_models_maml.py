@@ -125,6 +125,31 @@ def test_fast_maml_matches_the_reference_for_every_expert_grouping(n_tasks, n_ex
     assert_matches_reference(model, config, x, labels, mask)
 
 
+@pytest.mark.parametrize("pairs_per_block", [1, 4, 7])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_outer_pass_in_blocks_matches_the_reference(pairs_per_block: int, variant: str,
+                                                          monkeypatch) -> None:
+    """The fused pass scores (task, row) pairs in blocks that mix tasks: blocks
+    of 1, 4 and 7 pairs (here about 30 pairs per expert) split tasks at
+    different places and must give the reference loop's numbers."""
+    scored: list[int] = []
+
+    def in_blocks(*args):
+        scored.append(1)
+        return outer_expert_scores(*args, pairs_per_block=pairs_per_block)
+    monkeypatch.setattr(maml, "outer_expert_scores", in_blocks)
+    model = tiny_model("mmoeex", (6,), 0.67, tower_hidden=0)
+    x, labels, mask = batch(10, 12, 5)
+    assert_matches_reference(model, step_config(inner_lr=0.7, maml_variant=variant, pos_weight=3.0),
+                             x, labels, mask)
+    assert scored
+
+
+def test_fused_outer_pass_rejects_an_empty_block() -> None:
+    with pytest.raises(ValueError, match="pairs_per_block must be >= 1, got 0"):
+        outer_expert_scores(*(None,) * 10, pairs_per_block=0)
+
+
 def test_second_order_differs_from_first_order() -> None:
     """The equality test above could not tell the two apart if they agreed."""
     x, labels, mask = batch(10, 12, 5)
