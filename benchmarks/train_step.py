@@ -2,13 +2,16 @@
 
     python benchmarks/train_step.py                 # 2 CPU threads, the table below
     python benchmarks/train_step.py --threads 16 --reps 20
+    python benchmarks/train_step.py --exclusivity exclusive   # the rows before exclusion became the default
 
 A step is what the training loop does per batch: forward, masked BCE
 (models.losses), backward and an Adam update. Rows: a plain PyTorch MLP
 (Linear d -> h, ReLU, Dropout 0.25, Linear h -> K), our shared bottom of the
 same shape with linear towers and the plain step, MMoEEx (E experts of h,
-alpha 0.5, linear towers) with the plain step and with each MAML-MTL
-variant (first order; models/maml.py). Rows marked
+alpha 0.5, the product's exclusion unless --exclusivity says otherwise,
+linear towers) with the plain step and with each MAML-MTL
+variant (first order; models/maml.py), and swap once more under bfloat16
+autocast, where the fused outer pass lowers its correction products. Rows marked
 "sparse" feed SparseRows built from the dense batch inside the timed step
 (the conversion the training loop would do), so they pay for it. The rows
 take turns within each repetition; the table gives medians.
@@ -26,8 +29,9 @@ of forward and backward (no input gradient for the first layer):
   the variant (inner rows I, outer rows O: one for split and full, two for
   swap), the per-task inner corrections of the expert layer on the outer
   rows, (x_O x_I^T) Delta_k: |O| |I| d for the Gram and |O_k| |I| h for
-  each task k and expert open to it (shared experts serve K tasks,
-  exclusive ones one), O_k the outer rows where task k is labelled: the
+  each task k and expert open to it (the model's open mask: with
+  exclusion every expert serves K - 1 or K tasks, an exclusive one its
+  own task only), O_k the outer rows where task k is labelled: the
   fused path (models/outer_expert_scores.py) computes only those, as
   nothing else reaches the loss; docs/method.md.
 """
@@ -48,7 +52,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.maml_step import PeakMemory
-from models.config import ModelConfig
+from models.config import EXCLUSIVITY_KINDS, ModelConfig
 from models.factory import build_model
 from models.losses import masked_bce_per_task
 from models.maml import MAML_VARIANTS
@@ -95,15 +99,20 @@ def sequential_step(args: argparse.Namespace, batch: Batch) -> Callable[[], obje
     return step
 
 
+def project_config(args: argparse.Namespace, architecture: str) -> ModelConfig:
+    """The network a project row trains (E experts of h, alpha 0.5, linear towers)."""
+    return ModelConfig(architecture=architecture, n_features=args.bits, n_tasks=args.tasks,
+                       n_experts=args.experts, expert_hidden=(args.hidden,), tower_hidden=0,
+                       alpha=0.5, exclusivity=args.exclusivity, dropout=args.dropout, seed=0)
+
+
 def project_step(args: argparse.Namespace, batch: Batch, architecture: str, optimizer: str,
-                 variant: str | None, sparse: bool) -> Callable[[], object]:
+                 variant: str | None, sparse: bool, autocast: str | None) -> Callable[[], object]:
     """A network from models.factory and a step from models.steps, then Adam."""
-    config = ModelConfig(architecture=architecture, n_features=args.bits, n_tasks=args.tasks,
-                         n_experts=args.experts, expert_hidden=(args.hidden,), tower_hidden=0,
-                         alpha=0.5, dropout=args.dropout, seed=0)
-    model = build_model(config).train()
+    model = build_model(project_config(args, architecture)).train()
     variant_field = {} if variant is None else {"maml_variant": variant}
-    train_step = build_step(StepConfig(optimizer=optimizer, inner_lr=0.05, pos_weight=None, **variant_field))
+    train_step = build_step(StepConfig(optimizer=optimizer, inner_lr=0.05, pos_weight=None, autocast=autocast,
+                                       **variant_field))
     adam = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step() -> None:
@@ -126,24 +135,23 @@ def gflop(args: argparse.Namespace, batch: Batch, architecture: str, optimizer: 
         multiply_adds = (2 * first_layer_rows * experts * (hidden + tasks)
                          + 3 * experts * rows * hidden * tasks)
     if optimizer == "maml-mtl":
-        exclusive = ModelConfig(architecture="mmoeex", n_experts=experts, alpha=0.5).n_exclusive_experts
+        open_to = build_model(project_config(args, architecture)).gates.open_mask().float()  # [K, E]
         for inner, outer in MAML_VARIANTS[variant](rows, StepConfig().inner_fraction):
             n_inner, n_outer = inner.stop - inner.start, outer.stop - outer.start
-            labelled = batch.mask[outer].sum(0)  # |O_k|
-            # (expert, task) pairs corrected: shared experts serve every task,
-            # an exclusive one a task of average label count
-            pairs = (experts - exclusive) * int(labelled.sum()) + exclusive * float(labelled.float().mean())
+            labelled = batch.mask[outer].sum(0).float()  # |O_k|
+            pairs = float(labelled @ open_to.sum(1))  # (task, labelled outer row) pairs, over the experts
             multiply_adds += n_outer * n_inner * bits + pairs * n_inner * hidden
     return 2 * multiply_adds / 1e9
 
 
-CASES = [  # (label, architecture, optimizer, MAML-MTL variant, sparse input)
-    ("nn.Sequential", "sequential", "plain", None, False),
-    ("shared bottom, plain", "shared-bottom", "plain", None, False),
-    ("shared bottom, plain, sparse", "shared-bottom", "plain", None, True),
-    ("MMoEEx, plain", "mmoeex", "plain", None, False),
-    ("MMoEEx, plain, sparse", "mmoeex", "plain", None, True),
-    *((f"MMoEEx, MAML-MTL {variant}", "mmoeex", "maml-mtl", variant, False) for variant in MAML_VARIANTS),
+CASES = [  # (label, architecture, optimizer, MAML-MTL variant, sparse input, autocast)
+    ("nn.Sequential", "sequential", "plain", None, False, None),
+    ("shared bottom, plain", "shared-bottom", "plain", None, False, None),
+    ("shared bottom, plain, sparse", "shared-bottom", "plain", None, True, None),
+    ("MMoEEx, plain", "mmoeex", "plain", None, False, None),
+    ("MMoEEx, plain, sparse", "mmoeex", "plain", None, True, None),
+    *((f"MMoEEx, MAML-MTL {variant}", "mmoeex", "maml-mtl", variant, False, None) for variant in MAML_VARIANTS),
+    ("MMoEEx, MAML-MTL swap, bf16", "mmoeex", "maml-mtl", "swap", False, "bfloat16"),
 ]
 
 
@@ -157,6 +165,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=1500, help="trunk / expert width")
     parser.add_argument("--experts", type=int, default=4, help="MMoEEx experts")
     parser.add_argument("--dropout", type=float, default=0.25)
+    parser.add_argument("--exclusivity", choices=EXCLUSIVITY_KINDS, default=ModelConfig.exclusivity,
+                        help="MMoEEx's assigned experts: open to their task only (exclusive) or "
+                             "closed to it (exclusion)")
     parser.add_argument("--reps", type=int, default=10, help="timed steps per row (median)")
     return parser.parse_args()
 
@@ -168,10 +179,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     batch = Batch.draw(args.batch, args.bits, args.tasks, args.density)
     steps, peaks = [], []
-    for label, architecture, optimizer, variant, sparse in CASES:
+    for label, architecture, optimizer, variant, sparse, autocast in CASES:
         log.info("%s: warm-up and peak memory", label)
         step = (sequential_step(args, batch) if architecture == "sequential"
-                else project_step(args, batch, architecture, optimizer, variant, sparse))
+                else project_step(args, batch, architecture, optimizer, variant, sparse, autocast))
         step()
         with PeakMemory(torch.device("cpu")) as memory:
             step()
@@ -188,7 +199,7 @@ def main() -> int:
             times.append(time.perf_counter() - start)
     medians = [statistics.median(times) for times in seconds]
     rows = []
-    for (label, architecture, optimizer, variant, sparse), median, peak_mib in zip(CASES, medians, peaks):
+    for (label, architecture, optimizer, variant, sparse, _), median, peak_mib in zip(CASES, medians, peaks):
         work = gflop(args, batch, architecture, optimizer, variant, sparse)
         rows.append({"step": label, "ms/step": 1e3 * median, "x nn.Sequential": median / medians[0],
                      "GFLOP": work, "GFLOP/s": work / median, "peak MiB": peak_mib})
@@ -200,10 +211,10 @@ def main() -> int:
     by_label = {row["step"]: row for row in rows}
     plain_rate = by_label["MMoEEx, plain"]["GFLOP/s"]
     sparse_rate = by_label["MMoEEx, plain, sparse"]["GFLOP/s"]
-    for variant in MAML_VARIANTS:
-        maml_rate = by_label[f"MMoEEx, MAML-MTL {variant}"]["GFLOP/s"]
-        print(f"MAML-MTL {variant} runs at {maml_rate / plain_rate:.2f}x the GFLOP/s of the dense plain "
-              f"step ({'below' if maml_rate < plain_rate / 2 else 'not below'} half), "
+    for label in (row["step"] for row in rows if "MAML-MTL" in row["step"]):
+        maml_rate = by_label[label]["GFLOP/s"]
+        print(f"{label.removeprefix('MMoEEx, ')} runs at {maml_rate / plain_rate:.2f}x the GFLOP/s of the "
+              f"dense plain step ({'below' if maml_rate < plain_rate / 2 else 'not below'} half), "
               f"{maml_rate / sparse_rate:.2f}x the sparse one's")
     return 0
 

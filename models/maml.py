@@ -204,8 +204,9 @@ def _mixture_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: f
                           second_order: bool, pos_weight: float | None, tasks: Tensor | None,
                           autocast: AutocastFactory) -> Tensor:
     """The low-rank exact path for MMoEEx, MMoE and shared bottom (module docstring)."""
-    if _takes_linear_head_path(model, rows, second_order, autocast):
-        return _linear_head_outer_losses(model, rows, inner_lr, pos_weight, tasks)
+    product_dtype = _linear_head_product_dtype(model, rows, second_order, autocast)
+    if product_dtype is not None:
+        return _linear_head_outer_losses(model, rows, inner_lr, pos_weight, tasks, product_dtype)
     inner = _mixture_inner_pass(model, rows, inner_lr, second_order, pos_weight, tasks, autocast)
     n_tasks = inner.grad_mixture.shape[0]
     with autocast():
@@ -221,31 +222,39 @@ def _mixture_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: f
     return masked_bce_per_task(logits, rows.labels_out, rows.mask_out, pos_weight)
 
 
-def _takes_linear_head_path(model: MixtureOfExpertsModel, rows: _Rows, second_order: bool,
-                            autocast: AutocastFactory) -> bool:
-    """One expert layer, linear heads, first order, full precision, on a
-    CPU: the shape the product trains, whose outer pass
-    models/outer_expert_scores.py fuses. Autocast keeps the general path,
-    whose products it may lower; so does a GPU, where the fused path's
-    per-task loop would be a few thousand small kernels a step against the
-    general path's few large ones (measured on an H100 for the general path
-    only, docs/benchmarks.md)."""
+def _linear_head_product_dtype(model: MixtureOfExpertsModel, rows: _Rows, second_order: bool,
+                               autocast: AutocastFactory) -> torch.dtype | None:
+    """The dtype of the fused path's correction products, or None where the
+    general path runs. The fused path takes one expert layer, linear heads,
+    first order, on a CPU: the shape the product trains, whose outer pass
+    models/outer_expert_scores.py fuses. Under bfloat16 autocast it runs
+    its correction products (most of its work) in bfloat16 and the rest in
+    the rows' dtype; float16 autocast keeps the general path, whose
+    products autocast lowers; so does a GPU, where the fused path's loop
+    would be a few thousand small kernels a step against the general
+    path's few large ones (measured on an H100 for the general path only,
+    docs/benchmarks.md)."""
     if (second_order or rows.x_in.device.type != "cpu" or len(model.experts.layers) != 1
             or model.towers.hidden is not None):
-        return False
+        return None
     with autocast():
-        return not torch.is_autocast_enabled(rows.x_in.device.type)
+        if not torch.is_autocast_enabled("cpu"):
+            return rows.x_in.dtype
+        lowered = torch.get_autocast_dtype("cpu")
+    return lowered if lowered == torch.bfloat16 else None
 
 
 def _linear_head_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_lr: float,
-                              pos_weight: float | None, tasks: Tensor | None) -> Tensor:
+                              pos_weight: float | None, tasks: Tensor | None,
+                              product_dtype: torch.dtype) -> Tensor:
     """First-order outer losses for one-layer experts read by linear heads.
 
     The same numbers as the general path, arranged so that no `[K, B, h]`
     tensor is formed: the inner pass needs only dL_k/dlogit_k (the heads
     are linear, so task k's gradient at an expert's pre-activation is that
     scalar times g^k_e sigma'(z) w_k), and the outer pass scores each
-    (task, labelled outer row) pair in models/outer_expert_scores.py.
+    (task, labelled outer row) pair in models/outer_expert_scores.py, its
+    correction products in product_dtype (the rest in the rows' dtype).
     """
     layer, activation = model.experts.layers[0], model.experts.activation
     dropout = model.experts.dropout if model.training else 0.0
@@ -275,6 +284,7 @@ def _linear_head_outer_losses(model: MixtureOfExpertsModel, rows: _Rows, inner_l
     inner_factor = activation.derivative(z_in)
     if drop_in is not None:
         inner_factor.mul_(drop_in)
+    inner_factor = inner_factor.to(product_dtype)
     n_outer, n_tasks = rows.mask_out.shape
     open_mask = (model.gates.open_mask(tasks) if model.gates is not None
                  else torch.ones(n_tasks, 1, dtype=torch.bool, device=base.device))

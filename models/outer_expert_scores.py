@@ -66,14 +66,19 @@ class OuterExpertScores(torch.autograd.Function):
                 row_of_pair: Tensor, activation: Activation, pairs_per_block: int) -> Tensor:
         """base `[|O|, h]` = x_O W_e + b_e; heads_out `[K, h]` the updated
         heads w'_k; gram `[|O|, |I|]` = G; coefficients `[K, |I|]` = c_k;
-        inner_factor `[|I|, h]` = m; heads_in `[K, h]` = w_k; dropout
+        inner_factor `[|I|, h]` = m, in the dtype the products run in (that
+        of base, or bfloat16 to lower them); heads_in `[K, h]` = w_k; dropout
         `[|O|, h]` multipliers or None; task_of_pair, row_of_pair `[N]`."""
         pre_activations = base.new_empty(task_of_pair.shape[0], base.shape[1])
         scores = base.new_empty(task_of_pair.shape[0])
         for pairs in _blocks(task_of_pair.shape[0], pairs_per_block):
             rows, tasks = row_of_pair[pairs], task_of_pair[pairs]
             left = gram.index_select(0, rows).mul_(coefficients.index_select(0, tasks))
-            z = torch.mm(left, inner_factor, out=pre_activations[pairs])
+            z = pre_activations[pairs]
+            if inner_factor.dtype == z.dtype:
+                torch.mm(left, inner_factor, out=z)
+            else:  # the product lowered (bfloat16), the rest at full precision
+                z.copy_(torch.mm(left.to(inner_factor.dtype), inner_factor))
             z.mul_(heads_in.index_select(0, tasks)).add_(base.index_select(0, rows))
             activated = _activated(activation, z, _rows_of(dropout, rows))
             torch.sum(activated.mul_(heads_out.index_select(0, tasks)), dim=1, out=scores[pairs])
