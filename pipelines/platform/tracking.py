@@ -55,7 +55,27 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def client(tracking_uri: str):  # -> mlflow.MlflowClient
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if not tracking_uri.startswith(SQLITE_PREFIX) or tracking_uri in _OPENED_SQLITE_STORES:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # MLflow creates a new SQLite store's tables on first use (the client's
+    # constructor opens the tracking store, the first registry call the
+    # registry's) without a lock: two jobs started together on a fresh
+    # store (two compare runs side by side) could both try, and one failed
+    # with "table experiments already exists". The first open in each
+    # process holds an exclusive lock on <db>.lock.
+    import fcntl
+
+    path = Path(tracking_uri[len(SQLITE_PREFIX):])
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow_client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        mlflow_client.search_registered_models(max_results=1)
+    _OPENED_SQLITE_STORES.add(tracking_uri)
+    return mlflow_client
+
+
+_OPENED_SQLITE_STORES: set[str] = set()
+"""SQLite stores this process has opened (their tables exist)."""
 
 
 @contextmanager
@@ -80,8 +100,11 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """The experiment's id, creating it where absent; with a local SQLite store
+    """The experiment's id, creating it where absent (one created meanwhile by
+    a job started alongside is taken as found); with a local SQLite store
     its artifacts go to ``mlartifacts/`` beside the database."""
+    from mlflow.exceptions import MlflowException
+
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
@@ -90,7 +113,14 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if tracking_uri.startswith(SQLITE_PREFIX):
         root = Path(tracking_uri[len(SQLITE_PREFIX):]).parent / "mlartifacts"
         artifact_location = (root / name).resolve().as_uri()
-    return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        # another job created it between the lookup and here
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def start_run(tracking_uri: str, experiment: str, ray_run_name: str, *,
