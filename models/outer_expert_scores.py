@@ -51,7 +51,7 @@ earlier loop of one product per task."""
 
 
 class OuterExpertScores(torch.autograd.Function):
-    """s `[N]` for N (task, outer row) pairs of one expert, sorted by task;
+    """s `[N]` for N (task, outer row) pairs of one expert, in any order;
     gradients for the expert's outer base output and the updated heads only.
 
     The pairs are taken in blocks of `pairs_per_block`, tasks mixed: the
