@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                 # 2 CPU threads, the table below
     python benchmarks/train_step.py --threads 16 --reps 20
     python benchmarks/train_step.py --exclusivity exclusive   # the rows before exclusion became the default
+    python benchmarks/train_step.py --bf16          # and a swap row under bfloat16 autocast
 
 A step is what the training loop does per batch: forward, masked BCE
 (models.losses), backward and an Adam update. Rows: a plain PyTorch MLP
@@ -10,8 +11,10 @@ A step is what the training loop does per batch: forward, masked BCE
 same shape with linear towers and the plain step, MMoEEx (E experts of h,
 alpha 0.5, the product's exclusion unless --exclusivity says otherwise,
 linear towers) with the plain step and with each MAML-MTL
-variant (first order; models/maml.py), and swap once more under bfloat16
-autocast, where the fused outer pass lowers its correction products. Rows marked
+variant (first order; models/maml.py), and with --bf16 swap once more under
+bfloat16 autocast, where the fused outer pass lowers its correction products
+(opt-in: a CPU without bfloat16 matrix instructions, such as the AVX2-only
+development machine, emulates them, about 45 s a step there). Rows marked
 "sparse" feed SparseRows built from the dense batch inside the timed step
 (the conversion the training loop would do), so they pay for it. The rows
 take turns within each repetition; the table gives medians.
@@ -151,8 +154,8 @@ CASES = [  # (label, architecture, optimizer, MAML-MTL variant, sparse input, au
     ("MMoEEx, plain", "mmoeex", "plain", None, False, None),
     ("MMoEEx, plain, sparse", "mmoeex", "plain", None, True, None),
     *((f"MMoEEx, MAML-MTL {variant}", "mmoeex", "maml-mtl", variant, False, None) for variant in MAML_VARIANTS),
-    ("MMoEEx, MAML-MTL swap, bf16", "mmoeex", "maml-mtl", "swap", False, "bfloat16"),
 ]
+BF16_CASE = ("MMoEEx, MAML-MTL swap, bf16", "mmoeex", "maml-mtl", "swap", False, "bfloat16")
 
 
 def parse_args() -> argparse.Namespace:
@@ -168,6 +171,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--exclusivity", choices=EXCLUSIVITY_KINDS, default=ModelConfig.exclusivity,
                         help="MMoEEx's assigned experts: open to their task only (exclusive) or "
                              "closed to it (exclusion)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add a MAML-MTL swap row under bfloat16 autocast (slow on CPUs "
+                             "without bfloat16 matrix instructions)")
     parser.add_argument("--reps", type=int, default=10, help="timed steps per row (median)")
     return parser.parse_args()
 
@@ -178,8 +184,9 @@ def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
     batch = Batch.draw(args.batch, args.bits, args.tasks, args.density)
+    cases = [*CASES, BF16_CASE] if args.bf16 else CASES
     steps, peaks = [], []
-    for label, architecture, optimizer, variant, sparse, autocast in CASES:
+    for label, architecture, optimizer, variant, sparse, autocast in cases:
         log.info("%s: warm-up and peak memory", label)
         step = (sequential_step(args, batch) if architecture == "sequential"
                 else project_step(args, batch, architecture, optimizer, variant, sparse, autocast))
@@ -190,7 +197,7 @@ def main() -> int:
         peaks.append(memory.peak_mib)
     # Rows take turns within each repetition, so load from other jobs on a
     # shared machine lands on every row alike, and the medians stay comparable.
-    seconds: list[list[float]] = [[] for _ in CASES]
+    seconds: list[list[float]] = [[] for _ in cases]
     for rep in range(args.reps):
         log.info("repetition %d of %d", rep + 1, args.reps)
         for step, times in zip(steps, seconds):
@@ -199,7 +206,7 @@ def main() -> int:
             times.append(time.perf_counter() - start)
     medians = [statistics.median(times) for times in seconds]
     rows = []
-    for (label, architecture, optimizer, variant, sparse, _), median, peak_mib in zip(CASES, medians, peaks):
+    for (label, architecture, optimizer, variant, sparse, _), median, peak_mib in zip(cases, medians, peaks):
         work = gflop(args, batch, architecture, optimizer, variant, sparse)
         rows.append({"step": label, "ms/step": 1e3 * median, "x nn.Sequential": median / medians[0],
                      "GFLOP": work, "GFLOP/s": work / median, "peak MiB": peak_mib})
