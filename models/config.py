@@ -32,9 +32,9 @@ def reject_unknown_keys(config_class: type, values: Mapping[str, Any]) -> None:
 #: it has no alpha, so it gets none (:attr:`ModelConfig.n_exclusive_experts`).
 ARCHITECTURE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "mmoeex": ("n_experts", "expert_hidden", "tower_hidden", "alpha", "exclusivity", "dropout",
-               "activation", "gate_lr_scale", "gate_weight_decay"),
+               "activation", "gate_lr_scale", "gate_weight_decay", "gate_dropout"),
     "mmoe": ("n_experts", "expert_hidden", "tower_hidden", "dropout", "activation", "gate_lr_scale",
-             "gate_weight_decay"),
+             "gate_weight_decay", "gate_dropout"),
     "shared-bottom": ("expert_hidden", "tower_hidden", "dropout", "activation"),
     "single-task": ("expert_hidden", "tower_hidden", "dropout", "activation"),
 }
@@ -77,6 +77,9 @@ class ModelConfig:
         weights per task) fit the training molecules long before the
         experts do; a slower or more decayed gate path keeps them from it
         while g^k(x) stays the paper's softmax(W^k x).
+    gate_dropout: dropout on the fingerprint the gates read (in training
+        only; the experts read it whole): each gate sees a random subset of
+        the on-bits, so no one rare bit can decide a molecule's routing.
     seed: seeds the weight initialisation and the exclusive assignment.
     """
 
@@ -92,6 +95,7 @@ class ModelConfig:
     activation: str = "relu"
     gate_lr_scale: float = 0.052
     gate_weight_decay: float | None = 1e-3
+    gate_dropout: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -114,8 +118,9 @@ class ModelConfig:
             problems.append(f"gate_lr_scale must be > 0, got {self.gate_lr_scale}")
         if self.gate_weight_decay is not None and self.gate_weight_decay < 0:
             problems.append(f"gate_weight_decay must be >= 0 or None, got {self.gate_weight_decay}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "gate_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
         from models.activations import ACTIVATIONS  # torch: not needed to read the registries
 
         if self.activation not in ACTIVATIONS:

@@ -189,6 +189,8 @@ MODEL = OptionGroup("model", ModelConfig, (
     Option("gate-lr-scale", "gate_lr_scale", "MMoE/MMoEEx: the gates' learning rate as a multiple of --lr"),
     Option("gate-weight-decay", "gate_weight_decay", "MMoE/MMoEEx: the gates' weight decay "
                                                      "(default: --weight-decay)"),
+    Option("gate-dropout", "gate_dropout", "MMoE/MMoEEx: dropout on the fingerprint bits the gates read "
+                                           "(training only)"),
     Option("activation", "activation", "activation of hidden layers (models/activations.py)"),
 ))
 

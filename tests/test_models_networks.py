@@ -233,12 +233,55 @@ def test_config_round_trip_through_json() -> None:
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+@pytest.mark.parametrize("counts", [False, True], ids=["bits", "counts"])
+def test_sparse_dropout_is_inverted_dropout_of_the_dense_rows(counts: bool) -> None:
+    """Each non-zero is kept with probability 1 - p and scaled by 1 / (1 - p);
+    zeros stay zero, empty rows stay empty, p = 0 keeps everything."""
+    p = 0.4
+    x = fingerprints(300, 64)
+    if counts:
+        x = x * torch.randint(1, 5, x.shape, generator=torch.Generator().manual_seed(1))
+    x[0] = x[150] = x[-1] = 0
+    sparse = SparseRows.from_dense(x)
+    torch.manual_seed(0)
+    dropped = sparse.dropout(p).to_dense()
+    kept = dropped != 0
+    assert not kept[x == 0].any()
+    torch.testing.assert_close(dropped[kept], x[kept] / (1 - p))
+    share = kept[x != 0].float().mean().item()
+    assert abs(share - (1 - p)) < 4 * (p * (1 - p) / int((x != 0).sum())) ** 0.5
+    torch.testing.assert_close(sparse.dropout(0.0).to_dense(), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        sparse.dropout(1.0)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_gate_dropout_drops_the_gates_input_in_training_only(sparse: bool) -> None:
+    """In training the gates read a dropped-out copy of x (the same draw as
+    dropout of x itself), the experts x whole; in eval mode the gates read x."""
+    model = build_model(small_config(gate_dropout=0.5))
+    plain = build_model(small_config())
+    x = fingerprints(9, 24)
+    features = SparseRows.from_dense(x) if sparse else x
+    torch.manual_seed(7)
+    dropped = (features.dropout(0.5).to_dense() if sparse
+               else torch.nn.functional.dropout(x, 0.5))
+    torch.manual_seed(7)
+    in_training = model.gates(features)
+    model.eval()
+    torch.testing.assert_close(in_training, model.gates(dropped))
+    assert not torch.allclose(in_training, model.gates(features))
+    torch.testing.assert_close(model.gate_weights(features), plain.eval().gate_weights(features))
+    torch.testing.assert_close(model.train().expert_outputs(features), plain.train().expert_outputs(features))
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"architecture": "transformer"}, "architecture"),
     ({"alpha": 1.5}, "alpha"),
     ({"expert_hidden": ()}, "expert_hidden"),
     ({"activation": "swish2"}, "activation"),
     ({"exclusivity": "both"}, "exclusivity"),
+    ({"gate_dropout": 1.0}, "gate_dropout"),
 ])
 def test_config_rejects_bad_values(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

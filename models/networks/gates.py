@@ -42,11 +42,16 @@ class Gates(nn.Module):
     expert is open to its task only; with "exclusion" it is closed to its
     task only. The open/closed mask is derived from the buffer at every
     call, so a loaded state dict can never disagree with it.
+
+    `input_dropout` drops input features (fingerprint bits) before the gate
+    product in training, scaling the kept ones by 1 / (1 - p): the gates'
+    own regularizer, as 128 x E x d gate weights fit rare bits first.
     """
 
     def __init__(self, n_tasks: int, in_features: int, n_experts: int, exclusive_expert_task: Tensor,
-                 exclusivity: str, generator: torch.Generator) -> None:
+                 exclusivity: str, generator: torch.Generator, input_dropout: float = 0.0) -> None:
         super().__init__()
+        self.input_dropout = input_dropout
         # Small weights: gates start close to uniform over their open experts.
         self.weight = nn.Parameter(torch.empty(n_tasks, in_features, n_experts).normal_(
             0.0, 0.01, generator=generator))
@@ -70,6 +75,9 @@ class Gates(nn.Module):
         weight, bias = self.weight, self.bias
         if tasks is not None:
             weight, bias = weight[tasks], bias[tasks]
+        if self.training and self.input_dropout > 0:
+            x = (x.dropout(self.input_dropout) if isinstance(x, SparseRows)
+                 else torch.nn.functional.dropout(x, self.input_dropout))
         if isinstance(x, SparseRows):
             logits = x.grouped_matmul(weight) + bias
         else:

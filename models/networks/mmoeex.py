@@ -26,7 +26,7 @@ class MMoEEx(MixtureOfExpertsModel):
                                               config.n_exclusive_experts,
                                               torch.Generator().manual_seed(config.seed))
         gates = Gates(config.n_tasks, config.n_features, config.n_experts, assignment,
-                      config.exclusivity, generator)
+                      config.exclusivity, generator, input_dropout=config.gate_dropout)
         super().__init__(config, config.n_experts, gates, generator)
 
     def expert_outputs(self, x: Features) -> Tensor:

@@ -15,7 +15,8 @@ instead of B * d * n, and rows of absent columns come out zero. (embedding_bag's
 own backward computes the same sum, but zero-fills the gradient, sorts the
 indices and scatters into it at every call: 4.1 ms against 2.1 for the bag
 sum at B = 512, d = 1024, 3 % bits on, n = 1500, 2 threads.) The input
-never needs a gradient, and the layers put no dropout on it.
+never needs a gradient; only the gates may put dropout on it
+(:meth:`SparseRows.dropout`).
 """
 from __future__ import annotations
 
@@ -107,6 +108,19 @@ class SparseRows:
                           (self.offsets + shift * self.indices.numel()).reshape(-1),
                           None if self.values is None else self.values.repeat(groups),
                           groups * self.n_features)
+
+    def dropout(self, p: float) -> SparseRows:
+        """``torch.nn.functional.dropout`` of the dense rows: each non-zero
+        kept with probability 1 - p (torch's global generator) and scaled by
+        1 / (1 - p); a row may lose every non-zero."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        kept = torch.rand(self.indices.shape, device=self.device) >= p
+        counts = torch.zeros(self.batch_size, dtype=torch.long, device=self.device).index_add_(
+            0, self._row_of_each_index(), kept.long())
+        values = torch.ones(self.indices.shape, device=self.device) if self.values is None else self.values
+        return SparseRows(self.indices[kept], torch.cumsum(counts, 0) - counts,
+                          values[kept] / (1.0 - p), self.n_features)
 
     def bag_sum(self, table: Tensor) -> Tensor:
         """Row b of the result is the sum of ``table``'s rows at row b's
