@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,9 @@ from pipelines.serving.domain import (
     NN_SIMILARITY_COLUMN,
     Neighbours,
 )
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +109,15 @@ def mark_featurized(batch: pa.Table) -> pa.Table:
 class AssayScorer:
     """Ray Data actor: loads the model once, then scores the accepted rows of
     each block (packed fingerprints go to the device, probabilities come back:
-    calibrated ones unless ``raw_scores``)."""
+    calibrated ones unless ``raw_scores``).
 
-    def __init__(self, archive: bytes, columns: list[int], assays: list[str], device: str,
+    ``archive`` is the model bundle's zip in Ray's object store: passed by
+    value it would be pickled into the actor's definition, which Ray warns
+    about (and refuses past 95 MiB) for a wide model's tens of MiB."""
+
+    def __init__(self, archive: ObjectRef, columns: list[int], assays: list[str], device: str,
                  threads: int | None = None, raw_scores: bool = False) -> None:
+        import ray
         import torch
 
         from pipelines.platform.torch_setup import use_huge_pages
@@ -119,7 +127,7 @@ class AssayScorer:
         if threads:
             torch.set_num_threads(threads)
         self._folder = tempfile.TemporaryDirectory(prefix="screen-model-")
-        self.scorer = Scorer.from_bundle(unzip_to(archive, Path(self._folder.name)), device,
+        self.scorer = Scorer.from_bundle(unzip_to(ray.get(archive), Path(self._folder.name)), device,
                                          raw_scores=raw_scores)
         self.columns = np.asarray(columns, dtype=np.int64)
         self.assays = assays
@@ -198,6 +206,7 @@ def library_dataset(library: ScreeningLibrary):  # -> ray.data.Dataset
 
 def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: list[str],
                    resources: Resources, raw_scores: bool = False):  # -> ray.data.Dataset
+    import ray
     from ray.data import ActorPoolStrategy
 
     dataset = library_dataset(library)
@@ -219,7 +228,7 @@ def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: lis
         compute=ActorPoolStrategy(size=pool_size(resources), max_concurrent_calls_per_actor=2),
         num_cpus=resources.cpus_per_actor, **actor_resources,
         fn_constructor_kwargs={
-            "archive": model.archive, "columns": model.assay_indices(assays), "assays": assays,
+            "archive": ray.put(model.archive), "columns": model.assay_indices(assays), "assays": assays,
             "device": "cuda" if resources.use_gpu else "cpu", "threads": threads,
             "raw_scores": raw_scores,
         })
