@@ -207,7 +207,10 @@ class StepConfig:
 
     optimizer: "maml-mtl" (Aoki et al. 2021, Sec. 3.2; models/maml.py) or
         "plain" (gradient of the mean task loss).
-    inner_lr: beta, the inner (temporary) learning rate of MAML-MTL.
+    inner_lr: beta, the inner (temporary) learning rate of MAML-MTL. 0.01:
+        on the real PCBA subset (swap, exclusion, seed 0) it scored 0.2160
+        test PR-AUC and peaked at validation AP 0.2042 (epoch 16), against
+        0.2107 and 0.1998 (epoch 9) at the reference's 0.05.
     maml_variant: which rows take the inner step and which evaluate it
         (:data:`MAML_VARIANT_NAMES`, implemented in models/maml.py): "split"
         (the reference code's: the outer gradient sees the last
@@ -239,7 +242,7 @@ class StepConfig:
     """
 
     optimizer: str = "plain"
-    inner_lr: float = 0.05
+    inner_lr: float = 0.01
     maml_variant: str = "swap"
     inner_fraction: float = 0.8
     second_order: bool = False
