@@ -116,10 +116,10 @@ class SparseRows:
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         kept = torch.rand(self.indices.shape, device=self.device) >= p
-        counts = torch.zeros(self.batch_size, dtype=torch.long, device=self.device).index_add_(
-            0, self._row_of_each_index(), kept.long())
+        # Row b's kept non-zeros start after those kept before offsets[b].
+        kept_before = torch.nn.functional.pad(torch.cumsum(kept, 0), (1, 0))
         values = torch.ones(self.indices.shape, device=self.device) if self.values is None else self.values
-        return SparseRows(self.indices[kept], torch.cumsum(counts, 0) - counts,
+        return SparseRows(self.indices[kept], kept_before[self.offsets],
                           values[kept] / (1.0 - p), self.n_features)
 
     def bag_sum(self, table: Tensor) -> Tensor:
