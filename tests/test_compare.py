@@ -203,6 +203,27 @@ def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
     np.testing.assert_array_equal(reused.evaluation.metrics.ap, whole.evaluation.metrics.ap)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress
+    from pipelines.training.config import TrainConfig
+
+    defaults = TrainConfig.default_params()
+    now = {**defaults, "model.gate_dropout": 0.0, "data.n_rows": 100}
+    older = {key: value for key, value in now.items() if key != "model.gate_dropout"}
+    checkpoints = RunCheckpoints(tmp_path)
+    checkpoints.save("mmoeex/plain", 0, RunProgress(identity=older, model_state={}, optimizer_state={},
+                                                    loop_state={}))
+    with pytest.raises(ValueError, match=r"model.gate_dropout: None there, 0.0 now"):
+        checkpoints.load("mmoeex/plain", 0, now)  # without defaults a new setting is a change
+    with pytest.raises(ValueError, match=r"model.gate_dropout: 0.0 there, 0.25 now"):
+        checkpoints.load("mmoeex/plain", 0, {**now, "model.gate_dropout": 0.25}, defaults)
+    with pytest.raises(ValueError, match=r"data.n_rows: 100 there, None now"):
+        checkpoints.load("mmoeex/plain", 0, {key: value for key, value in now.items() if key != "data.n_rows"},
+                         defaults)
+    resumed = checkpoints.load("mmoeex/plain", 0, now, defaults)
+    assert resumed is not None and resumed.identity == now
+
+
 def test_a_checkpoint_of_other_settings_is_refused_by_name(tiny_dataset: Path, tmp_path: Path) -> None:
     configuration = parse_configuration("shared-bottom/plain", BASE_MODEL, BASE_STEP)
     budget = Budget(epochs=1, patience=0, batch_size=64, lr=1e-3, weight_decay=0.0)

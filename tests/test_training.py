@@ -20,7 +20,7 @@ from models.config import ModelConfig
 from models.factory import build_model
 from models.steps import StepConfig, build_step
 from pipelines.training.config import TrainConfig
-from pipelines.training.engine import EpochLoop, LoopState, iter_dataset_batches
+from pipelines.training.engine import EpochLoop, EpochResult, LoopState, cpu_state_dict, iter_dataset_batches
 from pipelines.training.trainer import TrainingResult, worker_resources
 
 TINY_MODEL = ModelConfig(architecture="mmoeex", n_experts=4, expert_hidden=(32,), tower_hidden=8, alpha=0.5,
@@ -71,22 +71,30 @@ def _loop(dataset: Path, lr: float = 3e-3, seed: int = 0,
 
 
 def _fit(dataset: Path, epochs: int, patience: int, lr: float = 3e-3, pos_weight: float | None = None):
+    """The fit, its loop and the best epoch's weights (kept as a comparison
+    run keeps them: a CPU copy after each improving epoch)."""
     loop, info = _loop(dataset, lr, pos_weight=pos_weight)
-    return loop.fit(lambda epoch: iter_dataset_batches(info, "train", 64, shuffle_seed=epoch),
-                    lambda: iter_dataset_batches(info, "valid", 256),
-                    epochs=epochs, patience=patience, keep_best_state=True), loop
+    best: dict[str, torch.Tensor] = {}
+
+    def keep_best(epoch: EpochResult, state: LoopState) -> None:
+        if epoch.improved:
+            best.update(cpu_state_dict(loop.model))
+    result = loop.fit(lambda epoch: iter_dataset_batches(info, "train", 64, shuffle_seed=epoch),
+                      lambda: iter_dataset_batches(info, "valid", 256),
+                      epochs=epochs, patience=patience, on_epoch_end=keep_best)
+    return result, loop, best
 
 
 def test_single_process_fit_is_reproducible_and_keeps_the_best_epoch(small_dataset: Path) -> None:
-    first, loop = _fit(small_dataset, epochs=2, patience=0)
-    second, _ = _fit(small_dataset, epochs=2, patience=0)
+    first, loop, best = _fit(small_dataset, epochs=2, patience=0)
+    second, _, _ = _fit(small_dataset, epochs=2, patience=0)
     assert [r.train_loss for r in first.history] == [r.train_loss for r in second.history]
     assert [r.valid.mean_ap for r in first.history] == [r.valid.mean_ap for r in second.history]
     aps = [r.valid.mean_ap for r in first.history]
     assert first.state.epoch == 2 and first.state.best_epoch == int(np.argmax(aps))
     assert first.state.best_valid_mean_ap == max(aps)
     # The kept state is the best epoch's: evaluating it reproduces its AP.
-    loop.model.load_state_dict(first.best_state_dict)
+    loop.model.load_state_dict(best)
     info = read_dataset_info(small_dataset)
     assert loop.evaluate(iter_dataset_batches(info, "valid", 256)).mean_ap == pytest.approx(max(aps))
     assert first.history[0].train_samples == info.split_counts["train"]
@@ -94,7 +102,7 @@ def test_single_process_fit_is_reproducible_and_keeps_the_best_epoch(small_datas
 
 def test_early_stopping_counts_epochs_without_improvement(small_dataset: Path) -> None:
     # lr = 0: the weights never change, so no epoch after the first improves.
-    result, _ = _fit(small_dataset, epochs=10, patience=2, lr=0.0)
+    result, _, _ = _fit(small_dataset, epochs=10, patience=2, lr=0.0)
     assert result.state.stopped_early and result.state.epoch == 3
     assert result.state.best_epoch == 0 and [r.improved for r in result.history] == [True, False, False]
     resumed = LoopState.from_dict(result.state.to_dict())
@@ -154,8 +162,8 @@ def test_calibration_fitted_on_valid_lowers_test_calibration_error(small_dataset
     from pipelines.serving.bundle import ModelBundle
     from pipelines.training.evaluation import evaluate_bundle, fit_bundle_calibration
 
-    result, loop = _fit(small_dataset, epochs=3, patience=0, lr=1e-2, pos_weight=20.0)
-    loop.model.load_state_dict(result.best_state_dict)
+    _, loop, best = _fit(small_dataset, epochs=3, patience=0, lr=1e-2, pos_weight=20.0)
+    loop.model.load_state_dict(best)
     info = read_dataset_info(small_dataset)
     bundle = ModelBundle(loop.model.eval(), info.spec, list(info.tasks))
     assert evaluate_bundle(bundle, info).calibration is None  # nothing fitted: nothing to report

@@ -132,11 +132,23 @@ class TrainConfig:
         """Flat MLflow params (``model.n_experts``, ``step.inner_lr``, ...) of
         the fields the architecture and step have (a shared bottom logs no
         alpha); where the run goes (run name, storage, tracking) is left to tags."""
+        return self._flat(self.model.params(), self.step.params())
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """Every flat param's default, for every architecture and step: what
+        a run logged before a setting existed had, as long as a new setting's
+        default keeps the old behaviour (checkpoints resume across such an
+        addition)."""
+        defaults = cls(data_dir="")
+        return defaults._flat(defaults.model.to_dict(), defaults.step.to_dict())
+
+    def _flat(self, model: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
         skip = {"model", "step", "run_name", "storage_path", "tracking_uri",
                 "experiment_name", "mlflow_parent_run_id", "fail_at_epoch"}
         out = {name: value for name, value in self.to_dict().items() if name not in skip}
-        out.update({f"model.{key}": value for key, value in self.model.params().items()})
-        out.update({f"step.{key}": value for key, value in self.step.params().items()})
+        out.update({f"model.{key}": value for key, value in model.items()})
+        out.update({f"step.{key}": value for key, value in step.items()})
         return out
 
 

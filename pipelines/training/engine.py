@@ -93,12 +93,11 @@ class EpochResult:
 
 @dataclass
 class FitResult:
-    """The loop's end: final state, per-epoch history and (when asked for)
-    the best epoch's weights on the CPU."""
+    """The loop's end: final state and per-epoch history (a caller that
+    keeps the best epoch's weights does so in ``on_epoch_end``)."""
 
     state: LoopState
     history: list[EpochResult] = field(default_factory=list)
-    best_state_dict: dict[str, torch.Tensor] | None = None
 
 
 class EpochLoop:
@@ -165,8 +164,7 @@ class EpochLoop:
     def fit(self, train_batches: Callable[[int], Iterable[Batch]],
             valid_batches: Callable[[], Iterable[Batch]], *, epochs: int, patience: int,
             state: LoopState | None = None,
-            on_epoch_end: Callable[[EpochResult, LoopState], None] | None = None,
-            keep_best_state: bool = False) -> FitResult:
+            on_epoch_end: Callable[[EpochResult, LoopState], None] | None = None) -> FitResult:
         """Train from ``state`` (a fresh one by default) until ``epochs`` or
         ``patience`` epochs without a better validation mean AP.
 
@@ -174,9 +172,8 @@ class EpochLoop:
         caller likes); ``valid_batches()`` the validation set, evaluated in
         full on every worker so every worker takes the same early-stopping
         decision. ``on_epoch_end`` runs after the state is updated (the Ray
-        worker reports and checkpoints there). ``keep_best_state`` keeps a CPU
-        copy of the best weights (single-process callers; the Ray run keeps
-        its best checkpoint instead).
+        worker reports and checkpoints there, a comparison run keeps its best
+        weights).
         """
         state = state or LoopState()
         result = FitResult(state=state)
@@ -189,8 +186,6 @@ class EpochLoop:
                 state.best_valid_mean_ap = _finite(valid.mean_ap)
                 state.best_epoch = epoch
                 state.epochs_without_improvement = 0
-                if keep_best_state:
-                    result.best_state_dict = cpu_state_dict(self.model)
             else:
                 state.epochs_without_improvement += 1
             state.epoch = epoch + 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,23 +59,34 @@ class RunCheckpoints:
         slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", configuration).strip("_")
         return self.directory / f"{slug}-seed{seed}.pt"
 
-    def load(self, configuration: str, seed: int, identity: dict[str, Any]) -> RunProgress | None:
+    def load(self, configuration: str, seed: int, identity: dict[str, Any],
+             defaults: Mapping[str, Any] | None = None) -> RunProgress | None:
         """The run's progress, None if it has none; an error if the file was
-        written by a run with other settings (resuming it would mix them)."""
+        written by a run with other settings (resuming it would mix them).
+
+        ``defaults``: the values of settings added since the file may have
+        been written. A setting the file does not name is taken to have had
+        its default there, so adding a setting (whose default keeps the old
+        behaviour) does not orphan the runs in flight; a setting given
+        another value than its default still refuses them.
+        """
         path = self.path(configuration, seed)
         if not path.exists():
             return None
         # Written by this module on this machine's file system (pickled
         # dataclasses: the history's metrics, the outcome).
         progress: RunProgress = torch.load(path, map_location="cpu", weights_only=False)
-        changed = sorted(key for key in {*identity, *progress.identity}
-                         if identity.get(key) != progress.identity.get(key))
+        defaults = defaults or {}
+        saved = {**{key: defaults[key] for key in identity.keys() & defaults.keys()},
+                 **progress.identity}
+        changed = sorted(key for key in {*identity, *saved} if identity.get(key) != saved.get(key))
         if changed:
-            shown = ", ".join(f"{key}: {progress.identity.get(key)!r} there, {identity.get(key)!r} now"
+            shown = ", ".join(f"{key}: {saved.get(key)!r} there, {identity.get(key)!r} now"
                               for key in changed[:5])
             raise ValueError(f"{path} is a checkpoint of {configuration} seed {seed} with other settings "
                              f"({shown}{', ...' if len(changed) > 5 else ''}); give another "
                              "--checkpoint-dir or delete the file to start that run over")
+        progress.identity = dict(identity)  # its next save names the added settings too
         return progress
 
     def save(self, configuration: str, seed: int, progress: RunProgress) -> None:

@@ -82,7 +82,8 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
     model = build_model(config.model).to(device)
     optimizer = optimizer_for(model, config)
     identity = _identity(config, data)
-    saved = checkpoints.load(configuration.name, seed, identity) if checkpoints is not None else None
+    saved = (checkpoints.load(configuration.name, seed, identity, TrainConfig.default_params())
+             if checkpoints is not None else None)
     if saved is not None and saved.outcome is not None and not _continues(saved.outcome, budget):
         logger.info("%s seed %d: finished in an earlier process (%s), reused", configuration.name, seed,
                     checkpoints.path(configuration.name, seed))
