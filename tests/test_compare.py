@@ -165,8 +165,9 @@ def test_budget_seconds_stops_every_row_after_the_epoch_that_spends_it(tiny_data
 def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run capped by its time budget, continued under a larger one, killed
-    in an epoch, resumed, then reused: its epochs and test numbers are those
-    of one uninterrupted run (dropout on, so the per-epoch reseeding counts)."""
+    in an epoch, scored as it stands under a spent budget, resumed, then
+    reused: its epochs and test numbers are those of one uninterrupted run
+    (dropout on, so the per-epoch reseeding counts)."""
     from pipelines.training.engine import EpochLoop
 
     configuration = parse_configuration("mmoe/plain:dropout=0.2", BASE_MODEL, BASE_STEP)
@@ -190,6 +191,10 @@ def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
     monkeypatch.setattr(EpochLoop, "train_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         compare()
+    monkeypatch.setattr(EpochLoop, "train_epoch", lambda *args: pytest.fail("a spent budget trained on"))
+    spent = compare(seconds=1e-9)  # killed after epoch 2 with its budget spent: scored as it stands
+    assert [epoch.epoch for epoch in spent.history] == [0, 1] and spent.stop_reason == "time budget"
+    assert spent.best_epoch == int(np.argmax([epoch.valid.mean_ap for epoch in whole.history[:2]]))
     monkeypatch.setattr(EpochLoop, "train_epoch", train_epoch)
     resumed = compare()
     assert [epoch.epoch for epoch in resumed.history] == [0, 1, 2] and resumed.stop_reason == "epochs"

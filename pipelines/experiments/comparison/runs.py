@@ -72,8 +72,9 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
 
     With ``checkpoints`` the run saves itself after every epoch and starts
     from what an earlier process left: a finished run is reused as it is,
-    an unfinished one resumes at its next epoch, and one that its time
-    budget stopped continues when ``budget.seconds`` is now larger.
+    an unfinished one resumes at its next epoch (or, killed with its budget
+    already spent, is scored as it stands), and one that its time budget
+    stopped continues when ``budget.seconds`` is now larger.
     """
     device = torch.device(device)
     started = time.perf_counter()
@@ -93,9 +94,12 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
         model.load_state_dict(saved.model_state)
         optimizer.load_state_dict(saved.optimizer_state)
         state = saved.loop()
-        state.stopped_early = False  # only a time-capped run is continued once it has finished
-        logger.info("%s seed %d: resuming after epoch %d (%s)", configuration.name, seed, state.epoch,
-                    checkpoints.path(configuration.name, seed))
+        # A time-capped run goes on only under a budget it has not spent; a
+        # killed one whose budget is spent is scored as it stands.
+        state.stopped_early = _spent(saved, budget.seconds)
+        logger.info("%s seed %d: %s after epoch %d (%s)", configuration.name, seed,
+                    "time budget spent, scoring its best epoch" if state.stopped_early else "resuming",
+                    state.epoch, checkpoints.path(configuration.name, seed))
     loop = EpochLoop(model, build_step(config.step), optimizer, data.info.spec, device, seed=seed)
     recorder = _RunRecorder(budget.seconds, configuration.name, seed, config.epochs, model, optimizer,
                             identity, saved, checkpoints)
@@ -131,6 +135,11 @@ def _identity(config: TrainConfig, data: ComparisonData) -> dict[str, Any]:
     return identity
 
 
+def _spent(progress: RunProgress, seconds: float | None) -> bool:
+    """Whether a run's training time has reached its budget."""
+    return seconds is not None and progress.trained_seconds >= seconds
+
+
 def _continues(outcome: RunOutcome, budget: Budget) -> bool:
     """A finished run trains on only if its time budget stopped it and the
     budget is now larger."""
@@ -154,7 +163,7 @@ class _RunRecorder:
         self.progress = saved or RunProgress(identity=identity, model_state={}, optimizer_state={},
                                              loop_state={})
         self.progress.outcome = None
-        self.out_of_time = False
+        self.out_of_time = saved is not None and _spent(saved, seconds)
 
     def __call__(self, result: EpochResult, state: LoopState) -> None:
         progress = self.progress
