@@ -89,6 +89,8 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
         logger.info("%s seed %d: finished in an earlier process (%s), reused", configuration.name, seed,
                     checkpoints.path(configuration.name, seed))
         return saved.outcome
+    recorder = _RunRecorder(budget.seconds, configuration.name, seed, config.epochs, model, optimizer,
+                            identity, saved, checkpoints)
     state = None
     if saved is not None:
         model.load_state_dict(saved.model_state)
@@ -96,13 +98,11 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
         state = saved.loop()
         # A time-capped run goes on only under a budget it has not spent; a
         # killed one whose budget is spent is scored as it stands.
-        state.stopped_early = _spent(saved, budget.seconds)
+        state.stopped_early = recorder.out_of_time
         logger.info("%s seed %d: %s after epoch %d (%s)", configuration.name, seed,
                     "time budget spent, scoring its best epoch" if state.stopped_early else "resuming",
                     state.epoch, checkpoints.path(configuration.name, seed))
     loop = EpochLoop(model, build_step(config.step), optimizer, data.info.spec, device, seed=seed)
-    recorder = _RunRecorder(budget.seconds, configuration.name, seed, config.epochs, model, optimizer,
-                            identity, saved, checkpoints)
     fit = loop.fit(lambda epoch: data.train_batches(config.batch_size, seed, epoch),
                    data.valid_batches, epochs=config.epochs, patience=config.patience, state=state,
                    on_epoch_end=recorder)
@@ -135,11 +135,6 @@ def _identity(config: TrainConfig, data: ComparisonData) -> dict[str, Any]:
     return identity
 
 
-def _spent(progress: RunProgress, seconds: float | None) -> bool:
-    """Whether a run's training time has reached its budget."""
-    return seconds is not None and progress.trained_seconds >= seconds
-
-
 def _continues(outcome: RunOutcome, budget: Budget) -> bool:
     """A finished run trains on only if its time budget stopped it and the
     budget is now larger."""
@@ -163,7 +158,11 @@ class _RunRecorder:
         self.progress = saved or RunProgress(identity=identity, model_state={}, optimizer_state={},
                                              loop_state={})
         self.progress.outcome = None
-        self.out_of_time = saved is not None and _spent(saved, seconds)
+        self.out_of_time = saved is not None and self._spent()
+
+    def _spent(self) -> bool:
+        """Whether the run's training time has reached its budget."""
+        return self.seconds is not None and self.progress.trained_seconds >= self.seconds
 
     def __call__(self, result: EpochResult, state: LoopState) -> None:
         progress = self.progress
@@ -174,8 +173,7 @@ class _RunRecorder:
                     self.name, self.seed, result.epoch + 1, self.epochs, result.train_loss,
                     result.valid.mean_ap, result.train_samples / max(result.train_seconds, 1e-9),
                     "  (best)" if result.improved else "")
-        if (self.seconds is not None and progress.trained_seconds >= self.seconds
-                and not state.finished(self.epochs)):
+        if self._spent() and not state.finished(self.epochs):
             self.out_of_time = True
             state.stopped_early = True
         if self.checkpoints is not None:
