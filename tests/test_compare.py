@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from training_data import make_dataset
 
 from models.config import ModelConfig, StepConfig
 from models.metrics import TaskMetrics, delta_vs_reference
+from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress
 from pipelines.experiments.comparison.configurations import REFERENCE, Budget, parse_configuration
 from pipelines.experiments.comparison.runner import run_comparison
 from pipelines.experiments.comparison.runs import RunOutcome
@@ -191,8 +193,11 @@ def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
     monkeypatch.setattr(EpochLoop, "train_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         compare()
+    killed = torch.load(RunCheckpoints(checkpoint_dir).path(configuration.name, 0), weights_only=False)
+    assert killed.wall_seconds > capped.wall_seconds  # the killed process's epoch is counted
     monkeypatch.setattr(EpochLoop, "train_epoch", lambda *args: pytest.fail("a spent budget trained on"))
     spent = compare(seconds=1e-9)  # killed after epoch 2 with its budget spent: scored as it stands
+    assert spent.wall_seconds > killed.wall_seconds
     assert [epoch.epoch for epoch in spent.history] == [0, 1] and spent.stop_reason == "time budget"
     assert spent.best_epoch == int(np.argmax([epoch.valid.mean_ap for epoch in whole.history[:2]]))
     monkeypatch.setattr(EpochLoop, "train_epoch", train_epoch)
@@ -209,7 +214,6 @@ def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
-    from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress
     from pipelines.training.config import TrainConfig
 
     defaults = TrainConfig.default_params()

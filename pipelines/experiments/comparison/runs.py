@@ -77,7 +77,6 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
     stopped continues when ``budget.seconds`` is now larger.
     """
     device = torch.device(device)
-    started = time.perf_counter()
     config = budget.train_config(data.info, configuration, seed, use_gpu=device.type == "cuda")
     config = config.with_positive_weights(data.train_labels.cpu().numpy())
     model = build_model(config.model).to(device)
@@ -116,7 +115,7 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
                          evaluation=evaluation, history=recorder.progress.history,
                          best_epoch=fit.state.best_epoch,
                          stop_reason=_stop_reason(fit.state, config.epochs, recorder.out_of_time),
-                         wall_seconds=recorder.progress.wall_seconds + time.perf_counter() - started,
+                         wall_seconds=recorder.wall_seconds(),
                          n_parameters=sum(param.numel() for param in model.parameters()))
     if checkpoints is not None:
         recorder.progress.outcome = outcome
@@ -148,7 +147,12 @@ class _RunRecorder:
     when asked to, and once the run's training time reaches the budget ends
     the loop the way patience does (the loop re-checks its state after this
     hook). The budget is checked between epochs, so a run may overshoot it
-    by one epoch."""
+    by one epoch.
+
+    Wall seconds add up over processes: each checkpoint holds those of the
+    earlier processes plus this one's so far, so a killed-then-resumed run
+    reports what it cost up to its last checkpoint and after, not only its
+    last process."""
 
     def __init__(self, seconds: float | None, name: str, seed: int, epochs: int, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, identity: dict[str, Any], saved: RunProgress | None,
@@ -159,6 +163,11 @@ class _RunRecorder:
                                              loop_state={})
         self.progress.outcome = None
         self.out_of_time = saved is not None and self._spent()
+        self._started, self._earlier_wall_seconds = time.perf_counter(), self.progress.wall_seconds
+
+    def wall_seconds(self) -> float:
+        """The run's wall seconds so far, earlier processes included."""
+        return self._earlier_wall_seconds + time.perf_counter() - self._started
 
     def _spent(self) -> bool:
         """Whether the run's training time has reached its budget."""
@@ -180,6 +189,7 @@ class _RunRecorder:
             progress.model_state = self.model.state_dict()
             progress.optimizer_state = self.optimizer.state_dict()
             progress.loop_state = state.to_dict()
+            progress.wall_seconds = self.wall_seconds()
             self.checkpoints.save(self.name, self.seed, progress)
 
 
