@@ -77,6 +77,7 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
     stopped continues when ``budget.seconds`` is now larger.
     """
     device = torch.device(device)
+    started = time.perf_counter()
     config = budget.train_config(data.info, configuration, seed, use_gpu=device.type == "cuda")
     config = config.with_positive_weights(data.train_labels.cpu().numpy())
     model = build_model(config.model).to(device)
@@ -89,7 +90,7 @@ def train_and_test(data: ComparisonData, configuration: Configuration, seed: int
                     checkpoints.path(configuration.name, seed))
         return saved.outcome
     recorder = _RunRecorder(budget.seconds, configuration.name, seed, config.epochs, model, optimizer,
-                            identity, saved, checkpoints)
+                            identity, saved, checkpoints, started)
     state = None
     if saved is not None:
         model.load_state_dict(saved.model_state)
@@ -156,14 +157,16 @@ class _RunRecorder:
 
     def __init__(self, seconds: float | None, name: str, seed: int, epochs: int, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, identity: dict[str, Any], saved: RunProgress | None,
-                 checkpoints: RunCheckpoints | None) -> None:
+                 checkpoints: RunCheckpoints | None, started: float) -> None:
         self.seconds, self.name, self.seed, self.epochs = seconds, name, seed, epochs
         self.model, self.optimizer, self.checkpoints = model, optimizer, checkpoints
         self.progress = saved or RunProgress(identity=identity, model_state={}, optimizer_state={},
                                              loop_state={})
         self.progress.outcome = None
         self.out_of_time = saved is not None and self._spent()
-        self._started, self._earlier_wall_seconds = time.perf_counter(), self.progress.wall_seconds
+        # ``started``: when this process began the run (building the model and
+        # loading its checkpoint count too).
+        self._started, self._earlier_wall_seconds = started, self.progress.wall_seconds
 
     def wall_seconds(self) -> float:
         """The run's wall seconds so far, earlier processes included."""
