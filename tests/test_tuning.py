@@ -41,16 +41,19 @@ from tuning.selection import (
 
 
 def _draw(space: SearchSpace, n: int, seed: int) -> list[dict]:
+    """Trial configs as Tune's random search draws them (the space sits
+    under ``config`` in Tune's experiment spec)."""
     from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
     from ray.tune.search.variant_generator import generate_variants
 
     rng = _BackwardsCompatibleNumpyRng(seed)
-    return [variant for _ in range(n) for _, variant in generate_variants(tune_param_space(space),
-                                                                           random_state=rng)]
+    return [variant["config"] for _ in range(n)
+            for _, variant in generate_variants({"config": tune_param_space(space)}, random_state=rng)]
 
 
 def test_default_space_covers_the_searched_parameters_and_round_trips() -> None:
     space = SearchSpace.from_mapping()
+    assert space.parameters["optimizer"] == Choice(("maml-mtl", "plain"))
     assert space.parameters["alpha"] == Uniform(0.0, 1.0, 0.25)
     assert space.parameters["n_experts"] == Choice((4, 8, 12, 16, 32))
     assert isinstance(space.parameters["inner_lr"], LogUniform)
@@ -67,7 +70,11 @@ def test_tune_sampling_is_seeded_in_range_and_puts_mass_on_mmoe() -> None:
     assert abs(np.mean(alphas == 0.0) - 0.25) < 0.04
     assert 0.45 < np.median(alphas[alphas > 0]) < 0.55 and alphas.max() <= 1.0
     assert {draw["n_experts"] for draw in draws} == {4, 8, 12, 16, 32}
-    inner = np.log10([draw["inner_lr"] for draw in draws])
+    # Both steps, evenly; the inner lr only where the step is MAML-MTL.
+    maml = [draw for draw in draws if draw["optimizer"] == "maml-mtl"]
+    assert abs(len(maml) / len(draws) - 0.5) < 0.04
+    assert all(draw["inner_lr"] is None for draw in draws if draw["optimizer"] == "plain")
+    inner = np.log10([draw["inner_lr"] for draw in maml])
     assert inner.min() >= math.log10(0.005) and inner.max() <= math.log10(0.5)
     # log-uniform: the mean of the log is the middle of the log range
     assert abs(inner.mean() - (math.log10(0.005) + math.log10(0.5)) / 2) < 0.05
@@ -94,6 +101,8 @@ def test_file_overrides_replace_whole_parameters(tmp_path: Path) -> None:
     ({"alpha": {"uniform": [0.2, 1.0], "zero_probability": 0.3}}, "needs low = 0"),
     ({"n_experts": {"choice": []}}, "choice is empty"),
     ({"n_experts": {"choice": [4], "uniform": [0, 1]}}, "exactly one of"),
+    ({"optimizer": {"choice": ["plain", "sgd"]}}, "'optimizer': a choice of"),
+    ({"optimizer": {"uniform": [0, 1]}}, "'optimizer': a choice of"),
 ])
 def test_bad_space_files_are_refused_with_the_parameter_named(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -111,7 +120,13 @@ def test_optuna_define_by_run_samples_the_same_space() -> None:
     # the is-zero switch is a fair coin under random sampling (TPE then learns it)
     assert 0.4 < np.mean(alphas == 0.0) < 0.6
     assert all(config["n_experts"] in (4, 8, 12, 16, 32) for config in configs)
-    assert all(0.005 <= config["inner_lr"] <= 0.5 for config in configs)
+    steps = [config["optimizer"] for config in configs]
+    assert 0.4 < steps.count("maml-mtl") / len(steps) < 0.6
+    assert all(0.005 <= config["inner_lr"] <= 0.5 for config in configs if config["optimizer"] == "maml-mtl")
+    assert all(config["inner_lr"] is None for config in configs if config["optimizer"] == "plain")
+    # Optuna's trial records the inner lr of MAML-MTL trials only.
+    trials = study.get_trials()
+    assert all(("inner_lr" in trial.params) == (trial.params["optimizer"] == "maml-mtl") for trial in trials)
 
 
 def test_trial_params_apply_to_the_base_configs() -> None:
@@ -128,6 +143,13 @@ def test_trial_params_apply_to_the_base_configs() -> None:
     for sampled, expected in (("none", None), (30, 30.0), ("auto:30", "auto:30")):
         _, step, _ = TrialParams.from_config({"pos_weight": sampled}).apply(ModelConfig(), resolved, 1e-3)
         assert (step.pos_weight, step.task_pos_weight) == (expected, None)
+    # The drawn step replaces the base's; a plain trial's None inner lr is no value.
+    _, step, _ = TrialParams.from_config({"optimizer": "maml-mtl", "inner_lr": 0.3}).apply(
+        ModelConfig(), StepConfig(), 1e-3)
+    assert (step.optimizer, step.inner_lr) == ("maml-mtl", 0.3)
+    params = TrialParams.from_config({"optimizer": "plain", "inner_lr": None})
+    assert params.to_dict() == {"optimizer": "plain"}
+    assert params.apply(ModelConfig(), StepConfig(optimizer="maml-mtl"), 1e-3)[1].optimizer == "plain"
     # A space without a parameter leaves the base's value.
     model, step, lr = TrialParams.from_config({"alpha": 0.25}).apply(ModelConfig(), StepConfig(), 1e-3)
     assert (model.alpha, model.n_experts, step.inner_lr, lr) == (0.25, ModelConfig.n_experts,
@@ -141,14 +163,28 @@ def test_trial_params_apply_to_the_base_configs() -> None:
     ("shared-bottom", "plain", {"lr", "expert_width", "pos_weight"}),
     ("mmoeex", "plain", {"alpha", "n_experts", "lr", "expert_width", "pos_weight", "gate_lr_scale"}),
 ])
-def test_the_space_samples_only_what_the_architecture_and_step_have(
+def test_a_fixed_step_samples_only_what_the_architecture_and_step_have(
         architecture: str, optimizer: str, searched: set[str]) -> None:
-    space = SearchSpace.from_mapping().applicable_to(ModelConfig(architecture=architecture),
-                                                     StepConfig(optimizer=optimizer))
-    assert set(space.parameters) == searched
+    """``tune --optimizer X``: the step is fixed, the rest as the network and step have."""
+    space = SearchSpace.from_mapping().with_step(optimizer).applicable_to(
+        ModelConfig(architecture=architecture), StepConfig())
+    assert set(space.parameters) == {"optimizer", *searched}
+    assert space.steps(StepConfig()) == (optimizer,) and space.steps_reading("inner_lr") is None
     params = {**ModelConfig(architecture=architecture).params(), **StepConfig(optimizer=optimizer).params()}
     assert ("alpha" in params) == ("alpha" in searched)
     assert ("inner_lr" in params) == ("inner_lr" in searched)
+
+
+def test_the_default_space_draws_the_step_and_the_inner_lr_for_maml_mtl_only() -> None:
+    """Whatever the base step, the default space keeps the inner lr (its
+    MAML-MTL trials read it) and draws it for those trials alone."""
+    for base in (StepConfig(), StepConfig(optimizer="maml-mtl")):
+        space = SearchSpace.from_mapping().applicable_to(ModelConfig(), base)
+        assert space.steps(base) == ("maml-mtl", "plain")
+        assert space.steps_reading("inner_lr") == ("maml-mtl",)
+        assert space.steps_reading("pos_weight") is None and space.steps_reading("alpha") is None
+    only_plain = SearchSpace.from_mapping({"optimizer": {"choice": ["plain"]}})
+    assert "inner_lr" not in only_plain.applicable_to(ModelConfig(), StepConfig(optimizer="maml-mtl")).parameters
 
 
 def test_asha_rungs_and_settings() -> None:
@@ -164,8 +200,8 @@ def test_asha_rungs_and_settings() -> None:
 
 
 def _trial(trial_id: str, status: str, ap: float) -> TrialOutcome:
-    return TrialOutcome(trial_id=trial_id, params={"alpha": 0.5, "n_experts": 4, "inner_lr": 0.01,
-                                                   "lr": 1e-3, "expert_width": 64},
+    return TrialOutcome(trial_id=trial_id, params={"optimizer": "maml-mtl", "alpha": 0.5, "n_experts": 4,
+                                                   "inner_lr": 0.01, "lr": 1e-3, "expert_width": 64},
                         status=status, epochs=3, best_valid_mean_ap=ap, mlflow_run_id=f"run-{trial_id}")
 
 
@@ -223,18 +259,41 @@ def test_sweep_config_round_trips() -> None:
     assert SweepConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     # A space cut to the plain step (no inner lr) comes back as it was: a
     # resumed sweep must hand Tune the space it started with.
-    plain = dataclasses.replace(config, space=config.space.applicable_to(ModelConfig(),
-                                                                          StepConfig(optimizer="plain")))
+    plain = dataclasses.replace(config, space=config.space.with_step("plain").applicable_to(
+        ModelConfig(), StepConfig()))
     restored = SweepConfig.from_dict(json.loads(json.dumps(plain.to_dict())))
     assert restored == plain and "inner_lr" not in restored.space.parameters
+    # A sweep saved before the step was searched resumes with the base's step.
+    old = {**config.to_dict(), "space": {name: spec for name, spec in DEFAULT_SPACE.items()
+                                         if name != "optimizer"}}
+    assert SweepConfig.from_dict(old).space.steps(config.base.step) == ("plain",)
+
+
+def test_a_sweep_drawing_both_steps_logs_both_steps_fixed_settings() -> None:
+    from pipelines.experiments.sweep import _sweep_params
+
+    params = _sweep_params(_sweep())
+    assert "step.optimizer" not in params and "step.inner_lr" not in params  # searched
+    assert params["step.maml_variant"] == StepConfig.maml_variant and "step.pos_weight" not in params
+    assert json.loads(params["tune.space"])["optimizer"] == {"choice": ["maml-mtl", "plain"]}
+    fixed = _sweep_params(_sweep(space=SearchSpace.from_mapping().with_step("plain")))
+    assert "step.maml_variant" not in fixed and json.loads(fixed["tune.space"])["optimizer"] == {"fixed": "plain"}
+    # A MAML-MTL-only setting refuses a space that draws the plain step, naming the fix.
+    maml_only = TrainConfig(data_dir="d", epochs=3, step=StepConfig(optimizer="maml-mtl", tasks_per_step=8))
+    with pytest.raises(ValueError, match="draws the plain step.*--optimizer"):
+        SweepConfig(base=maml_only, name="s", scheduler=SchedulerConfig(max_epochs=3))
 
 
 def test_trial_table_and_figure() -> None:
     trials = [_trial("a", FINISHED, 0.3), _trial("b", EARLY_STOPPED, 0.2), _trial("c", ERROR, math.nan)]
     rows = trial_rows(trials, best_trial_id="a")
     assert [row["trial"] for row in rows] == ["a *", "b", "c"]
-    assert list(rows[0]) == ["trial", "alpha", "E", "inner lr", "lr", "width", "pos weight", "gate lr x",
-                            "epochs", "valid AP", "status"]
+    assert list(rows[0]) == ["trial", "step", "alpha", "E", "inner lr", "lr", "width", "pos weight",
+                            "gate lr x", "epochs", "valid AP", "status"]
+    assert rows[0]["step"] == "maml-mtl" and rows[0]["inner lr"] == 0.01
     assert rows[2]["valid AP"] is None
-    figure = trials_figure(trials)
-    assert len(figure.axes) == 3 and figure.axes[2].get_xscale() == "log"
+    plain = dataclasses.replace(_trial("d", FINISHED, 0.25), params={"optimizer": "plain", "alpha": 0.5})
+    assert [trial_rows([plain])[0][key] for key in ("step", "inner lr")] == ["plain", None]
+    figure = trials_figure([*trials, plain])
+    assert len(figure.axes) == 4 and figure.axes[3].get_xscale() == "log"
+    assert {label.get_text() for label in figure.axes[0].get_xticklabels()} == {"maml-mtl", "plain"}

@@ -247,3 +247,48 @@ def test_killed_driver_with_its_own_ray_resumes_in_a_new_process(
     assert all(statuses[trial] == "finished" for trial in finished_before)
     assert client.get_model_version_by_alias("pcba-tune-test", "champion").run_id == \
         parents[0].data.tags["pcba.tune.best_run_id"]
+
+
+def test_the_default_space_sweeps_both_steps_with_the_inner_lr_of_maml_mtl_only(
+        ray_local: None, mlflow_uri: str, tiny_panel: Path, tmp_path: Path) -> None:
+    """No --optimizer: the default space draws the step. With seed 1 its
+    three trials are MAML-MTL, plain, MAML-MTL; each child run trains and
+    logs its own step, the inner lr only where the step reads it, and the
+    parent run's space, trials table and champion cover both."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from pipelines.cli import main
+
+    space_file = tmp_path / "space.json"  # everything but the step and the inner lr fixed
+    space_file.write_text(json.dumps({"n_experts": 2, "expert_width": 16, "lr": 1e-2,
+                                      "pos_weight": "none", "gate_lr_scale": 1.0}))
+    storage = tmp_path / "tune"
+    assert main(["tune", "--data", str(tiny_panel), "--num-samples", "3", "--max-concurrent", "2",
+                 "--epochs", "1", "--scheduler", "none", "--search-space", str(space_file),
+                 "--batch-size", "64", "--patience", "0", "--name", "steps", "--storage", str(storage),
+                 "--tracking-uri", mlflow_uri, "--register", "pcba-steps", "--alias", "champion",
+                 "--seed", "1"]) == 0
+
+    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("pcba-mmoeex").experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    steps = sorted(run.data.params["step.optimizer"] for run in children)
+    assert steps == ["maml-mtl", "maml-mtl", "plain"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert ("step.inner_lr" in run.data.params) == (run.data.params["step.optimizer"] == "maml-mtl")
+    inner_lrs = {float(run.data.params["step.inner_lr"]) for run in children if "step.inner_lr" in run.data.params}
+    assert len(inner_lrs) == 2 and all(0.005 <= lr <= 0.5 for lr in inner_lrs)  # drawn per trial
+    space = json.loads(parent.data.params["tune.space"])
+    assert space["optimizer"] == {"choice": ["maml-mtl", "plain"]} and "loguniform" in space["inner_lr"]
+    assert parent.data.params["step.maml_variant"] == "swap"  # MAML-MTL trials' shared setting
+
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/trials.csv", str(tmp_path)))
+    assert sorted(table["step"]) == steps
+    assert table.loc[table["step"] == "plain", "inner lr"].isna().all()
+    assert table.loc[table["step"] == "maml-mtl", "inner lr"].notna().all()
+    champion = client.get_model_version_by_alias("pcba-steps", "champion")
+    best = max(children, key=lambda run: run.data.metrics["best_valid_mean_ap"])
+    assert champion.run_id == parent.data.tags["pcba.tune.best_run_id"] == best.info.run_id

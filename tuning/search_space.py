@@ -1,6 +1,6 @@
-"""The sweep's search space: alpha, E, the inner learning rate beta, the outer
-learning rate, the expert width, the class weighting and the gates' learning
-rate, in one place.
+"""The sweep's search space: the optimizer step, alpha, E, the inner learning
+rate beta, the outer learning rate, the expert width, the class weighting and
+the gates' learning rate, in one place.
 
 The space is plain data (a mapping ``name -> parameter``) so that a YAML or
 JSON file can override any part of it; it is rendered for the search
@@ -13,6 +13,13 @@ Why alpha is zero-inflated: the share of exclusive experts is
 never lands on it, which would leave the question "does exclusivity help?"
 unanswered by the sweep. ``zero_probability`` puts that much mass on
 exactly 0 and spreads the rest uniformly.
+
+Why the step is searched and the inner learning rate is conditional: the
+design sweeps alpha, E and beta of MAML-MTL, while the plain step (which has
+no beta) is the training default. The default space draws the step, and a
+parameter only some steps read (beta: MAML-MTL's, models.config's
+OPTIMIZER_PARAMETERS) is drawn only for the trials of those steps; the
+others' configs hold None for it, and their runs neither log nor use it.
 """
 from __future__ import annotations
 
@@ -26,12 +33,13 @@ from typing import Any
 
 from ray.tune.search.sample import Domain, Sampler
 
-from models.config import ModelConfig, StepConfig
+from models.config import OPTIMIZER_PARAMETERS, OPTIMIZERS, ModelConfig, StepConfig
 
 #: Parameter -> the config and field it sets in a trial: a ModelConfig or
 #: StepConfig field, or the TrainConfig's learning rate. ``expert_width`` is
 #: the width of every expert layer.
 TARGETS: dict[str, tuple[str, str]] = {
+    "optimizer": ("step", "optimizer"),
     "alpha": ("model", "alpha"),
     "n_experts": ("model", "n_experts"),
     "inner_lr": ("step", "inner_lr"),
@@ -42,9 +50,14 @@ TARGETS: dict[str, tuple[str, str]] = {
 }
 #: Parameter names a sampled trial config may carry.
 PARAMETERS = tuple(TARGETS)
+#: The parameter that picks a trial's optimizer step.
+STEP_PARAMETER = "optimizer"
 
 #: The default space (YAML/JSON overrides use the same layout).
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    # MAML-MTL (with StepConfig's default variant) beside the plain step;
+    # --optimizer on the tune job fixes it.
+    "optimizer": {"choice": list(OPTIMIZERS)},
     "alpha": {"uniform": [0.0, 1.0], "zero_probability": 0.25},
     "n_experts": {"choice": [4, 8, 12, 16, 32]},
     "inner_lr": {"loguniform": [0.005, 0.5]},
@@ -163,6 +176,15 @@ class SearchSpace:
 
     parameters: dict[str, Parameter]
 
+    def __post_init__(self) -> None:
+        step = self.parameters.get(STEP_PARAMETER)
+        if step is None:
+            return
+        values = (step.value,) if isinstance(step, Fixed) else getattr(step, "values", None)
+        if values is None or not values or not set(values) <= set(OPTIMIZERS):
+            raise ValueError(f"search space parameter {STEP_PARAMETER!r}: a choice of (or one of) "
+                             f"{list(OPTIMIZERS)}, got {step}")
+
     @classmethod
     def from_mapping(cls, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
         """The default space with ``overrides`` (same layout) replacing
@@ -206,13 +228,36 @@ class SearchSpace:
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error
 
+    def with_step(self, optimizer: str) -> SearchSpace:
+        """This space with the optimizer step fixed (``tune --optimizer``)."""
+        return SearchSpace({**self.parameters, STEP_PARAMETER: Fixed(optimizer)})
+
+    def steps(self, step: StepConfig) -> tuple[str, ...]:
+        """The optimizer steps the trials may take: the space's, else the base step's."""
+        parameter = self.parameters.get(STEP_PARAMETER)
+        if parameter is None:
+            return (step.optimizer,)
+        return (parameter.value,) if isinstance(parameter, Fixed) else tuple(parameter.values)
+
     def applicable_to(self, model: ModelConfig, step: StepConfig) -> SearchSpace:
-        """The parameters the trials' architecture and step have: a shared
-        bottom samples no alpha and no E, MMoE no alpha, the plain step no
-        inner learning rate (models.config's registries)."""
-        active = {"model": model.params(), "step": step.params()}
+        """The parameters the trials' architecture and steps have: a shared
+        bottom samples no alpha and no E, MMoE no alpha, a sweep of plain
+        steps only no inner learning rate (models.config's registries)."""
+        active = {"model": set(model.params()),
+                  "step": {STEP_PARAMETER}.union(*(OPTIMIZER_PARAMETERS[name] for name in self.steps(step)))}
         return SearchSpace({name: parameter for name, parameter in self.parameters.items()
                             if TARGETS[name][0] == "train" or TARGETS[name][1] in active[TARGETS[name][0]]})
+
+    def steps_reading(self, name: str) -> tuple[str, ...] | None:
+        """The optimizer steps that read parameter ``name``, where the space
+        draws the step and some of its steps do not (then ``name`` is drawn
+        for those steps' trials only); None where every trial reads it."""
+        config, field = TARGETS[name]
+        parameter = self.parameters.get(STEP_PARAMETER)
+        if config != "step" or name == STEP_PARAMETER or not isinstance(parameter, Choice):
+            return None
+        readers = tuple(step for step in parameter.values if field in OPTIMIZER_PARAMETERS[step])
+        return None if len(readers) == len(parameter.values) else readers
 
     @property
     def searched_params(self) -> set[str]:
@@ -238,12 +283,24 @@ class SearchSpace:
 
 
 class _ParameterSampler(Sampler):
-    """Draws from a :data:`Parameter` with the random state Tune passes."""
+    """Draws from a :data:`Parameter` with the random state Tune passes; a
+    parameter of some steps only is None in the other steps' trials."""
 
     def sample(self, domain: Any, config: Any = None, size: int = 1,
                random_state: Any = None) -> Any:
-        values = [_plain(domain.parameter.sample(random_state)) for _ in range(size)]
+        if domain.only_for_steps is not None and _trial_step(config) not in domain.only_for_steps:
+            values = [None] * size
+        else:
+            values = [_plain(domain.parameter.sample(random_state)) for _ in range(size)]
         return values if size > 1 else values[0]
+
+
+def _trial_step(spec: Any) -> str:
+    """The optimizer step of the trial being drawn. Tune hands a domain the
+    trial's spec behind a guard whose attribute access raises Tune's
+    RecursiveDependencyError while the step is not drawn yet, and then draws
+    this parameter again after the step (as for Tune's own ``sample_from``)."""
+    return getattr(spec.config, STEP_PARAMETER)
 
 
 class _ParameterDomain(Domain):
@@ -252,8 +309,9 @@ class _ParameterDomain(Domain):
 
     default_sampler_cls = _ParameterSampler
 
-    def __init__(self, parameter: Parameter) -> None:
+    def __init__(self, parameter: Parameter, only_for_steps: tuple[str, ...] | None = None) -> None:
         self.parameter = parameter
+        self.only_for_steps = only_for_steps
 
     def is_valid(self, value: Any) -> bool:
         return True
@@ -267,7 +325,8 @@ def tune_param_space(space: SearchSpace) -> dict[str, Any]:
     """Tune domains for random search (BasicVariantGenerator); each draw
     uses the random state Tune hands to domains, so a seeded sweep is
     reproducible."""
-    return {name: parameter.value if isinstance(parameter, Fixed) else _ParameterDomain(parameter)
+    return {name: parameter.value if isinstance(parameter, Fixed)
+            else _ParameterDomain(parameter, space.steps_reading(name))
             for name, parameter in space.parameters.items()}
 
 
@@ -279,10 +338,17 @@ def _plain(value: Any) -> Any:
 def optuna_define_by_run(space: SearchSpace):  # -> Callable[[optuna.Trial], dict]
     """A define-by-run space for OptunaSearch; it returns the trial config
     (zero-inflated alpha is an ``alpha_is_zero`` switch plus a conditional
-    ``alpha``, which TPE models as such)."""
+    ``alpha``, which TPE models as such). The step is suggested first; a
+    parameter of some steps only is suggested in their trials only."""
+    order = sorted(space.parameters, key=lambda name: name != STEP_PARAMETER)
 
     def define(trial: Any) -> dict[str, Any]:
-        return {name: parameter.suggest(name, trial) for name, parameter in space.parameters.items()}
+        config: dict[str, Any] = {}
+        for name in order:
+            steps = space.steps_reading(name)
+            config[name] = (None if steps is not None and config[STEP_PARAMETER] not in steps
+                            else space.parameters[name].suggest(name, trial))
+        return config
 
     return define
 
@@ -296,7 +362,8 @@ class TrialParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrialParams:
-        return cls({name: _plain(config[name]) for name in PARAMETERS if name in config})
+        """The values a trial config holds; None is a parameter its step does not read."""
+        return cls({name: _plain(config[name]) for name in PARAMETERS if config.get(name) is not None})
 
     def apply(self, model: ModelConfig, step: StepConfig, lr: float
               ) -> tuple[ModelConfig, StepConfig, float]:

@@ -10,7 +10,7 @@ MLflow: one parent run named after the sweep; every trial is a child run
 (the training job's own run, nested by ``TrainConfig.mlflow_parent_run_id``),
 so the MLflow UI compares trials side by side. The parent holds the sweep's
 settings and search space, the trials table (CSV), the best trial's values
-and scores, and a scatter plot of alpha / E / inner lr against valid AP.
+and scores, and a scatter plot of the step / alpha / E / inner lr against valid AP.
 Trials stopped by ASHA end as KILLED runs tagged ``pcba.tune.status``.
 """
 from __future__ import annotations
@@ -102,6 +102,20 @@ class SweepConfig:
         if self.scheduler.max_epochs != self.base.epochs:
             raise ValueError(f"the scheduler's budget ({self.scheduler.max_epochs} epochs) must be "
                              f"the trials' epochs ({self.base.epochs})")
+        self.step_bases()  # every step the space draws takes the base's step settings
+
+    def step_bases(self) -> list[TrainConfig]:
+        """The base config once per optimizer step the space may draw, with
+        that step: the settings trials of each step share."""
+        bases = []
+        for optimizer in self.space.steps(self.base.step):
+            try:
+                step = dataclasses.replace(self.base.step, optimizer=optimizer)
+            except ValueError as error:
+                raise ValueError(f"the search space draws the {optimizer} step, which does not take "
+                                 f"these settings ({error}); fix the step with --optimizer") from None
+            bases.append(dataclasses.replace(self.base, step=step))
+        return bases
 
     @property
     def experiment_dir(self) -> Path:
@@ -320,7 +334,8 @@ def _collect_outcomes(grid: Any, config: SweepConfig, uri: str,
         if run is not None:
             tracking.set_tags(uri, run.info.run_id, {STATUS_TAG: status})
         outcomes.append(TrialOutcome(
-            trial_id=trial_id, params={key: result.config[key] for key in sorted(result.config)},
+            trial_id=trial_id, params={key: result.config[key] for key in sorted(result.config)
+                                       if result.config[key] is not None},  # None: not this step's
             status=status, epochs=int(metrics.get(EPOCHS_COMPLETED, 0)),
             best_valid_mean_ap=float(metrics.get("best_valid_mean_ap", math.nan)),
             mlflow_run_id=run.info.run_id if run is not None else None,
@@ -362,9 +377,10 @@ def _log_sweep_end(result: SweepResult, info: Any) -> None:
 
 def _sweep_params(config: SweepConfig) -> dict[str, Any]:
     """The parent run's params: the sweep's settings and the fixed training
-    settings every trial shares."""
+    settings the trials share (those of each step the space draws)."""
     searched = config.space.searched_params
-    fixed = {key: value for key, value in config.base.params().items() if key not in searched}
+    shared = {key: value for base in config.step_bases() for key, value in base.params().items()}
+    fixed = {key: value for key, value in shared.items() if key not in searched}
     return {**fixed, "tune.num_samples": config.num_samples,
             "tune.max_concurrent": config.max_concurrent, "tune.searcher": config.searcher,
             "tune.scheduler": config.scheduler.kind,

@@ -1,5 +1,6 @@
 """The sweep's trials as a table (summary and MLflow CSV) and as a figure
-(the parent run's PNG: alpha, E and inner lr against validation AP)."""
+(the parent run's PNG: the optimizer step, alpha, E and inner lr against
+validation AP)."""
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ def trial_rows(trials: Sequence[TrialOutcome], best_trial_id: str | None = None)
         params = trial.params
         rows.append({
             "trial": trial.trial_id + (" *" if trial.trial_id == best_trial_id else ""),
+            "step": params.get("optimizer"),
             "alpha": _significant(params.get("alpha")),
             "E": params.get("n_experts"),
             "inner lr": _significant(params.get("inner_lr")),
@@ -34,18 +36,19 @@ def trial_rows(trials: Sequence[TrialOutcome], best_trial_id: str | None = None)
 
 
 def trials_figure(trials: Sequence[TrialOutcome]) -> Any:
-    """Three panels sharing the y axis (best valid mean AP): alpha (alpha = 0
-    is plain MMoE), E and the inner learning rate (log scale); colour and
-    marker show whether the trial finished or was stopped by ASHA."""
+    """Four panels sharing the y axis (best valid mean AP): the optimizer
+    step, alpha (alpha = 0 is plain MMoE), E and the inner learning rate
+    (log scale; MAML-MTL trials only); colour and marker show whether the
+    trial finished or was stopped by ASHA."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True, dpi=110)
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.8), sharey=True, dpi=110)
     figure.set_layout_engine("tight")
-    panels = (("alpha", "alpha (share of exclusive experts)", False),
+    panels = (("optimizer", "optimizer step", False), ("alpha", "alpha (share of exclusive experts)", False),
               ("n_experts", "E (experts)", False), ("inner_lr", "inner lr beta", True))
     scored = [trial for trial in trials if not math.isnan(trial.best_valid_mean_ap)]
     for axis, (key, label, log_scale) in zip(axes, panels):

@@ -1,6 +1,7 @@
 """`python -m pipelines tune --data DIR --num-samples N [...]`: a Ray Tune sweep
-over alpha, E, the inner and outer learning rates and the expert width,
-each trial a run of the training job (pipelines/experiments/sweep.py)."""
+over the optimizer step, alpha, E, the inner and outer learning rates and the
+expert width, each trial a run of the training job
+(pipelines/experiments/sweep.py)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ from pipelines.options import (
     add_register_arguments,
 )
 
-HELP = "sweep alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
+HELP = "sweep the step, alpha, E and the learning rates with Ray Tune (ASHA), register the best model"
 
 #: The settings every trial shares (the searched ones are the trials' own).
 #: The default network is train's, MMoEEx, so a sweep searches alpha (its
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="trials at once (default: what the cluster's CPUs or GPUs allow)")
     sweep.add_argument("--search-space", default=None, metavar="FILE",
                        help="YAML/JSON overriding parameters of the default space "
-                            "(tuning/search_space.py); parameters the architecture or step does "
-                            "not have are left out")
+                            "(tuning/search_space.py), which draws the optimizer step (plain or "
+                            "maml-mtl; --optimizer fixes it) and the inner lr for MAML-MTL trials; "
+                            "parameters the architecture or steps do not have are left out")
     sweep.add_argument("--searcher", default="random", choices=["random", "optuna"],
                        help="random search, or Optuna's TPE")
     sweep.add_argument("--scheduler", default="asha", choices=["asha", "none"],
@@ -77,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
     check_register_alias(args)
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the sweep to continue")
-    base = build_train_config(resolve_options(args, GROUPS), data_dir=args.data,
-                              num_workers=args.num_workers_per_trial,
+    values = resolve_options(args, GROUPS)
+    base = build_train_config(values, data_dir=args.data, num_workers=args.num_workers_per_trial,
                               use_gpu=args.gpus_per_trial > 0, max_failures=0)
     try:
+        space = SearchSpace.from_file(args.search_space)
+        if "optimizer" in values:  # set on the command line or in --config: not searched
+            space = space.with_step(base.step.optimizer)
         config = SweepConfig(
             base=base, name=args.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage=args.storage, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                       grace_period=args.grace_period if args.grace_period is not None
                                       else min(2, base.epochs),
                                       reduction_factor=args.reduction_factor),
-            space=SearchSpace.from_file(args.search_space).applicable_to(base.model, base.step),
+            space=space.applicable_to(base.model, base.step),
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, seed=base.seed)
     except ValueError as error:
         raise UserError(str(error)) from error
