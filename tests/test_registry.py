@@ -6,11 +6,13 @@ calibration scores calibrated probabilities by default and raw ones on
 request; one without (saved before calibration existed) scores raw."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,10 @@ def test_the_pyfunc_serves_calibrated_scores_and_raw_ones_on_request(
     np.testing.assert_array_equal(raw_frame[TASKS][:25].to_numpy(np.float32),
                                   scorer.score_smiles(smiles, raw_scores=True).probabilities[:25])
     assert raw_frame[ERROR_COLUMN].notna().sum() == len(BAD)
+    # Numbers for Python: a float column per task, a bad row's scores missing.
+    assert {str(frame[task].dtype) for task in TASKS} == {"Float32"}
+    assert frame[TASKS].iloc[25:].isna().all().all() and frame[TASKS].iloc[:25].notna().all().all()
+    assert frame[TASKS[0]].nlargest(3).index.max() < 25
 
 
 @pytest.mark.slow
@@ -210,10 +216,12 @@ def test_registry_round_trip_via_alias_and_mlflow_cli(bundle: ModelBundle, mlflo
     frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}))
     assert list(frame.columns) == [*TASKS, *DOMAIN_COLUMNS, ERROR_COLUMN]
     np.testing.assert_array_equal(frame[TASKS].to_numpy(np.float32), expected)
-    assert frame[ERROR_COLUMN].tolist() == expected_errors
+    assert [None if pd.isna(error) else error for error in frame[ERROR_COLUMN]] == expected_errors
     assert frame[NN_SIMILARITY_COLUMN].iloc[:10].tolist() == [1.0] * 10
     assert frame[IN_TRAINING_SET_COLUMN].iloc[:10].tolist() == [True] * 10
-    assert frame[NN_MOL_ID_COLUMN].tolist() == expected_scores.neighbours.mol_id
+    found_ids = expected_scores.neighbours.mol_id
+    assert frame[NN_MOL_ID_COLUMN].iloc[:-len(BAD)].tolist() == found_ids[:-len(BAD)]
+    assert frame[NN_MOL_ID_COLUMN].iloc[-len(BAD):].isna().all() and found_ids[-len(BAD):] == [None] * len(BAD)
     assert frame[NN_SIMILARITY_COLUMN].iloc[-len(BAD):].isna().all()
     scorer = load_scorer("models:/pcba-test@champion", device="cpu")
     assert scorer.tasks == TASKS and scorer.spec == SPEC
@@ -261,8 +269,7 @@ def test_a_model_saved_by_the_earlier_code_layout_still_loads_and_scores(tmp_pat
     frame = mlflow.pyfunc.load_model(str(model_dir)).predict(pd.DataFrame({"smiles": expected["smiles"]}))
     scores = np.array([[np.nan if value is None else value for value in row] for row in expected["scores"]])
     np.testing.assert_allclose(frame[expected["tasks"]].to_numpy(np.float64), scores, rtol=1e-6)
-    assert [error is not None for error in frame[ERROR_COLUMN]] == \
-        [error is not None for error in expected["errors"]]
+    assert frame[ERROR_COLUMN].notna().tolist() == [error is not None for error in expected["errors"]]
     assert load_scorer(str(model_dir), device="cpu").tasks == expected["tasks"]
 
 
@@ -301,39 +308,22 @@ def _strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_strict_json(bundle: ModelBundle, mlflow_uri: str,
-                                                 nci_smiles: list[str], tmp_path: Path) -> None:
-    """`mlflow models serve` on a loopback port: good and bad rows, and 10,000
-    SMILES in one request, come back as strict JSON (null scores, an error)."""
+@contextlib.contextmanager
+def _served(model_uri: str, mlflow_uri: str, cwd: Path) -> Iterator[str]:
+    """`mlflow models serve` of ``model_uri`` on a loopback port, up and
+    answering /ping; yields its base URL and stops it (by our own id) after."""
     import signal
     import time
     import urllib.request
 
-    from mlflow import MlflowClient
-
-    from pipelines.platform.tracking import ensure_experiment
-    from pipelines.serving.registry import log_scoring_model
-
-    client = MlflowClient(tracking_uri=mlflow_uri)
-    run_id = client.create_run(ensure_experiment(mlflow_uri, "tests")).info.run_id
-    model_uri = log_scoring_model(mlflow_uri, run_id, with_domain(bundle, nci_smiles[:5]))
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # MLflow starts uvicorn by name
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     server = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri,
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-
-    def invoke(smiles: list[str]) -> list[dict]:
-        body = json.dumps({"dataframe_split": {"columns": ["smiles"], "data": [[s] for s in smiles]}})
-        request = urllib.request.Request(f"{base}/invocations", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return _strict_json(response.read().decode())["predictions"]
-
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -345,15 +335,116 @@ def test_mlflow_models_serve_answers_strict_json(bundle: ModelBundle, mlflow_uri
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError("mlflow models serve did not come up") from None
                 time.sleep(1)
-        rows = invoke(nci_smiles[:5] + BAD)
-        assert [row[ERROR_COLUMN] is None for row in rows] == [True] * 5 + [False] * len(BAD)
-        assert all(row[TASKS[0]] is None for row in rows[5:])
-        assert all(0 < row[task] < 1 for row in rows[:5] for task in TASKS)
-        assert [row[IN_TRAINING_SET_COLUMN] for row in rows] == [True] * 5 + [None] * len(BAD)
-        assert [row[NN_SIMILARITY_COLUMN] for row in rows[5:]] == [None] * len(BAD)
-        many = (nci_smiles * 3)[:9_990] + BAD * 4
-        big = invoke(many[:10_000])
-        assert len(big) == 10_000 and sum(row[ERROR_COLUMN] is not None for row in big) >= len(BAD)
+        yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started, by our id
         server.wait(timeout=60)
+
+
+def _invoke(base: str, smiles: list[str]) -> list[dict]:
+    """POST ``smiles`` to /invocations; the rows of the strictly parsed answer."""
+    import urllib.request
+
+    body = json.dumps({"dataframe_split": {"columns": ["smiles"], "data": [[s] for s in smiles]}})
+    request = urllib.request.Request(f"{base}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.status == 200
+        return _strict_json(response.read().decode())["predictions"]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_strict_json_and_python_gets_numbers(
+        bundle: ModelBundle, mlflow_uri: str, nci_smiles: list[str], tmp_path: Path) -> None:
+    """One logged model, two clients. In Python (``mlflow.pyfunc``) the
+    scores are numbers a notebook sorts (``nlargest``), bad rows NA; over
+    HTTP (`mlflow models serve` on a loopback port) good and bad rows, and
+    10,000 SMILES in one request, come back as strict JSON with the same
+    scores (null for a bad row, an error)."""
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from pipelines.platform.tracking import ensure_experiment
+    from pipelines.serving.registry import log_scoring_model
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run_id = client.create_run(ensure_experiment(mlflow_uri, "tests")).info.run_id
+    model_uri = log_scoring_model(mlflow_uri, run_id, with_domain(bundle, nci_smiles[:5]))
+    smiles = nci_smiles[:5] + BAD + nci_smiles[5:40]
+    good = [row for row in range(len(smiles)) if not 5 <= row < 5 + len(BAD)]
+
+    frame = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"smiles": smiles}))
+    assert frame.select_dtypes("number").columns.tolist() == [*TASKS, NN_SIMILARITY_COLUMN]
+    assert {str(frame[column].dtype) for column in [*TASKS, NN_SIMILARITY_COLUMN]} == {"Float32"}
+    assert (frame[IN_TRAINING_SET_COLUMN].dtype, frame[NN_MOL_ID_COLUMN].dtype,
+            frame[ERROR_COLUMN].dtype) == ("boolean", "string", "string")
+    expected = Scorer(with_domain(bundle, nci_smiles[:5]), device="cpu").score_smiles(smiles).probabilities
+    top = frame[TASKS[1]].nlargest(10)  # the first thing a chemist's notebook does
+    assert top.index.isin(good).all()
+    np.testing.assert_array_equal(top.to_numpy(np.float32), np.sort(expected[good, 1])[::-1][:10])
+    assert frame.loc[~frame.index.isin(good), [*TASKS, *DOMAIN_COLUMNS]].isna().all().all()
+    assert frame[ERROR_COLUMN].notna().tolist() == [row not in good for row in range(len(smiles))]
+
+    with _served(model_uri, mlflow_uri, tmp_path) as base:
+        rows = _invoke(base, smiles)
+        assert [row[ERROR_COLUMN] is None for row in rows] == [row in good for row in range(len(smiles))]
+        served = np.array([[np.nan if row[task] is None else row[task] for task in TASKS] for row in rows],
+                          np.float32)
+        np.testing.assert_array_equal(served, frame[TASKS].to_numpy(np.float32))  # NaN where NA
+        assert all(0 < rows[row][task] < 1 for row in good for task in TASKS)
+        assert [row[IN_TRAINING_SET_COLUMN] for row in rows[:8]] == [True] * 5 + [None] * len(BAD)
+        assert [row[NN_SIMILARITY_COLUMN] for row in rows[5:8]] == [None] * len(BAD)
+        many = (nci_smiles * 3)[:9_990] + BAD * 4
+        big = _invoke(base, many[:10_000])
+        assert len(big) == 10_000 and sum(row[ERROR_COLUMN] is not None for row in big) >= len(BAD)
+
+
+#: The load test: clients at once, requests each, SMILES per request.
+CLIENTS, REQUESTS, BATCH = 8, 10, 100
+
+
+@pytest.mark.slow
+def test_the_served_model_under_concurrent_load(bundle: ModelBundle, mlflow_uri: str,
+                                               nci_smiles: list[str], tmp_path: Path) -> None:
+    """8 clients x 10 requests of 100 SMILES, bad rows mixed in at seeded
+    places: no request fails, every answer parses strictly, every row comes
+    back once, in order, scored or with its error, with the scores the
+    model gives that SMILES alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow import MlflowClient
+
+    from pipelines.platform.tracking import ensure_experiment
+    from pipelines.serving.registry import log_scoring_model
+
+    run_id = MlflowClient(tracking_uri=mlflow_uri).create_run(ensure_experiment(mlflow_uri, "tests")).info.run_id
+    model_uri = log_scoring_model(mlflow_uri, run_id, bundle)
+    rng = np.random.default_rng(0)
+    requests = []
+    for _ in range(CLIENTS * REQUESTS):
+        batch = list(rng.choice(nci_smiles, BATCH))
+        for place in rng.choice(BATCH, 3, replace=False):
+            batch[place] = BAD[place % len(BAD)]
+        requests.append(batch)
+    everything = sorted({text for batch in requests for text in batch})
+    alone = Scorer(bundle, device="cpu").score_smiles(everything)
+    reference = dict(zip(everything, zip(alone.probabilities, alone.errors)))
+    assert sum(error is not None for error in alone.errors) > len(BAD)  # NCI has a few RDKit refuses
+
+    with _served(model_uri, mlflow_uri, tmp_path) as base:
+        def client_session(client: int) -> list[list[dict]]:
+            return [_invoke(base, requests[client * REQUESTS + n]) for n in range(REQUESTS)]
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            answers = [answer for session in pool.map(client_session, range(CLIENTS)) for answer in session]
+
+    assert len(answers) == len(requests)
+    for batch, rows in zip(requests, answers):
+        assert len(rows) == len(batch)
+        for text, row in zip(batch, rows):
+            probabilities, error = reference[text]
+            assert row[ERROR_COLUMN] == error
+            if error is None:
+                np.testing.assert_allclose([row[task] for task in TASKS], probabilities, rtol=1e-6)
+            else:
+                assert all(row[task] is None for task in TASKS)

@@ -8,9 +8,9 @@ Two ways in, one scoring code path (:class:`pipelines.serving.scorer.Scorer`):
   assay; calibrated probabilities where the model has a calibration, raw ones
   with ``params={"raw_scores": True}``) plus ``error``. SMILES are featurized inside ``predict`` with
   featurize/'s own standardization and fingerprint code, so the features equal
-  the training features. A SMILES that cannot be featurized gets None scores
-  (``null`` in JSON) and its reason in ``error``; the batch never fails
-  because of one row. A model saved with its training domain also returns
+  the training features. A SMILES that cannot be featurized gets missing
+  scores (pandas' NA in Python, ``null`` in JSON: :func:`scores_frame`) and
+  its reason in ``error``; the batch never fails because of one row. A model saved with its training domain also returns
   ``nn_similarity`` (largest Tanimoto similarity to a training molecule),
   ``nn_mol_id`` (that molecule) and ``in_training_set`` (identical bits).
 - :func:`load_scorer` (or :func:`load_pyfunc_model`, which also gives the
@@ -28,7 +28,7 @@ import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
-from pipelines.serving.scorer import Scorer
+from pipelines.serving.scorer import Scorer, SmilesScores
 
 SMILES_COLUMN = "smiles"
 ERROR_COLUMN = "error"
@@ -54,21 +54,29 @@ class PcbaPyfuncModel(PythonModel):
             raise ValueError(f"input needs a {SMILES_COLUMN!r} column, got {list(model_input.columns)}")
         raw_scores = bool((params or {}).get(RAW_SCORES_PARAM, False))
         scores = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist(), raw_scores)
-        out = pd.DataFrame(scores.probabilities, columns=self.scorer.tasks, index=model_input.index)
-        failed = any(error is not None for error in scores.errors)
-        if scores.neighbours is not None:
-            found = scores.neighbours
-            out[NN_SIMILARITY_COLUMN] = found.similarity
-            out[NN_MOL_ID_COLUMN] = pd.Series(found.mol_id, index=model_input.index, dtype=object)
-            in_training = pd.Series(found.in_training_set, index=model_input.index, dtype=object)
-            out[IN_TRAINING_SET_COLUMN] = in_training.where(out[NN_MOL_ID_COLUMN].notna(), None)
-        if failed:
-            # A bad row's values are None, not NaN: NaN is not JSON (RFC 8259),
-            # and `mlflow models serve` writes the frame as it is, so one NaN
-            # would make a strict client (JSON.parse) reject every row.
-            out = out.astype(object).where(out.notna(), None)
-        out[ERROR_COLUMN] = pd.Series(scores.errors, index=model_input.index, dtype=object)
-        return out
+        return scores_frame(scores, self.scorer.tasks, model_input.index)
+
+
+def scores_frame(scores: SmilesScores, tasks: list[str], index: pd.Index) -> pd.DataFrame:
+    """The pyfunc's answer: a ``Float32`` column per task (and for
+    ``nn_similarity``), ``boolean`` ``in_training_set``, ``string``
+    ``nn_mol_id`` and ``error``; a bad row's values are missing (pandas' NA).
+
+    Why pandas' nullable dtypes: a Python client gets numbers it can sort
+    and select (``nlargest``, ``select_dtypes("number")``), while MLflow's
+    scoring server writes a frame through ``DataFrame.to_dict``, which gives
+    None for NA, so ``mlflow models serve`` answers ``null`` for a bad row.
+    With NaN it would write ``NaN``, which is not JSON (RFC 8259), and a
+    strict client (JSON.parse) would reject every row of the answer."""
+    out = pd.DataFrame(scores.probabilities, columns=tasks, index=index).astype("Float32")
+    if scores.neighbours is not None:
+        found = scores.neighbours
+        out[NN_SIMILARITY_COLUMN] = pd.Series(found.similarity, index=index).astype("Float32")
+        out[NN_MOL_ID_COLUMN] = pd.Series(found.mol_id, index=index, dtype="string")
+        out[IN_TRAINING_SET_COLUMN] = pd.Series(found.in_training_set, index=index, dtype="boolean").mask(
+            out[NN_MOL_ID_COLUMN].isna())
+    out[ERROR_COLUMN] = pd.Series(scores.errors, index=index, dtype="string")
+    return out
 
 
 def load_pyfunc_model(model_uri: str, device: torch.device | str = "auto") -> PcbaPyfuncModel:
