@@ -1,7 +1,7 @@
 """Speed of the data sources: the offline panel, the screening library and
 the import of the real PCBA subset.
 
-    python benchmarks/data.py                   # the README table
+    python benchmarks/data.py                   # docs/benchmarks.md
     python benchmarks/data.py --repeats 1       # quicker look
 
 Rows (medians of --repeats runs; on a shared machine they are noisy):

@@ -1,6 +1,6 @@
 """Featurization throughput and memory: this project's paths vs the limits.
 
-    python benchmarks/featurize.py                      # 50,000 molecules, the README table
+    python benchmarks/featurize.py                      # 50,000 molecules (docs/benchmarks.md)
     python benchmarks/featurize.py --molecules 10000    # quicker look
 
 On the same SMILES (RDKit's ~5,000 NCI molecules plus the offline panel's

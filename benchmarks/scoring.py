@@ -1,6 +1,6 @@
 """Model scoring speed on a CPU: dense bits vs bags of on-bits, by chunk size.
 
-    python benchmarks/scoring.py                 # the README table (one thread)
+    python benchmarks/scoring.py                 # docs/benchmarks.md (one thread)
     python benchmarks/scoring.py --threads 2 --experts 8 --hidden 256
 
 What a screening actor does per molecule once featurization is done: packed

@@ -1,6 +1,6 @@
 """Screening throughput and memory, end to end from SMILES to scores.
 
-    python benchmarks/screen.py                          # 100k and 1M molecules (the README table)
+    python benchmarks/screen.py                          # 100k and 1M molecules (docs/benchmarks.md)
     python benchmarks/screen.py --sizes 20000            # a quick look
     python benchmarks/screen.py --sizes 1000000 --domain-rows 70000   # cost of the domain columns
 

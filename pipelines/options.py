@@ -87,12 +87,23 @@ class OptionGroup:
         return dataclasses.replace(self, options=tuple(option for option in self.options
                                                        if option.flag not in flags))
 
+    def with_help(self, flag: str, help: str) -> OptionGroup:
+        """This group with ``flag`` described by ``help`` (a job where the
+        option means more, or defaults otherwise: help that says
+        "(default: ...)" shows no other)."""
+        if flag not in {option.flag for option in self.options}:
+            raise ValueError(f"{self.title}: no option {flag!r}")
+        return dataclasses.replace(self, options=tuple(
+            dataclasses.replace(option, help=help) if option.flag == flag else option
+            for option in self.options))
+
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(self.title)
         hints = typing.get_type_hints(self.config)
         for option in self.options:
             default = self.default_of(option)
-            shown = "" if default is None or default is False else f" (default: {_shown(default)})"
+            unshown = default is None or default is False or "(default:" in option.help
+            shown = "" if unshown else f" (default: {_shown(default)})"
             kind = {"type": option.parse} if option.parse else _argparse_kind(hints[option.field])
             group.add_argument(f"--{option.flag}", dest=option.key, default=None,
                                choices=option.choices, help=option.help + shown, **kind)
@@ -188,7 +199,7 @@ MODEL = OptionGroup("model", ModelConfig, (
     Option("dropout", "dropout", "dropout in experts and towers"),
     Option("gate-lr-scale", "gate_lr_scale", "MMoE/MMoEEx: the gates' learning rate as a multiple of --lr"),
     Option("gate-weight-decay", "gate_weight_decay", "MMoE/MMoEEx: the gates' weight decay "
-                                                     "(default: --weight-decay)"),
+                                                     "(none: --weight-decay's)"),
     Option("gate-dropout", "gate_dropout", "MMoE/MMoEEx: dropout on the fingerprint bits the gates read "
                                            "(training only)"),
     Option("activation", "activation", "activation of hidden layers (models/activations.py)"),

@@ -172,7 +172,7 @@ def test_real_pcba_subset_first_rows(pcba_subset_dir: Path, tmp_path: Path) -> N
     labels = table[info.tasks].to_numpy()
     np.testing.assert_array_equal(labels, _expected_labels(raw_y, raw_w))
     present = labels >= 0
-    assert 0.5 < present.mean() < 0.7            # README: about 60 % present
+    assert 0.5 < present.mean() < 0.7            # the real subset has about 60 % of its labels present
     assert 0.005 < (labels == 1).sum() / present.sum() < 0.03  # about 1.4 % active
 
 

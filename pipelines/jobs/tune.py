@@ -21,8 +21,10 @@ HELP = "sweep the step, alpha, E and the learning rates with Ray Tune (ASHA), re
 
 #: The settings every trial shares (the searched ones are the trials' own).
 #: The default network is train's, MMoEEx, so a sweep searches alpha (its
-#: default space puts a quarter of the draws at alpha 0, MMoE).
-GROUPS = (MODEL, STEP, TRAINING, MLFLOW)
+#: default space puts a quarter of the draws at alpha 0, MMoE); the step is
+#: drawn unless --optimizer fixes it.
+GROUPS = (MODEL, STEP.with_help("optimizer", "fix every trial's optimizer step (default: drawn from the "
+                                             "search space: plain or maml-mtl)"), TRAINING, MLFLOW)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "every trial to the end")
     sweep.add_argument("--grace-period", type=int, default=None,
                        help="epochs every trial runs before ASHA may stop it (default: 2, or --epochs "
-                            "if smaller; after one epoch valid AP ranks trials poorly: see README)")
+                            "if smaller; after one epoch valid AP ranks trials poorly: docs/results.md, sweeps)")
     sweep.add_argument("--reduction-factor", type=float, default=2.0,
                        help="ASHA keeps the top 1/factor of trials at each rung")
     sweep.add_argument("--name", default=None, help="sweep name (default tune-<time>)")

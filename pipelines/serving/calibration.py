@@ -50,7 +50,7 @@ FORMAT_VERSION = 1
 #: splits of up to 1,250 actives) isotonic maps fitted from 100 actives or
 #: more had the Platt maps' test ECE but a worse Brier score in every band
 #: of active counts, and their ties cost test AP (0.35 -> 0.33 on the tasks
-#: with 200+ actives; README "Calibrated scores"). So isotonic is kept for
+#: with 200+ actives; docs/jobs/train.md, "Calibrated scores"). So isotonic is kept for
 #: assays larger than any measured there (the full PCBA's biggest).
 ISOTONIC_MIN_CLASS = 2000
 #: Ridge strength on ``(a - 1)^2`` in the Platt fit, in units of one label's

@@ -1,0 +1,45 @@
+"""The docs a user reads agree with their sources: the results tables with
+the result files kept in the repo, each job page's option reference with
+the job's parser, and the README stays a page for users."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import JOBS
+from pipelines.published_docs import ROOT, Generated, generated_parts, main, published
+
+
+@pytest.mark.parametrize("part", generated_parts(), ids=lambda part: f"{part.page}:{part.name}")
+def test_a_generated_part_equals_what_its_source_gives(part: Generated) -> None:
+    assert published(part) == part.render(), \
+        f"{part.page} ({part.name}) is stale: run python -m pipelines.published_docs"
+
+
+def test_the_check_fails_on_a_stale_page_and_the_rewrite_mends_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import pipelines.published_docs as docs
+
+    for part in generated_parts():  # a copy of every page and source the parts read
+        for relative in {part.page, "docs/results/summary.csv", "docs/benchmarks/serve.json"}:
+            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / relative, tmp_path / relative)
+    monkeypatch.setattr(docs, "ROOT", tmp_path)
+    summary = tmp_path / "docs/results/summary.csv"
+    summary.write_text(summary.read_text().replace("0.2181 ± 0.0021", "0.3000 ± 0.0021"))
+    assert main(["--check"]) == 1
+    assert "0.3000" not in (tmp_path / "README.md").read_text()
+    assert main([]) == 0 and main(["--check"]) == 0
+    assert "0.3000 ± 0.0021" in (tmp_path / "README.md").read_text()
+
+
+def test_the_readme_is_for_users_and_links_a_page_per_job() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert readme.startswith("# ") and "scripts/main.sh" in readme and "scripts/test.sh" in readme
+    for job in JOBS:
+        assert f"(docs/jobs/{job}.md)" in readme and (ROOT / "docs/jobs" / f"{job}.md").is_file()
+    assert (ROOT / "LICENSE").is_file() and (ROOT / "CITATION.cff").is_file()
