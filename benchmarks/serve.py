@@ -32,7 +32,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from screen import PeakRss, register_model  # benchmarks/screen.py: also puts the project on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/screen.py, run as a script or loaded by path
+from screen import PeakRss, register_model  # it also puts the project on sys.path
 
 from pipelines.summary import format_table
 

@@ -93,7 +93,7 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     # The reference: the registered model through plain MLflow, SMILES in.
     pyfunc = mlflow.pyfunc.load_model(MODEL)  # MLFLOW_TRACKING_URI is the registry's
     expected = pyfunc.predict(frame.loc[scores["row"], ["smiles"]].reset_index(drop=True))
-    np.testing.assert_allclose(scores[TASKS].to_numpy(), expected[TASKS].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(scores[TASKS].to_numpy(), expected[TASKS].to_numpy(np.float32), atol=1e-6)
     np.testing.assert_array_equal(scores["nn_similarity"], expected["nn_similarity"].astype(np.float32))
     assert scores["nn_mol_id"].tolist() == expected["nn_mol_id"].tolist()
     training = scores["row"].between(1000, 1499)
