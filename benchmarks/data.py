@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurize.enumeration import ProductSpace
 from featurize.import_arrays import import_deepchem_arrays
-from featurize.library import generate_library
-from featurize.panel import write_panel_csv
-from pipelines.summary import format_table
+from featurize.synthetic.enumeration import ProductSpace
+from featurize.synthetic.library import generate_library
+from featurize.synthetic.panel import write_panel_csv
+from pipelines.text_tables import format_table
 
 PCBA_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcba-subset"
 

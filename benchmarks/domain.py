@@ -5,7 +5,7 @@
 
 The training split of a featurized dataset is the "training set" and the
 first ``--queries`` molecules of its valid and test splits are screened
-against it, by exact search (pipelines/serving/domain.py: bag sums over the
+against it, by exact search (pipelines/serving/applicability_domain.py: bag sums over the
 training bits) and by the USearch HNSW graph the model ships for large sets.
 Reported per training-set size: build and search seconds (search per 1,000
 queries, on ``--threads`` threads), recall@1 (the graph found a molecule as
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featurize.reader import read_all
-from pipelines.serving.domain import EXPANSION_SEARCH, INDEX_FILE, TrainingDomain
-from pipelines.summary import format_table
+from pipelines.serving.applicability_domain import EXPANSION_SEARCH, INDEX_FILE, TrainingDomain
+from pipelines.text_tables import format_table
 
 
 def timed(function, *args, **kwargs):

@@ -39,7 +39,7 @@ from rdkit.Chem import rdFingerprintGenerator  # noqa: E402
 
 from featurize.pipeline import featurize_file  # noqa: E402
 from featurize.standardize import standardize_smiles  # noqa: E402
-from pipelines.summary import format_table  # noqa: E402
+from pipelines.text_tables import format_table  # noqa: E402
 
 logger = logging.getLogger("benchmarks.featurize")
 
@@ -50,7 +50,7 @@ def benchmark_smiles(n_molecules: int) -> list[str]:
            (Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi").read_text().splitlines() if line]
     smiles = nci[:n_molecules]
     if len(smiles) < n_molecules:
-        from featurize.panel import generate_panel
+        from featurize.synthetic.panel import generate_panel
 
         smiles += generate_panel(n_molecules - len(smiles), n_tasks=8, seed=0)["smiles"].tolist()
     return smiles

@@ -46,7 +46,7 @@ from models.factory import build_model
 from models.maml import MAML_VARIANTS
 from models.steps import StepConfig, build_step
 from pipelines.platform.torch_setup import use_huge_pages
-from pipelines.summary import format_table
+from pipelines.text_tables import format_table
 from tests.maml_reference import reference_maml_step
 
 log = logging.getLogger("maml_step")

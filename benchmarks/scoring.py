@@ -29,7 +29,7 @@ from models.config import ModelConfig  # noqa: E402
 from models.factory import build_model  # noqa: E402
 from models.networks.sparse_input import SparseRows  # noqa: E402
 from pipelines.platform.torch_setup import use_huge_pages  # noqa: E402
-from pipelines.summary import format_table  # noqa: E402
+from pipelines.text_tables import format_table  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@
 A model with the end-to-end run's default shape (MMoEEx, 4 experts of 128
 units, 128 assays, 2048-bit Morgan; untrained weights score at the same
 speed) is registered in a fresh SQLite MLflow registry. For each size, a
-library of generated molecules (featurize.library.generate_library) is
+library of generated molecules (featurize.synthetic.library.generate_library) is
 written to CSV, then `python -m pipelines screen --model
 models:/NAME@champion` runs in a fresh process on a local Ray with --cpus
 CPUs, exactly as a user would run it. Reported: wall time of the command
@@ -45,7 +45,7 @@ import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path)
 # isort: split
 import psutil
 
-from pipelines.summary import format_table
+from pipelines.text_tables import format_table
 
 MODEL_NAME = "pcba-screen-bench"
 
@@ -79,12 +79,12 @@ def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bit
     return models
 
 
-def training_domain(spec, rows: int):  # -> pipelines.serving.domain.TrainingDomain
+def training_domain(spec, rows: int):  # -> pipelines.serving.applicability_domain.TrainingDomain
     """The domain of ``rows`` generated molecules unlike the libraries' (another seed)."""
     from featurize.fingerprints import FingerprintRows
-    from featurize.library import generate_library
     from featurize.standardize import standardize_smiles
-    from pipelines.serving.domain import TrainingDomain
+    from featurize.synthetic.library import generate_library
+    from pipelines.serving.applicability_domain import TrainingDomain
 
     fingerprints = FingerprintRows(spec)
     for smiles in generate_library(rows, seed=2):
@@ -97,7 +97,7 @@ def training_domain(spec, rows: int):  # -> pipelines.serving.domain.TrainingDom
 
 
 def write_library(path: Path, n_molecules: int) -> None:
-    from featurize.library import generate_library
+    from featurize.synthetic.library import generate_library
 
     with path.open("w") as handle:
         handle.write("smiles,mol_id\n")

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/screen.py, run as a script or loaded by path
 from screen import PeakRss, register_model  # it also puts the project on sys.path
 
-from pipelines.summary import format_table
+from pipelines.text_tables import format_table
 
 
 def free_port() -> int:
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
 
-    from featurize.library import generate_library
+    from featurize.synthetic.library import generate_library
 
     smiles = list(generate_library(args.clients * args.requests * args.batch, seed=1))
     batches = [smiles[start:start + args.batch] for start in range(0, len(smiles), args.batch)]

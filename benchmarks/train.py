@@ -35,7 +35,7 @@ from models.config import ModelConfig  # noqa: E402
 from models.factory import build_model  # noqa: E402
 from models.steps import StepConfig, build_step  # noqa: E402
 from pipelines.platform.torch_setup import use_huge_pages  # noqa: E402
-from pipelines.summary import format_table  # noqa: E402
+from pipelines.text_tables import format_table  # noqa: E402
 from pipelines.training.engine import EpochLoop, iter_dataset_batches  # noqa: E402
 
 logger = logging.getLogger("benchmarks.train")

@@ -62,7 +62,7 @@ from models.maml import MAML_VARIANTS
 from models.networks.sparse_input import SparseRows
 from models.steps import StepConfig, build_step
 from pipelines.platform.torch_setup import use_huge_pages
-from pipelines.summary import format_table
+from pipelines.text_tables import format_table
 
 log = logging.getLogger("train_step")
 

@@ -163,8 +163,8 @@ def _line(skipped: bool, result: str, where: Path | str) -> StageReport:
 # -- stages ------------------------------------------------------------------------------
 def _data_stage(settings: RunSettings, out: Path, records: StageRecords):
     """The labelled input: the offline panel (with bad rows), or PCBA-128."""
-    from featurize.panel import write_panel_csv
     from featurize.sources import fetch_pcba, pcba_source
+    from featurize.synthetic.panel import write_panel_csv
 
     if settings.pcba_path is not None or settings.pcba:
         path = settings.pcba_path or fetch_pcba()
@@ -237,7 +237,7 @@ def _train_result(config: TrainConfig, outputs: Mapping[str, Any]) -> str:
 
 def _library_stage(settings: RunSettings, out: Path, records: StageRecords):
     """A generated, unlabeled screening library (streamed to CSV)."""
-    from featurize.library import generate_library
+    from featurize.synthetic.library import generate_library
 
     inputs = {"library_size": settings.library_size, "seed": settings.seed}
     path = out / "library.csv"

@@ -65,7 +65,7 @@ def pcba_subset_dir() -> Path:
 @pytest.fixture(scope="session")
 def panel_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A raw 2,000-molecule, 128-task panel CSV (seed 0) with its 5 injected bad rows."""
-    from featurize.panel import write_panel_csv
+    from featurize.synthetic.panel import write_panel_csv
 
     path = tmp_path_factory.mktemp("panel") / "panel.csv"
     write_panel_csv(path, 2000, n_tasks=128, seed=0)

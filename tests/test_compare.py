@@ -17,9 +17,9 @@ from models.config import ModelConfig, StepConfig
 from models.metrics import TaskMetrics, delta_vs_reference
 from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress
 from pipelines.experiments.comparison.configurations import REFERENCE, Budget, parse_configuration
-from pipelines.experiments.comparison.runner import run_comparison
+from pipelines.experiments.comparison.run_comparison import run_comparison
 from pipelines.experiments.comparison.runs import RunOutcome
-from pipelines.experiments.comparison.summary import reference_per_task, summarize
+from pipelines.experiments.comparison.table import reference_per_task, summarize
 from pipelines.training.engine import EpochResult
 from pipelines.training.evaluation import FinalEvaluation
 
@@ -94,7 +94,7 @@ def test_tiny_comparison_tracks_every_configuration_under_one_parent(
         tiny_dataset: Path, mlflow_uri: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.experiments.comparison.summary import table_csv
+    from pipelines.experiments.comparison.table import table_csv
     from pipelines.experiments.comparison.tracking import mlflow_tracker
 
     configurations = [parse_configuration(text, BASE_MODEL, BASE_STEP)

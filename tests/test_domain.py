@@ -1,4 +1,4 @@
-"""The applicability domain (pipelines/serving/domain.py, pipelines/training/domain.py)
+"""The applicability domain (pipelines/serving/applicability_domain.py, pipelines/training/domain_cache.py)
 against RDKit's own BulkTanimotoSimilarity on real molecules."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rdkit import Chem, DataStructs
 
 from featurize.fingerprints import fingerprint_matrix, morgan_generator
 from featurize.spec import FingerprintSpec
-from pipelines.serving.domain import TrainingDomain
+from pipelines.serving.applicability_domain import TrainingDomain
 
 SPEC = FingerprintSpec(radius=2, n_bits=1024)
 
@@ -101,7 +101,7 @@ def test_training_domain_is_built_once_per_dataset(panel_dataset: Path, tmp_path
 
     from featurize.dataset import read_dataset_info
     from featurize.reader import read_all
-    from pipelines.training.domain import cache_path, training_domain
+    from pipelines.training.domain_cache import cache_path, training_domain
 
     data = shutil.copytree(panel_dataset, tmp_path / "data")
     info = read_dataset_info(data)
@@ -121,7 +121,7 @@ def test_training_domain_is_built_once_per_dataset(panel_dataset: Path, tmp_path
 
 
 def test_identity_rests_on_the_stored_bits_not_on_the_graph_or_the_hash(molecules: list[Chem.Mol]) -> None:
-    from pipelines.serving.domain import fingerprint_hashes
+    from pipelines.serving.applicability_domain import fingerprint_hashes
 
     fingerprints = fingerprint_matrix(molecules[:300], SPEC)
     domain = TrainingDomain.build(fingerprints, [f"train-{i}" for i in range(300)], n_bits=SPEC.n_bits,

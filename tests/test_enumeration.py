@@ -7,8 +7,8 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import Descriptors
 
-from featurize import building_blocks
-from featurize.enumeration import MAX_MOLECULAR_WEIGHT, default_space, react_once
+from featurize.synthetic import building_blocks
+from featurize.synthetic.enumeration import MAX_MOLECULAR_WEIGHT, default_space, react_once
 
 
 def _canonical(smiles: str) -> str:

@@ -11,8 +11,8 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors, rdFingerprintGenerator
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
-from featurize.library import generate_library
-from featurize.panel import generate_panel, task_families, task_names, write_panel_csv
+from featurize.synthetic.library import generate_library
+from featurize.synthetic.panel import generate_panel, task_families, task_names, write_panel_csv
 
 N_PANEL = 2000  # the panel_csv fixture's good rows
 N_BAD = 5

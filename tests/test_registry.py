@@ -25,6 +25,13 @@ from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from models.config import ModelConfig
 from models.factory import build_model
+from pipelines.serving.applicability_domain import (
+    DOMAIN_COLUMNS,
+    IN_TRAINING_SET_COLUMN,
+    NN_MOL_ID_COLUMN,
+    NN_SIMILARITY_COLUMN,
+    TrainingDomain,
+)
 from pipelines.serving.bundle import ModelBundle
 from pipelines.serving.calibration import (
     CALIBRATION_FILE,
@@ -33,13 +40,6 @@ from pipelines.serving.calibration import (
     IsotonicMap,
     PlattMap,
     TaskCalibration,
-)
-from pipelines.serving.domain import (
-    DOMAIN_COLUMNS,
-    IN_TRAINING_SET_COLUMN,
-    NN_MOL_ID_COLUMN,
-    NN_SIMILARITY_COLUMN,
-    TrainingDomain,
 )
 from pipelines.serving.pyfunc_model import ERROR_COLUMN
 from pipelines.serving.scorer import Scorer

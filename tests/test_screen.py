@@ -18,7 +18,7 @@ from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
 from pipelines.screening import ScreeningConfig
 from pipelines.screening.hits import TopK, rank_hits
-from pipelines.screening.library import check_library_spec, resolve_library
+from pipelines.screening.library_source import check_library_spec, resolve_library
 from pipelines.screening.outputs import (
     HITS_FILE,
     MULTI_ASSAY_FILE,
@@ -236,7 +236,7 @@ def test_raw_scores_are_a_flag_of_their_own_screening(tmp_path: Path, monkeypatc
     so a calibrated screening's output is never taken for a raw one."""
     from pipelines.cli import build_parser
     from pipelines.jobs import screen
-    from pipelines.screening.runner import screening_identity
+    from pipelines.screening.run_screen import screening_identity
 
     seen: list[ScreeningConfig] = []
     monkeypatch.setattr("pipelines.screening.screen_library", seen.append)

@@ -239,7 +239,7 @@ def test_similarity_histograms_on_known_values(tmp_path: Path) -> None:
 def test_pictures_go_to_the_run_that_logged_the_model(mlflow_uri: str, tmp_path: Path) -> None:
     from pipelines.platform import tracking
     from pipelines.screening.model import source_run_id
-    from pipelines.screening.runner import log_pictures
+    from pipelines.screening.run_screen import log_pictures
 
     mlflow_client = tracking.client(mlflow_uri)
     run_id, _ = tracking.start_run(mlflow_uri, "screen-tests", "training")

@@ -16,7 +16,7 @@ import pytest
 from featurize.pipeline import featurize_file
 from featurize.spec import FingerprintSpec
 from pipelines.screening.alerts import structural_alerts
-from pipelines.serving.domain import DOMAIN_COLUMNS
+from pipelines.serving.applicability_domain import DOMAIN_COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -35,8 +35,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, nci_smiles: list[str]) ->
     from models.config import ModelConfig
     from models.factory import build_model
     from pipelines.platform import tracking
+    from pipelines.serving.applicability_domain import TrainingDomain
     from pipelines.serving.bundle import ModelBundle
-    from pipelines.serving.domain import TrainingDomain
     from pipelines.serving.registry import log_scoring_model, register_model
 
     root = tmp_path_factory.mktemp("registry")

@@ -36,9 +36,9 @@ STATE_TIMEOUT_S = 420
 
 @pytest.fixture(scope="module")
 def tiny_panel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from featurize.panel import write_panel_csv
     from featurize.pipeline import featurize_file
     from featurize.spec import FingerprintSpec
+    from featurize.synthetic.panel import write_panel_csv
 
     folder = tmp_path_factory.mktemp("tune_panel")
     write_panel_csv(folder / "panel.csv", 500, n_tasks=12, seed=0)

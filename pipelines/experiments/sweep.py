@@ -34,7 +34,7 @@ from pipelines.experiments.sweep_trial import (
 )
 from pipelines.platform import tracking
 from pipelines.training.config import TrainConfig
-from pipelines.training.domain import training_domain
+from pipelines.training.domain_cache import training_domain
 from pipelines.training.trainer import prepare_config
 from tuning.schedulers import (
     METRIC,

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines.errors import UserError
     from pipelines.experiments.comparison.configurations import Budget, parse_configuration
-    from pipelines.experiments.comparison.runner import run_comparison
+    from pipelines.experiments.comparison.run_comparison import run_comparison
     from pipelines.experiments.comparison.tracking import mlflow_tracker
     from pipelines.options import build_train_config, resolve_options
 
@@ -131,7 +131,7 @@ def _log_saved(args: argparse.Namespace) -> int:
     import pickle
 
     from featurize.dataset import read_dataset_info
-    from pipelines.experiments.comparison.runner import log_outcomes
+    from pipelines.experiments.comparison.run_comparison import log_outcomes
     from pipelines.experiments.comparison.tracking import mlflow_tracker
 
     with args.log_outcomes.open("rb") as handle:
@@ -148,7 +148,7 @@ def _log_saved(args: argparse.Namespace) -> int:
 
 
 def _text_table(summaries, title: str) -> str:
-    from pipelines.summary import format_table
+    from pipelines.text_tables import format_table
 
     return format_table([summary.display_row() for summary in summaries], title=title)
 
@@ -156,7 +156,7 @@ def _text_table(summaries, title: str) -> str:
 def _write_tables(out: Path | None, summaries) -> None:
     if out is None:
         return
-    from pipelines.experiments.comparison.summary import table_csv, table_markdown
+    from pipelines.experiments.comparison.table import table_csv, table_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.csv").write_text(table_csv(summaries))

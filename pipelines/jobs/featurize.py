@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
-    from pipelines.summary import format_key_values, format_table
+    from pipelines.text_tables import format_key_values, format_table
 
     if args.from_arrays:
         summary = _import_arrays(args, UserError)

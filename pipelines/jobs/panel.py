@@ -1,9 +1,9 @@
 """`python -m pipelines panel --out FILE`: the offline PCBA-shaped panel.
 
 Writes the raw CSV the featurize job reads (smiles, mol_id, one 1/0/empty
-column per assay), generated from a seed by featurize.panel, with a few bad
+column per assay), generated from a seed by featurize.synthetic.panel, with a few bad
 rows injected so the quarantine path runs; or, with ``--library``, an
-unlabeled screening library (smiles, mol_id) from featurize.library.
+unlabeled screening library (smiles, mol_id) from featurize.synthetic.library.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from featurize.panel import write_panel_csv
+    from featurize.synthetic.panel import write_panel_csv
     from pipelines.errors import UserError
-    from pipelines.summary import format_key_values
+    from pipelines.text_tables import format_key_values
 
     started = time.perf_counter()
     try:
@@ -59,7 +59,7 @@ def _write_library(path: Path, n_molecules: int, seed: int) -> int:
     """Stream the library to CSV through a temp file (renamed at the end)."""
     from tqdm.auto import tqdm
 
-    from featurize.library import generate_library
+    from featurize.synthetic.library import generate_library
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
     from pipelines.platform.tracking import resolve_tracking_uri
     from pipelines.serving.registry import register_model
-    from pipelines.summary import format_key_values
+    from pipelines.text_tables import format_key_values
 
     bad = [tag for tag in args.tag if "=" not in tag]
     if bad:

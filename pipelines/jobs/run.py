@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.end_to_end import run_pipeline
-    from pipelines.summary import format_table
+    from pipelines.text_tables import format_table
 
     values = resolve_options(args, GROUPS)
     values.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI"))

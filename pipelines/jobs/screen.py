@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
     """The end-of-job table (also used by the end-to-end run)."""
-    from pipelines.summary import format_key_values
+    from pipelines.text_tables import format_key_values
 
     values: dict[str, object] = {
         "model": result.model_uri,

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         project_pins,
         submit_job,
     )
-    from pipelines.summary import format_key_values
+    from pipelines.text_tables import format_key_values
 
     if not args.address:
         raise UserError("no cluster given: pass --address http://HOST:8265 or set RAY_ADDRESS")

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.options import build_train_config, check_register_alias, resolve_options
     from pipelines.platform.ray_setup import connect_ray
-    from pipelines.summary import format_key_values, format_table
+    from pipelines.text_tables import format_key_values, format_table
     from pipelines.training.trainer import run_training
 
     check_register_alias(args)

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.experiments.sweep_report import trial_rows
     from pipelines.options import build_train_config, check_register_alias, resolve_options
     from pipelines.platform.ray_setup import connect_ray
-    from pipelines.summary import format_key_values, format_table
+    from pipelines.text_tables import format_key_values, format_table
     from tuning.schedulers import SchedulerConfig
     from tuning.search_space import SearchSpace
 

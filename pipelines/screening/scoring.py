@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
-from pipelines.screening.library import BLOCK_ROWS, ScreeningLibrary
+from pipelines.screening.library_source import BLOCK_ROWS, ScreeningLibrary
 from pipelines.screening.model import ScreeningModel, unzip_to
 from pipelines.screening.outputs import ShardedParquetWriter, SingleParquetWriter
-from pipelines.serving.domain import (
+from pipelines.serving.applicability_domain import (
     DOMAIN_COLUMNS,
     IN_TRAINING_SET_COLUMN,
     NN_MOL_ID_COLUMN,

@@ -8,7 +8,7 @@ training job logs for the best epoch)::
     fingerprint_spec.json   featurize.spec.FingerprintSpec.to_json()
     tasks.json              task (assay) names, in output column order
     domain/                 optional: the training fingerprints, searchable
-                            (pipelines.serving.domain.TrainingDomain)
+                            (pipelines.serving.applicability_domain.TrainingDomain)
     calibration.json        optional: per-assay probability calibration
                             (pipelines/serving/calibration.py); bundles
                             saved without it score raw probabilities
@@ -32,8 +32,8 @@ from safetensors.torch import load_model, save_model
 from featurize.spec import FingerprintSpec
 from models.config import ModelConfig
 from models.factory import build_model
+from pipelines.serving.applicability_domain import TrainingDomain
 from pipelines.serving.calibration import Calibration
-from pipelines.serving.domain import TrainingDomain
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"

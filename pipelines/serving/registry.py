@@ -22,8 +22,8 @@ import pandas as pd
 from models.metrics import METRICS, SELECTION_METRIC, metric_key
 from pipelines.errors import UserError
 from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
+from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
 from pipelines.serving.bundle import ModelBundle
-from pipelines.serving.domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
 from pipelines.serving.pyfunc_model import (
     BUNDLE_ARTIFACT,
     ERROR_COLUMN,

@@ -22,9 +22,9 @@ from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
 from models.networks.sparse_input import Features, SparseRows
+from pipelines.serving.applicability_domain import Neighbours, TrainingDomain
 from pipelines.serving.bundle import ModelBundle
 from pipelines.serving.calibration import Calibration
-from pipelines.serving.domain import Neighbours, TrainingDomain
 
 
 def resolve_device(device: torch.device | str = "auto") -> torch.device:

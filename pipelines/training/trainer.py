@@ -34,7 +34,7 @@ from pipelines.platform import tracking
 from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
 from pipelines.training.config import TrainConfig
-from pipelines.training.domain import training_domain
+from pipelines.training.domain_cache import training_domain
 from pipelines.training.evaluation import (
     CalibrationReport,
     FinalEvaluation,

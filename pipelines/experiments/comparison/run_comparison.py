@@ -18,7 +18,7 @@ from pipelines.experiments.comparison.configurations import (
 )
 from pipelines.experiments.comparison.data import ComparisonData
 from pipelines.experiments.comparison.runs import RunOutcome, train_and_test
-from pipelines.experiments.comparison.summary import (
+from pipelines.experiments.comparison.table import (
     Summary,
     reference_per_task,
     summarize,

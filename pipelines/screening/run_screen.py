@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from featurize.sources import file_sha256
 from pipelines.errors import UserError
 from pipelines.screening.hits import rank_hits
-from pipelines.screening.library import (
+from pipelines.screening.library_source import (
     ScreeningLibrary,
     check_library_spec,
     resolve_library,
@@ -38,7 +38,7 @@ from pipelines.screening.pictures import (
     similarity_histogram_text,
 )
 from pipelines.screening.scoring import Resources, scored_dataset, write_scores
-from pipelines.serving.domain import NN_SIMILARITY_COLUMN
+from pipelines.serving.applicability_domain import NN_SIMILARITY_COLUMN
 
 logger = logging.getLogger(__name__)
 

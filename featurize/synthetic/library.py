@@ -2,12 +2,12 @@
 
 The 1M-molecule screening benchmark needs a library without network access.
 :func:`generate_library` draws products of the built-in reaction space
-(featurize/enumeration.py) in a seeded random order, without repeats, and
+(featurize/synthetic/enumeration.py) in a seeded random order, without repeats, and
 yields their SMILES as it goes. Products are assembled from synthon templates
 without any RDKit work, so a million SMILES take seconds; they are valid but
 not canonical (the featurizer canonicalizes them, sanitizing each molecule
 once). Its random stream differs from the panel's, so the same seed gives a
-different selection than :func:`featurize.panel.generate_panel`; the two
+different selection than :func:`featurize.synthetic.panel.generate_panel`; the two
 draw from one space, so a large library contains panel molecules, as a
 real screening collection contains the compounds a model was trained on.
 """
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 from rdkit import Chem
 
-from featurize.enumeration import ProductSpace, default_space
+from featurize.synthetic.enumeration import ProductSpace, default_space
 
 LIBRARY_STREAM = 100  # the panel uses streams 0-4 of the same seed
 CHUNK = 65_536

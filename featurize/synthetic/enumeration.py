@@ -2,7 +2,7 @@
 millions of molecules.
 
 Running ``RunReactants`` and sanitizing for every product costs a few hundred
-microseconds a molecule. Instead, each reaction of featurize/building_blocks.py
+microseconds a molecule. Instead, each reaction of featurize/synthetic/building_blocks.py
 is run with RDKit once per reagent (against a small probe partner), and the
 product is cut at the bond the reaction made: what is left is the reagent's
 *synthon*, the reagent as it appears in any product, with a dummy atom where
@@ -32,7 +32,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import Descriptors, rdChemReactions
 
-from featurize.building_blocks import REACTIONS, ROUTES, Handle, Route
+from featurize.synthetic.building_blocks import REACTIONS, ROUTES, Handle, Route
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ChemistryError(ValueError):
 
 @cache
 def reaction(name: str) -> rdChemReactions.ChemicalReaction:
-    """The named reaction of :data:`~featurize.building_blocks.REACTIONS`, initialized."""
+    """The named reaction of :data:`~featurize.synthetic.building_blocks.REACTIONS`, initialized."""
     rxn = rdChemReactions.ReactionFromSmarts(REACTIONS[name])
     rxn.Initialize()
     return rxn
@@ -279,7 +279,7 @@ class ProductSpace:
     @cached_property
     def reaction_counts(self) -> np.ndarray:
         """int64[n_routes, n_reactions]: bonds each route makes with each reaction
-        (columns in the order of :data:`~featurize.building_blocks.REACTIONS`)."""
+        (columns in the order of :data:`~featurize.synthetic.building_blocks.REACTIONS`)."""
         names = list(REACTIONS)
         counts = np.zeros((len(self.routes), len(names)), dtype=np.int64)
         for r, space in enumerate(self.routes):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from featurize.dataset import MANIFEST_FILE, DatasetInfo
 from featurize.reader import read_all
-from pipelines.serving.domain import TrainingDomain
+from pipelines.serving.applicability_domain import TrainingDomain
 
 logger = logging.getLogger(__name__)
 

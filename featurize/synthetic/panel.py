@@ -4,7 +4,7 @@ So that the main job runs without network, the project makes its own
 PCBA-128-like panel. The generative model, in order:
 
 1. Molecules. ``n_molecules`` distinct products drawn uniformly, without
-   replacement, from the built-in reaction space (featurize/enumeration.py:
+   replacement, from the built-in reaction space (featurize/synthetic/enumeration.py:
    real reagents joined by amide coupling, sulfonamide and urea formation,
    reductive amination and Suzuki coupling, 2 to 4 components, MW <= 500).
    The draw is a seeded permutation of the space, so a panel of n molecules
@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from rdkit import Chem
 
-from featurize.enumeration import ProductSpace, default_space
+from featurize.synthetic.enumeration import ProductSpace, default_space
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ MISSING_SPREAD = 0.2  # per-task missing shares spread +- this around the mean
 REFERENCE_SIZE = 20_000
 
 # Independent random streams of one seed: changing how one part draws never
-# changes the others. The screening library (featurize/library.py) has its own.
+# changes the others. The screening library (featurize/synthetic/library.py) has its own.
 MOLECULE_STREAM, RULE_STREAM, NOISE_STREAM, MISSING_STREAM, BAD_ROW_STREAM = range(5)
 REFERENCE_SEED = 20_240_611  # the reference sample is the same for every panel
 

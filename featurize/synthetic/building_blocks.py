@@ -12,7 +12,7 @@ synthesis, written as reaction SMARTS for RDKit's rdChemReactions:
 
 Bifunctional building blocks (bromo-acids, bromo-amines, amino acids) carry
 two handles, so routes chain two or three reactions: the routes in
-:data:`ROUTES` are what the enumerator in featurize/enumeration.py combines.
+:data:`ROUTES` are what the enumerator in featurize/synthetic/enumeration.py combines.
 Each reagent has exactly one site for each reaction it takes part in (the
 enumerator checks this and names any reagent that breaks it).
 """
