@@ -39,7 +39,7 @@ from tqdm import tqdm
 from featurize.crash_guard import crashing_rows
 from featurize.dataset import DEFAULT_ROWS_PER_SHARD, REJECTS_FILE, DatasetInfo, DatasetWriter, find_finished
 from featurize.fingerprints import FingerprintRows
-from featurize.sources import LibrarySource, TaskSelection
+from featurize.sources.readers import LibrarySource, TaskSelection
 from featurize.spec import FingerprintSpec
 from featurize.splits import (
     DEFAULT_FRACTIONS,
@@ -467,7 +467,7 @@ def featurize_file(input_path: str | os.PathLike[str] | LibrarySource,
 
     ``input_path``: a .csv/.csv.gz/.parquet/.smi/.sdf file (read with
     ``smiles_col``/``id_col``/``tasks``, see :class:`LibrarySource`) or a
-    ready :class:`LibrarySource` (PCBA: :func:`featurize.sources.pcba_source`).
+    ready :class:`LibrarySource` (PCBA: :func:`featurize.sources.pcba.pcba_source`).
     ``split``: "none", "random" (seeded) or "scaffold" (Bemis-Murcko).
     ``backend``: "local" (this process), "ray" (Ray Data; ``address`` or
     RAY_ADDRESS picks the cluster, ``num_cpus`` caps the CPUs it uses) or

@@ -163,7 +163,7 @@ def _line(skipped: bool, result: str, where: Path | str) -> StageReport:
 # -- stages ------------------------------------------------------------------------------
 def _data_stage(settings: RunSettings, out: Path, records: StageRecords):
     """The labelled input: the offline panel (with bad rows), or PCBA-128."""
-    from featurize.sources import fetch_pcba, pcba_source
+    from featurize.sources.pcba import fetch_pcba, pcba_source
     from featurize.synthetic.panel import write_panel_csv
 
     if settings.pcba_path is not None or settings.pcba:

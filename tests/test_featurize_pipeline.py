@@ -17,7 +17,7 @@ from featurize.dataset import read_dataset_info, read_shard_metadata
 from featurize.fingerprints import unpack_bits
 from featurize.pipeline import _merge_runs, _sorted_runs, featurize_file
 from featurize.reader import read_all
-from featurize.sources import pcba_reference, pcba_source
+from featurize.sources.pcba import PCBA_TASKS, pcba_source
 from featurize.spec import SPEC_METADATA_KEY, TASKS_METADATA_KEY, FingerprintSpec
 from featurize.splits import scaffold_smiles
 from featurize.standardize import SizeLimits
@@ -143,7 +143,7 @@ def test_unlabeled_sdf_library(tmp_path: Path, nci_smiles: list[str]) -> None:
 
 
 def test_small_pcba_shaped_file(tmp_path: Path) -> None:
-    tasks = list(pcba_reference().tasks)
+    tasks = list(PCBA_TASKS)
     columns = {task: [1.0, 0.0, None] * 20 for task in tasks}
     columns.update(mol_id=[f"CID{i}" for i in range(60)],
                    smiles=["CCO" + "C" * i for i in range(60)])

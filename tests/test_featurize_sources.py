@@ -12,7 +12,8 @@ import pytest
 from rdkit import Chem
 
 from featurize.errors import InputDataError
-from featurize.sources import LibrarySource, check_pcba_file, pcba_reference, pcba_source
+from featurize.sources.pcba import PCBA_FILE_NAME, PCBA_TASKS, PCBA_URL, check_pcba_file, pcba_source
+from featurize.sources.readers import LibrarySource
 
 SMILES = ["CCO", "c1ccccc1O", "C1CC(", "", "CC(=O)Nc1ccc(O)cc1"]
 
@@ -85,11 +86,29 @@ def test_sdf_reader_keeps_bad_records_as_raw_text(tmp_path: Path) -> None:
     assert [r["mol_id"] for r in titles] == ["title0", "title1", "broken"]
 
 
-def test_pcba_reference_comes_from_deepchem() -> None:
-    reference = pcba_reference()
-    assert len(reference.tasks) == 128 == len(set(reference.tasks))
-    assert reference.tasks[0] == "PCBA-1030"
-    assert reference.url.endswith("/pcba.csv.gz") and reference.url.startswith("https://")
+def _deepchem_pcba() -> tuple[str, str, tuple[str, ...]]:
+    """URL, file name and tasks of the installed DeepChem's ``load_pcba``,
+    read from its source (importing deepchem costs seconds and prints noise)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("deepchem")
+    source = Path(spec.submodule_search_locations[0]) / "molnet" / "load_function" / "pcba_datasets.py"
+    constants, file_name = {}, None
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id in ("PCBA_URL", "PCBA_TASKS"):
+            constants[node.targets[0].id] = ast.literal_eval(node.value)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_PCBALoader" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            file_name = node.args[0].value
+    return constants["PCBA_URL"] % file_name, file_name, tuple(constants["PCBA_TASKS"])
+
+
+def test_the_pcba_reference_is_deepchems() -> None:
+    """The URL, file and 128 task names kept as data are DeepChem's own."""
+    assert (PCBA_URL, PCBA_FILE_NAME, PCBA_TASKS) == _deepchem_pcba()
+    assert len(PCBA_TASKS) == 128 == len(set(PCBA_TASKS)) and PCBA_URL.startswith("https://")
 
 
 def _pcba_like(path: Path, n_rows: int, tasks: list[str]) -> None:
@@ -102,7 +121,7 @@ def _pcba_like(path: Path, n_rows: int, tasks: list[str]) -> None:
 
 
 def test_pcba_checks(tmp_path: Path) -> None:
-    tasks = list(pcba_reference().tasks)
+    tasks = list(PCBA_TASKS)
     _pcba_like(tmp_path / "pcba.csv.gz", 50, tasks)
     check_pcba_file(tmp_path / "pcba.csv.gz", expected_rows=50)
     with pytest.raises(InputDataError, match="50 rows, expected about 439,863"):

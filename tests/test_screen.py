@@ -13,7 +13,7 @@ import pytest
 
 from featurize.errors import InputDataError, SpecMismatchError
 from featurize.pipeline import featurize_batch, featurize_file
-from featurize.sources import LibrarySource
+from featurize.sources.readers import LibrarySource
 from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
 from pipelines.screening import ScreeningConfig

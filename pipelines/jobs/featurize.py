@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _featurize(args: argparse.Namespace):
     from featurize.pipeline import featurize_file
-    from featurize.sources import fetch_pcba, pcba_source
+    from featurize.sources.pcba import fetch_pcba, pcba_source
     from featurize.spec import FingerprintSpec
 
     if args.pcba or args.pcba_path:

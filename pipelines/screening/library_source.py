@@ -1,7 +1,7 @@
 """What a screening library is and how Ray Data reads it.
 
 A library is either raw molecules (.csv/.csv.gz/.parquet/.smi/.sdf, read by
-featurize.sources.LibrarySource and featurized with the model's own spec) or
+featurize.sources.readers.LibrarySource and featurized with the model's own spec) or
 already featurized (a fingerprint dataset folder from `pipelines featurize`,
 or one of its Parquet shards), whose spec must match the model's.
 
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from featurize.dataset import MANIFEST_FILE, read_dataset_info
 from featurize.errors import InputDataError
-from featurize.sources import LibrarySource
+from featurize.sources.readers import LibrarySource
 from featurize.spec import SPEC_METADATA_KEY, FingerprintSpec, read_schema_metadata
 
 #: Rows per block: a few seconds of RDKit work per featurize task, so both the

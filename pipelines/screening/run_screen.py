@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from featurize.sources import file_sha256
+from featurize.sources.readers import file_sha256
 from pipelines.errors import UserError
 from pipelines.screening.hits import rank_hits
 from pipelines.screening.library_source import (

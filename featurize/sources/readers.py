@@ -15,25 +15,15 @@ A file that cannot be read at all (missing, a directory, empty, a ragged
 CSV line, a cut-off gzip, not Parquet) raises :class:`InputDataError` with
 one line naming the file, where it failed and what to do, never a
 traceback of the library that read it.
-
-PCBA-128: the MoleculeNet file and its 128 task names are those DeepChem's
-``load_pcba`` uses, read from DeepChem's own source (importing deepchem costs
-seconds and prints noise, so the module is parsed, not imported).
 """
 from __future__ import annotations
 
-import ast
 import gzip
 import hashlib
-import importlib.util
 import logging
-import os
-import shutil
-import urllib.request
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
@@ -402,97 +392,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-# -- PCBA-128 ------------------------------------------------------------------------
-PCBA_EXPECTED_ROWS = 439_863
-PCBA_DEFAULT_CACHE = Path.home() / ".cache" / "pcba-mmoeex"
-
-
-@dataclass(frozen=True)
-class PcbaReference:
-    """Where DeepChem's ``load_pcba`` gets PCBA-128, and its task names."""
-
-    url: str
-    file_name: str
-    tasks: tuple[str, ...]
-
-
-@lru_cache(maxsize=1)
-def pcba_reference() -> PcbaReference:
-    """URL, file name and the 128 task names, read from the installed
-    DeepChem's ``molnet/load_function/pcba_datasets.py``."""
-    spec = importlib.util.find_spec("deepchem")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputDataError("deepchem is not installed; it supplies the PCBA-128 URL and tasks")
-    source_path = (Path(spec.submodule_search_locations[0]) / "molnet" / "load_function"
-                   / "pcba_datasets.py")
-    tree = ast.parse(source_path.read_text())
-    constants: dict[str, object] = {}
-    file_name = None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
-                and node.targets[0].id in ("PCBA_URL", "PCBA_TASKS"):
-            constants[node.targets[0].id] = ast.literal_eval(node.value)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_PCBALoader" \
-                and node.args and isinstance(node.args[0], ast.Constant):
-            file_name = node.args[0].value
-    if set(constants) != {"PCBA_URL", "PCBA_TASKS"} or file_name is None:
-        raise InputDataError(f"{source_path}: could not find PCBA_URL, PCBA_TASKS and the "
-                             "load_pcba file name (DeepChem changed?)")
-    return PcbaReference(url=str(constants["PCBA_URL"]) % file_name, file_name=file_name,
-                         tasks=tuple(constants["PCBA_TASKS"]))
-
-
-def check_pcba_file(path: Path, *, expected_rows: int = PCBA_EXPECTED_ROWS,
-                    tolerance: float = 0.01) -> None:
-    """Raise :class:`InputDataError` unless ``path`` looks like MoleculeNet's
-    PCBA-128: a smiles column, the 128 DeepChem task columns, and a row count
-    within ``tolerance`` of ``expected_rows``."""
-    tasks = pcba_reference().tasks
-    path = Path(path)
-    try:
-        header = pacsv.open_csv(path).schema.names
-    except (pa.ArrowInvalid, OSError) as error:
-        raise InputDataError(f"{path}: not a readable PCBA CSV: {error}") from error
-    if "smiles" not in header:
-        raise InputDataError(f"{path}: PCBA file has no 'smiles' column")
-    missing = [task for task in tasks if task not in header]
-    if missing:
-        raise InputDataError(f"{path}: PCBA file lacks {len(missing)} of the {len(tasks)} "
-                             f"task columns (first: {', '.join(missing[:3])})")
-    rows = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        include_columns=["smiles"])).num_rows
-    if abs(rows - expected_rows) > tolerance * expected_rows:
-        raise InputDataError(f"{path}: PCBA file has {rows:,} rows, expected about "
-                             f"{expected_rows:,}; the download may be truncated")
-
-
-def fetch_pcba(cache_dir: Path | None = None) -> Path:
-    """The checked PCBA-128 file, downloaded into ``cache_dir`` on first use
-    (to a .part file renamed when complete, so an interrupted download is
-    never mistaken for the data)."""
-    reference = pcba_reference()
-    cache_dir = Path(cache_dir or os.environ.get("PCBA_CACHE_DIR", PCBA_DEFAULT_CACHE))
-    target = cache_dir / reference.file_name
-    if not target.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
-        logger.info("downloading PCBA-128 from %s to %s", reference.url, target)
-        try:
-            with urllib.request.urlopen(reference.url, timeout=60) as response, \
-                    open(partial, "wb") as handle:
-                shutil.copyfileobj(response, handle, length=1 << 20)
-        except OSError as error:
-            raise InputDataError(f"cannot download PCBA-128 from {reference.url}: {error}; "
-                                 "download it yourself and pass --pcba-path") from error
-        partial.rename(target)
-    check_pcba_file(target)
-    return target
-
-
-def pcba_source(path: Path, *, expected_rows: int = PCBA_EXPECTED_ROWS) -> LibrarySource:
-    """A checked PCBA-128 CSV as a source: its ids and the 128 DeepChem tasks."""
-    check_pcba_file(path, expected_rows=expected_rows)
-    return LibrarySource(path, smiles_col="smiles", id_col="mol_id",
-                         tasks=list(pcba_reference().tasks))
