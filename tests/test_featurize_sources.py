@@ -12,7 +12,14 @@ import pytest
 from rdkit import Chem
 
 from featurize.errors import InputDataError
-from featurize.sources.pcba import PCBA_FILE_NAME, PCBA_TASKS, PCBA_URL, check_pcba_file, pcba_source
+from featurize.sources.pcba import (
+    PCBA_FILE_NAME,
+    PCBA_TASKS,
+    PCBA_URL,
+    check_pcba_file,
+    fetch_pcba,
+    pcba_source,
+)
 from featurize.sources.readers import LibrarySource
 
 SMILES = ["CCO", "c1ccccc1O", "C1CC(", "", "CC(=O)Nc1ccc(O)cc1"]
@@ -205,3 +212,32 @@ def test_unreadable_files_give_one_line_naming_file_and_fix(tmp_path: Path, name
 def test_a_directory_is_not_an_input(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match="is a directory; give one molecule file"):
         LibrarySource(tmp_path)
+
+
+def test_fetch_pcba_downloads_once_over_http_and_keeps_no_partial_file(tmp_path: Path) -> None:
+    """The real download path (urllib, a .part file renamed when complete,
+    the check) against a small PCBA-shaped file served on a loopback port."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    _pcba_like(served / PCBA_FILE_NAME, 40, list(PCBA_TASKS))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{PCBA_FILE_NAME}"
+    cache = tmp_path / "cache"
+    try:
+        path = fetch_pcba(cache, url=url, expected_rows=40)
+    finally:
+        server.shutdown()
+        server.server_close()  # refused from now on
+        thread.join()
+    assert path == cache / PCBA_FILE_NAME and path.read_bytes() == (served / PCBA_FILE_NAME).read_bytes()
+    assert sorted(item.name for item in cache.iterdir()) == [PCBA_FILE_NAME]
+    assert fetch_pcba(cache, url=url, expected_rows=40) == path  # cached: the server is gone
+    with pytest.raises(InputDataError, match="cannot download PCBA-128 from .*--pcba-path"):
+        fetch_pcba(tmp_path / "empty", url=url, expected_rows=40)

@@ -183,25 +183,26 @@ def check_pcba_file(path: Path, *, expected_rows: int = PCBA_EXPECTED_ROWS,
                              f"{expected_rows:,}; the download may be truncated")
 
 
-def fetch_pcba(cache_dir: Path | None = None) -> Path:
-    """The checked PCBA-128 file, downloaded into ``cache_dir`` on first use
-    (to a .part file renamed when complete, so an interrupted download is
-    never mistaken for the data)."""
+def fetch_pcba(cache_dir: Path | None = None, *, url: str = PCBA_URL,
+               expected_rows: int = PCBA_EXPECTED_ROWS) -> Path:
+    """The checked PCBA-128 file, downloaded from ``url`` into ``cache_dir``
+    on first use (to a .part file renamed when complete, so an interrupted
+    download is never mistaken for the data). ``url`` and ``expected_rows``
+    are MoleculeNet's unless a test serves a small file of its own."""
     cache_dir = Path(cache_dir or os.environ.get("PCBA_CACHE_DIR", PCBA_DEFAULT_CACHE))
     target = cache_dir / PCBA_FILE_NAME
     if not target.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
-        logger.info("downloading PCBA-128 from %s to %s", PCBA_URL, target)
+        logger.info("downloading PCBA-128 from %s to %s", url, target)
         try:
-            with urllib.request.urlopen(PCBA_URL, timeout=60) as response, \
-                    open(partial, "wb") as handle:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as handle:
                 shutil.copyfileobj(response, handle, length=1 << 20)
         except OSError as error:
-            raise InputDataError(f"cannot download PCBA-128 from {PCBA_URL}: {error}; "
+            raise InputDataError(f"cannot download PCBA-128 from {url}: {error}; "
                                  "download it yourself and pass --pcba-path") from error
         partial.rename(target)
-    check_pcba_file(target)
+    check_pcba_file(target, expected_rows=expected_rows)
     return target
 
 
