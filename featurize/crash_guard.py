@@ -4,7 +4,7 @@ rejected instead of taking its whole block (or job) down.
 A segmentation fault in RDKit's C++ ends the process: no ``except`` sees
 it. On Ray the task's worker dies and Ray Data retries the task without
 limit, so a row that crashes every time would fail every retry and the job
-would never end. :mod:`featurize.pipeline` therefore marks each Ray task's
+would never end. :mod:`featurize.ray_stage` therefore marks each Ray task's
 row range before featurizing it; a retry that finds the mark knows the last
 attempt died and first runs :func:`crashing_rows`, which featurizes the rows
 one by one in a child process. When the child dies, the row it was on is the
@@ -54,7 +54,7 @@ def _probe(batch: pa.Table, first: int, batch_kwargs: dict[str, object]) -> tupl
 
 def _probe_child() -> None:
     """The child's side: one line on stdout after each finished row."""
-    from featurize.pipeline import featurize_batch
+    from featurize.batch import featurize_batch
 
     batch, batch_kwargs = pickle.loads(sys.stdin.buffer.read())
     for index in range(batch.num_rows):

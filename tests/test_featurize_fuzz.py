@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rdkit import RDConfig
 
-from featurize.pipeline import featurize_batch
+from featurize.batch import featurize_batch
 from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 

@@ -12,10 +12,12 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
-from featurize import pipeline
+from featurize import ray_stage
 from featurize.dataset import read_dataset_info, read_shard_metadata
 from featurize.fingerprints import unpack_bits
-from featurize.pipeline import _merge_runs, _sorted_runs, featurize_file
+from featurize.finish import first_of_each_id
+from featurize.parquet_runs import merge_runs, sorted_runs
+from featurize.pipeline import featurize_file
 from featurize.reader import read_all
 from featurize.sources.pcba import PCBA_TASKS, pcba_source
 from featurize.spec import SPEC_METADATA_KEY, TASKS_METADATA_KEY, FingerprintSpec
@@ -72,7 +74,7 @@ def test_first_of_each_id_matches_a_plain_loop() -> None:
         first_row.setdefault(mol_id, row)
     expected = np.zeros(6000, dtype=bool)
     expected[list(first_row.values())] = True
-    assert np.array_equal(pipeline._first_of_each_id(keys, 6000), expected)
+    assert np.array_equal(first_of_each_id(keys, 6000), expected)
 
 
 def test_mol_id_column_is_the_default_id(library_csv: Path, tmp_path: Path) -> None:
@@ -162,7 +164,7 @@ def test_merge_restores_source_order_across_interleaved_files(tmp_path: Path) ->
     for index, rows in enumerate(np.array_split(order, 7)):
         files.append(tmp_path / f"{index}.parquet")
         pq.write_table(pa.table({"_row": rows, "value": rows * 2}), files[-1])
-    merged = pa.concat_tables(list(_merge_runs(_sorted_runs(files), chunk_rows=37)))
+    merged = pa.concat_tables(list(merge_runs(sorted_runs(files), chunk_rows=37)))
     assert merged["_row"].to_pylist() == list(range(1000))
     assert merged["value"].to_pylist() == list(range(0, 2000, 2))
 
@@ -170,7 +172,7 @@ def test_merge_restores_source_order_across_interleaved_files(tmp_path: Path) ->
 @pytest.mark.parametrize("n_rows, n_cpus, block_rows", [
     (50_000, 2, 4096), (50_000, 1, 4096), (440_000, 16, 4096), (3, 2, 4096), (1, 4, 4096), (0, 2, 10)])
 def test_ray_task_ranges_cover_every_row_in_equal_shares(n_rows: int, n_cpus: int, block_rows: int) -> None:
-    ranges = pipeline.task_row_ranges(n_rows, n_cpus, block_rows)
+    ranges = ray_stage.task_row_ranges(n_rows, n_cpus, block_rows)
     bounds = [0, *(stop for _, stop in ranges)]  # contiguous, from row 0 to the last row
     assert [start for start, _ in ranges] == bounds[:-1] and bounds[-1] == n_rows
     sizes = [stop - start for start, stop in ranges]
@@ -183,7 +185,7 @@ def test_read_rows_reads_a_range_across_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "raw.parquet"
     pq.write_table(pa.table({"value": list(range(100))}), path, row_group_size=16)
     for start, stop in [(0, 100), (10, 40), (16, 32), (95, 100), (7, 8)]:
-        assert pipeline._read_rows(str(path), start, stop)["value"].to_pylist() == list(range(start, stop))
+        assert ray_stage._read_rows(str(path), start, stop)["value"].to_pylist() == list(range(start, stop))
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
@@ -199,8 +201,8 @@ def test_an_input_without_rows_gives_an_empty_dataset(tmp_path: Path, backend: s
 def test_ray_path_writes_the_same_bytes(ray_local: None, library_csv: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # 306 rows: 8 tasks of 38-39 rows on 2 CPUs, each reading across raw row groups of 16
-    monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 40)
-    monkeypatch.setattr(pipeline, "RAW_ROW_GROUP", 16)
+    monkeypatch.setattr(ray_stage, "RAY_BLOCK_ROWS", 40)
+    monkeypatch.setattr(ray_stage, "RAW_ROW_GROUP", 16)
     kwargs = {"id_col": "id", "split": "scaffold", "rows_per_shard": 100, "progress": False}
     local = featurize_file(library_csv, tmp_path / "local", backend="local", **kwargs)
     ray = featurize_file(library_csv, tmp_path / "ray", backend="ray", num_cpus=2, **kwargs)
@@ -258,11 +260,11 @@ UNGUARDED = {"spec": FingerprintSpec(n_bits=64), "tasks": [], "kind": "smiles",
 
 def test_a_retried_row_range_rejects_the_row_that_crashed(tmp_path: Path) -> None:
     raw_path = _raw_file(tmp_path, ["CCO", "C" * 20_000, "CCN"])
-    first = pipeline.featurize_row_range(raw_path, 0, 1, UNGUARDED)  # no mark: in process
+    first = ray_stage.featurize_row_range(raw_path, 0, 1, UNGUARDED)  # no mark: in process
     assert first["reason"].to_pylist() == [None] and not list((tmp_path / "attempts").iterdir())
     (tmp_path / "attempts" / "0-3").touch()  # what a task whose worker died leaves behind
     # One child dies on row 1, a second one probes row 2 and finishes.
-    retried = pipeline.featurize_row_range(raw_path, 0, 3, UNGUARDED)
+    retried = ray_stage.featurize_row_range(raw_path, 0, 3, UNGUARDED)
     assert retried["reason"].to_pylist() == [None, "RDKit crashed (signal 11)", None]
     assert retried["smiles"].to_pylist() == ["CCO", None, "CCN"]
     assert not (tmp_path / "attempts" / "0-3").exists()
@@ -271,7 +273,7 @@ def test_a_retried_row_range_rejects_the_row_that_crashed(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_ray_job_survives_a_row_that_crashes_its_worker(ray_local: None, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "RAY_BLOCK_ROWS", 2)
+    monkeypatch.setattr(ray_stage, "RAY_BLOCK_ROWS", 2)
     path = tmp_path / "lib.smi"
     path.write_text("CCO a\nCCN b\n" + "C" * 20_000 + " chain\nc1ccccc1 d\n")
     summary = featurize_file(path, tmp_path / "ds", backend="ray", num_cpus=2,

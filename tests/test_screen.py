@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from featurize.batch import featurize_batch
 from featurize.errors import InputDataError, SpecMismatchError
-from featurize.pipeline import featurize_batch, featurize_file
+from featurize.pipeline import featurize_file
 from featurize.sources.readers import LibrarySource
 from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError

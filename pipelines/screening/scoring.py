@@ -3,7 +3,7 @@
     read (driver's node)  -> featurize (CPU tasks)  -> score (actor pool)  -> driver
     _row, mol_id, raw        + smiles, fp, reason      + one float per assay   scores/, rejects
 
-Featurization reuses featurize.pipeline.featurize_batch, so a screened
+Featurization reuses featurize.batch.featurize_batch, so a screened
 molecule gets exactly the fingerprint it would get in a training set. Scoring
 runs in actors that load the model once (GPU actors with ``use_gpu``). Rows
 that cannot be scored are never dropped: they travel with a reject reason to
@@ -88,7 +88,7 @@ def featurize_block(batch: pa.Table, *, spec: FingerprintSpec,
     ``raw`` is kept only on rejected rows, the only place it is written.
     Scores carry the library's own SMILES (canonical ones only for SDF
     records): canonicalizing would cost a third of the featurization."""
-    from featurize.pipeline import featurize_batch
+    from featurize.batch import featurize_batch
 
     started = time.thread_time()  # RDKit works in this thread; other calls may overlap
     table = featurize_batch(batch, spec=spec, tasks=[], kind=kind, with_scaffold=False,
