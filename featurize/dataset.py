@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurize.errors import InputDataError
+from featurize.publishing import StagedFolder, jsonable
 from featurize.spec import FingerprintSpec, read_schema_metadata, schema_metadata
 
 logger = logging.getLogger(__name__)
@@ -152,17 +152,13 @@ def find_finished(out_dir: str | os.PathLike[str], input_identity: Mapping[str, 
         raise InputDataError(f"{out_dir}: exists, is not empty and is not a fingerprint "
                              "dataset; choose another output directory")
     info = read_dataset_info(out_dir)
-    if _jsonable(info.input) == _jsonable(input_identity) and \
-            _jsonable(info.options) == _jsonable(options):
+    if jsonable(info.input) == jsonable(input_identity) and \
+            jsonable(info.options) == jsonable(options):
         return info
     if not overwrite:
         raise InputDataError(f"{out_dir}: already holds a dataset made from other inputs or "
                              "options; pass --overwrite or choose another --out")
     return None
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 class _ShardedWriter:
@@ -240,8 +236,8 @@ class DatasetWriter:
         self.spec = spec
         self.tasks = list(tasks)
         self.with_split = with_split
-        self.temp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.temp_dir.mkdir(parents=True)
+        self._staged = StagedFolder(self.out_dir)
+        self.temp_dir = self._staged.path
         self.scratch_dir = self.temp_dir / "_scratch"
         self.scratch_dir.mkdir()
         self._features = _ShardedWriter(self.temp_dir / FEATURES_DIR,
@@ -306,18 +302,10 @@ class DatasetWriter:
         return read_dataset_info(self.out_dir)
 
     def abort(self) -> None:
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self._staged.discard()
 
     def _replace_out_dir(self, overwrite: bool) -> None:
-        if self.out_dir.exists() and any(self.out_dir.iterdir()):
-            if not overwrite:
-                raise InputDataError(f"{self.out_dir}: already holds a dataset made from other "
-                                     "inputs or options; pass --overwrite or choose another --out")
-            old = self.temp_dir.with_name(self.temp_dir.name + "-old")
-            self.out_dir.rename(old)
-            self.temp_dir.rename(self.out_dir)
-            shutil.rmtree(old)
-            return
-        if self.out_dir.exists():
-            self.out_dir.rmdir()
-        self.temp_dir.rename(self.out_dir)
+        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not overwrite:
+            raise InputDataError(f"{self.out_dir}: already holds a dataset made from other "
+                                 "inputs or options; pass --overwrite or choose another --out")
+        self._staged.publish()

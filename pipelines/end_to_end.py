@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featurize.publishing import jsonable, staged_file
 from pipelines.errors import UserError
 from pipelines.names import CHAMPION_ALIAS, CHAMPION_URI, DEFAULT_MODEL_NAME
 
@@ -102,19 +103,12 @@ class StageRecords:
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
-        return record if record.get("inputs") == _jsonable(inputs) else None
+        return record if record.get("inputs") == jsonable(inputs) else None
 
     def save(self, stage: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{stage}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"inputs": _jsonable(inputs), "outputs": _jsonable(outputs)},
-                                        indent=2))
-        temporary.replace(path)
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+        with staged_file(self.folder / f"{stage}.json") as temporary:
+            temporary.write_text(json.dumps({"inputs": jsonable(inputs), "outputs": jsonable(outputs)},
+                                            indent=2))
 
 
 def run_pipeline(settings: RunSettings) -> RunReport:
@@ -243,12 +237,10 @@ def _library_stage(settings: RunSettings, out: Path, records: StageRecords):
     path = out / "library.csv"
     if records.finished("library", inputs) and path.is_file():
         return path, _line(True, f"{settings.library_size:,} generated molecules", path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as handle:
+    with staged_file(path) as temporary, temporary.open("w") as handle:
         handle.write("smiles,mol_id\n")
         for index, smiles in enumerate(generate_library(settings.library_size, settings.seed), 1):
             handle.write(f"{smiles},lib-{index:07d}\n")
-    temporary.replace(path)
     records.save("library", inputs, {"rows": settings.library_size})
     return path, _line(False, f"{settings.library_size:,} generated molecules", path)
 

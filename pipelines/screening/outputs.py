@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from featurize.publishing import StagedFolder
 from pipelines.errors import UserError
 from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
 
@@ -47,14 +45,6 @@ SIMILARITY_PICTURE = "similarity.png"
 MULTI_ASSAY_FILE = "multi_assay_hits.parquet"
 MANIFEST_FILE = "screening.json"
 ROWS_PER_SHARD = 250_000
-
-REJECTS_SCHEMA = pa.schema([
-    pa.field("row", pa.int64(), nullable=False),
-    pa.field("raw", pa.string()),
-    pa.field("mol_id", pa.string()),
-    pa.field("reason", pa.string(), nullable=False),
-])
-
 
 DOMAIN_FIELDS = (
     pa.field(NN_SIMILARITY_COLUMN, pa.float32(), nullable=False),
@@ -132,23 +122,14 @@ class SingleParquetWriter:
         self._writer.close()
 
 
-class StagedOutput:
-    """A hidden sibling folder that becomes ``out_dir`` on :meth:`commit`."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.scratch = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.scratch.mkdir()
+class StagedOutput(StagedFolder):
+    """A screening's output folder, staged; :meth:`commit` writes its
+    manifest and publishes it (featurize.publishing: the old output is moved
+    aside, not deleted, until the new one is in place)."""
 
     def commit(self, manifest: Mapping[str, Any]) -> None:
-        (self.scratch / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.scratch, self.out_dir)
-
-    def abort(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        (self.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+        self.publish()
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:

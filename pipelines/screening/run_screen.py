@@ -155,18 +155,18 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
             dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores)
             counts = write_scores(
                 dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
-                assays, staged.scratch / SCORES_DIR, staged.scratch / REJECTS_FILE,
+                assays, staged.path / SCORES_DIR, staged.path / REJECTS_FILE,
                 expected_rows=library.rows, progress=config.progress, with_domain=model.has_domain)
             streaming_s = time.perf_counter() - streaming_started
-        hits = rank_hits(counts.score_files, assays, staged.scratch, top_k=config.top_k,
+        hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
                          threshold=config.threshold, min_active_assays=config.min_active_assays,
                          exclude_alerts=config.exclude_alerts)
-        pictures = draw_hit_pictures(pq.read_table(staged.scratch / HITS_FILE), staged.scratch,
+        pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
                                      per_assay=config.assays)
         similarity = library_similarity(counts.score_files) if model.has_domain else None
         if similarity is not None:
             pictures.append(similarity_histogram_png(
-                similarity, staged.scratch / SIMILARITY_PICTURE,
+                similarity, staged.path / SIMILARITY_PICTURE,
                 title="similarity of the library to the training set"))
         logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
                                  f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
@@ -184,7 +184,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         staged.commit({"identity": identity, "result": result.manifest(),
                        "tracking_uri": tracking_uri, "library": str(library.path)})
     except BaseException:
-        staged.abort()
+        staged.discard()
         raise
     return result
 

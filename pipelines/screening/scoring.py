@@ -254,7 +254,8 @@ def write_scores(blocks: Iterator[pa.Table], assays: list[str], scores_dir: Path
                  with_domain: bool = False) -> ScoringCounts:
     """Split each scored block into the score shards and the rejects file,
     checking that every library row comes back exactly once."""
-    from pipelines.screening.outputs import REJECTS_SCHEMA, scores_schema
+    from featurize.dataset import REJECTS_SCHEMA
+    from pipelines.screening.outputs import scores_schema
 
     scores = ShardedParquetWriter(scores_dir, scores_schema(assays, with_domain))
     domain_columns = list(DOMAIN_COLUMNS) if with_domain else []
