@@ -25,10 +25,9 @@ from featurize.sources.readers import LibrarySource
 logger = logging.getLogger(__name__)
 
 #: Most rows per Ray task. Each task costs Ray time on top of its work, so
-#: larger tasks scale better: 50k molecules on 2 CPUs ran 1.32x / 1.57x /
-#: 1.64x / 1.70x / 1.77x faster than on 1 CPU with 1,024 / 2,048 / 4,096 /
-#: 8,192 / 32,768-row tasks. 8,192 keeps tasks to share out on bigger inputs
-#: and the progress bar moving (benchmarks/featurize.py).
+#: larger tasks scale better with the CPUs; 8,192 still leaves tasks to share
+#: out on bigger inputs and keeps the progress bar moving
+#: (benchmarks/featurize.py; docs/benchmarks.md, Featurization).
 RAY_BLOCK_ROWS = 8192
 #: Row group size of the raw input file the Ray tasks read their rows from.
 RAW_ROW_GROUP = 1024
@@ -132,10 +131,10 @@ def _ray_data_limits(num_cpus: int | None) -> Iterator[None]:
 
     The pipeline is one fused operator, so reservation protects nothing, and
     with it Ray 2.60's resource-budget backpressure ran one task at a time
-    until the first finished, then left ~0.15 s between tasks: 14 one-second
-    tasks on 2 CPUs took 8.9 s instead of 7.3-7.8 s. Without reservation the
-    CPU limit is not enforced by that policy, so the caller also caps the
-    task concurrency of the map and of the write at ``num_cpus``.
+    until the first finished, then left a gap between tasks (docs/benchmarks.md,
+    Featurization). Without reservation the CPU limit is not enforced by that
+    policy, so the caller also caps the task concurrency of the map and of
+    the write at ``num_cpus``.
     """
     import ray
 

@@ -14,8 +14,8 @@ import pytest
 
 from models.config import ModelConfig, StepConfig
 from pipelines.errors import UserError
-from pipelines.experiments.sweep import SweepConfig, plan_trials
-from pipelines.experiments.sweep_report import trial_rows, trials_figure
+from pipelines.experiments.sweeps.config import SweepConfig, plan_trials
+from pipelines.experiments.sweeps.report import trial_rows, trials_figure
 from pipelines.training.config import TrainConfig
 from tuning.schedulers import SchedulerConfig, build_scheduler
 from tuning.search_space import (
@@ -270,7 +270,7 @@ def test_sweep_config_round_trips() -> None:
 
 
 def test_a_sweep_drawing_both_steps_logs_both_steps_fixed_settings() -> None:
-    from pipelines.experiments.sweep import _sweep_params
+    from pipelines.experiments.sweeps.run import _sweep_params
 
     params = _sweep_params(_sweep())
     assert "step.optimizer" not in params and "step.inner_lr" not in params  # searched

@@ -167,7 +167,8 @@ def test_interrupted_sweep_resumes_and_registers_the_best(
     assert {"sweep/trials.png", "sweep/trials.csv", "sweep/best_config.json"} <= artifacts
 
     # 3. The same model again does not beat the champion: registered without the alias.
-    from pipelines.experiments.sweep import SweepResult, register_best
+    from pipelines.experiments.sweeps.config import SweepResult
+    from pipelines.experiments.sweeps.registration import register_best
     from tuning.selection import FINISHED, TrialOutcome
 
     best = TrialOutcome(trial_id="x", params={}, status=FINISHED, epochs=3,

@@ -1,7 +1,7 @@
 """`python -m pipelines tune --data DIR --num-samples N [...]`: a Ray Tune sweep
 over the optimizer step, alpha, E, the inner and outer learning rates and the
 expert width, each trial a run of the training job
-(pipelines/experiments/sweep.py)."""
+(pipelines/experiments/sweeps/)."""
 from __future__ import annotations
 
 import argparse
@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.errors import UserError
-    from pipelines.experiments.sweep import SweepConfig, run_sweep
-    from pipelines.experiments.sweep_report import trial_rows
+    from pipelines.experiments.sweeps.config import SweepConfig
+    from pipelines.experiments.sweeps.report import trial_rows
+    from pipelines.experiments.sweeps.run import run_sweep
     from pipelines.options import build_train_config, check_register_alias, resolve_options
     from pipelines.platform.ray_setup import connect_ray
     from pipelines.text_tables import format_key_values, format_table

@@ -222,9 +222,8 @@ def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: lis
     return dataset.map_batches(
         AssayScorer, batch_format="pyarrow", batch_size=resources.batch_size,
         # Two calls per actor: while one featurizes or scores, the other
-        # batches its input or hands its output blocks to Ray. With one, each
-        # 4,096-row block left the actor idle for ~1 s: the map stage of a
-        # 100k library took 45.8 / 47.0 s with one call and 37.9 / 39.8 with two.
+        # batches its input or hands its output blocks to Ray. With one, the
+        # actor sat idle between blocks (benchmarks/screen.py measures it).
         compute=ActorPoolStrategy(size=pool_size(resources), max_concurrent_calls_per_actor=2),
         num_cpus=resources.cpus_per_actor, **actor_resources,
         fn_constructor_kwargs={

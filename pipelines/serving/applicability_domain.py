@@ -49,15 +49,13 @@ FINGERPRINTS_FILE = "fingerprints.npy"
 INDEX_FILE = "index.usearch"
 HASHES_FILE = "hashes.npy"
 #: Largest training set searched exactly. Exact costs ~30 adds per training
-#: molecule and query (2.4 ms a query at 70k rows on 2 cores), the graph a few
-#: thousand distances whatever the size (0.07-0.2 ms); they meet near here
-#: (docs/benchmarks.md, "Applicability domain").
+#: molecule and query, the graph a few thousand distances whatever the size;
+#: they meet near here (docs/benchmarks.md, "Applicability domain").
 EXACT_MAX_ROWS = 2_000
 #: Candidates the graph keeps while searching (USearch's default is 64). On
-#: the PCBA subset (70k training molecules) 32 finds the exact nearest for
-#: 94 % of queries (mean similarity lost 0.007) at 0.64x the time of 64
-#: (recall 0.97): what keeps a screen with the domain within 1.5x of one
-#: without. docs/benchmarks.md has the curve.
+#: the PCBA subset half the default keeps nearly all of the recall at well
+#: under the time, which keeps the domain columns a small part of a screen
+#: (docs/benchmarks.md has the curve).
 EXPANSION_SEARCH = 32
 #: Training-fingerprint cells one exact block may hold (64 MiB of float32).
 EXACT_BLOCK_CELLS = 1 << 24

@@ -66,8 +66,8 @@ class Scorer:
         self.calibration: Calibration | None = bundle.calibration
         self.raw_scores = raw_scores
         # Rows per forward pass. A CPU is memory-bound on the per-task
-        # activations ([K, B, h] floats: 268 MB at 4096 rows, K = h = 128);
-        # 256 rows keep them in cache, 2x faster. A GPU wants big batches.
+        # activations ([K, B, h] floats, hundreds of MB at 4096 rows); 256
+        # rows keep them in cache (benchmarks/scoring.py). A GPU wants big batches.
         self.batch_size = batch_size or (256 if self.device.type == "cpu" else 8192)
 
     @classmethod
@@ -100,8 +100,9 @@ class Scorer:
 
     def _features(self, packed: torch.Tensor) -> Features:
         """The model's input for packed fingerprints. On a CPU, bags of on-bits:
-        the first layers then add the ~2 % of weight rows that are on instead
-        of multiplying all of them (3x faster). A GPU keeps the dense product."""
+        the first layers then add the few weight rows whose bits are on
+        instead of multiplying all of them (benchmarks/scoring.py). A GPU
+        keeps the dense product."""
         x = unpack_fingerprints(packed, self.spec)
         return SparseRows.from_dense(x) if self.device.type == "cpu" else x
 

@@ -1,192 +1,43 @@
-"""A Ray Tune sweep over the training job: the Tuner wiring, the MLflow parent
-run, best-trial selection and registration.
-
-Layout on disk (``storage/name``): Tune's experiment state (what
-``--resume`` restores), ``sweep.json`` (the sweep's settings and its MLflow
-parent run, read back on resume) and ``train_runs/`` (each trial's Ray Train
-run and checkpoints, named ``<sweep>-<trial id>``).
-
-MLflow: one parent run named after the sweep; every trial is a child run
-(the training job's own run, nested by ``TrainConfig.mlflow_parent_run_id``),
-so the MLflow UI compares trials side by side. The parent holds the sweep's
-settings and search space, the trials table (CSV), the best trial's values
-and scores, and a scatter plot of the step / alpha / E / inner lr against valid AP.
-Trials stopped by ASHA end as KILLED runs tagged ``pcba.tune.status``.
-"""
+"""Run (or resume) a sweep on the connected Ray cluster: the Tuner, the
+MLflow parent run with its settings, trials table, plot and best trial, and
+the trials' outcomes read back from Tune and MLflow."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models.metrics import METRICS, metric_key
 from pipelines.errors import UserError
-from pipelines.experiments.sweep_report import trial_rows, trials_figure
-from pipelines.experiments.sweep_trial import (
+from pipelines.experiments.sweeps.config import (
+    SETTINGS_FILE,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRAIN_RUNS_DIR,
+    TRIAL_DRIVER_MEMORY,
+    SweepConfig,
+    SweepResult,
+    plan_trials,
+)
+from pipelines.experiments.sweeps.registration import register_best
+from pipelines.experiments.sweeps.report import trial_rows, trials_figure
+from pipelines.experiments.sweeps.trial import (
     EPOCHS_COMPLETED,
     TrialSettings,
     make_trainable,
     trial_run_name,
 )
 from pipelines.platform import tracking
-from pipelines.training.config import TrainConfig
 from pipelines.training.domain_cache import training_domain
 from pipelines.training.trainer import prepare_config
-from tuning.schedulers import (
-    METRIC,
-    MODE,
-    SchedulerConfig,
-    build_scheduler,
-    build_searcher,
-)
-from tuning.search_space import SearchSpace, tune_param_space
-from tuning.selection import (
-    EARLY_STOPPED,
-    ERROR,
-    FINISHED,
-    NOT_RUN,
-    Champion,
-    PromotionDecision,
-    TrialOutcome,
-    best_trial,
-    data_identity,
-    decide_promotion,
-)
+from tuning.schedulers import METRIC, MODE, build_scheduler, build_searcher
+from tuning.search_space import tune_param_space
+from tuning.selection import EARLY_STOPPED, ERROR, FINISHED, NOT_RUN, TrialOutcome, best_trial
 
 logger = logging.getLogger(__name__)
-
-SETTINGS_FILE = "sweep.json"
-TRAIN_RUNS_DIR = "train_runs"
-STATUS_TAG = "pcba.tune.status"
-SWEEP_TAG = "pcba.tune.sweep"
-#: CPUs left to the trials' Ray Data readers (see plan_trials).
-DATA_CPUS = 1.0
-#: Memory a trial's driver actor reserves (it holds no model; see make_trainable).
-TRIAL_DRIVER_MEMORY = 256 * 1024**2
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """One sweep. ``base`` is the training config every trial starts from
-    (data, epochs, batch size, architecture, optimizer step...); the
-    searched values replace its alpha, E, inner lr, lr and expert width.
-
-    cpus_per_trial / gpus_per_trial: what one trial's Train workers ask for
-    in all (split evenly over ``base.num_workers``); None = an equal share of
-    the cluster for ``max_concurrent`` trials, less what Ray Data's readers
-    need. max_concurrent None = as many as the cluster's CPUs (or GPUs)
-    allow at one CPU (or the asked GPUs) per trial.
-    """
-
-    base: TrainConfig
-    name: str
-    storage: str = "runs/tune"
-    num_samples: int = 16
-    max_concurrent: int | None = None
-    searcher: str = "random"
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    space: SearchSpace = field(default_factory=SearchSpace.from_mapping)
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
-        if self.scheduler.max_epochs != self.base.epochs:
-            raise ValueError(f"the scheduler's budget ({self.scheduler.max_epochs} epochs) must be "
-                             f"the trials' epochs ({self.base.epochs})")
-        self.step_bases()  # every step the space draws takes the base's step settings
-
-    def step_bases(self) -> list[TrainConfig]:
-        """The base config once per optimizer step the space may draw, with
-        that step: the settings trials of each step share."""
-        bases = []
-        for optimizer in self.space.steps(self.base.step):
-            try:
-                step = dataclasses.replace(self.base.step, optimizer=optimizer)
-            except ValueError as error:
-                raise ValueError(f"the search space draws the {optimizer} step, which does not take "
-                                 f"these settings ({error}); fix the step with --optimizer") from None
-            bases.append(dataclasses.replace(self.base, step=step))
-        return bases
-
-    @property
-    def experiment_dir(self) -> Path:
-        return Path(self.storage).resolve() / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base.to_dict(), "name": self.name, "storage": self.storage,
-                "num_samples": self.num_samples, "max_concurrent": self.max_concurrent,
-                "searcher": self.searcher, "scheduler": dataclasses.asdict(self.scheduler),
-                "space": self.space.to_mapping(), "cpus_per_trial": self.cpus_per_trial,
-                "gpus_per_trial": self.gpus_per_trial, "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SweepConfig:
-        return cls(**{**values, "base": TrainConfig.from_dict(values["base"]),
-                      "scheduler": SchedulerConfig(**values["scheduler"]),
-                      "space": SearchSpace.from_saved(values["space"])})
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """Resources of one trial and how many run at once."""
-
-    max_concurrent: int
-    resources_per_worker: dict[str, float]
-
-
-def plan_trials(config: SweepConfig, cluster_cpus: float, cluster_gpus: float) -> TrialPlan:
-    """Per-worker resources and concurrency. The trials' Ray Data pipelines
-    need CPUs the Train workers do not hold: the file-listing task of a
-    Parquet read asks for a whole CPU (the read tasks for
-    ``DATA_TASK_CPUS``), so by default one CPU (half of a tiny cluster) is
-    left to them and the rest is split between the concurrent trials; with
-    every CPU given to workers, the readers wait forever for a core."""
-    workers = config.base.num_workers
-    if config.max_concurrent is not None:
-        concurrent = config.max_concurrent
-    elif config.gpus_per_trial > 0:
-        concurrent = max(1, math.floor(cluster_gpus / config.gpus_per_trial))
-    else:
-        concurrent = max(1, math.floor(cluster_cpus))
-    concurrent = min(concurrent, config.num_samples)
-    cpus = config.cpus_per_trial
-    if cpus is None:
-        cpus = (cluster_cpus - min(DATA_CPUS, cluster_cpus / 2)) / concurrent
-        if cpus < 0.1 * workers:
-            raise UserError(f"{concurrent} concurrent trials of {workers} workers do not fit on "
-                            f"{cluster_cpus:g} CPUs; lower --max-concurrent")
-    resources = {"CPU": round(cpus / workers, 4)}
-    if config.gpus_per_trial > 0:
-        resources["GPU"] = round(config.gpus_per_trial / workers, 4)
-    return TrialPlan(max_concurrent=concurrent, resources_per_worker=resources)
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """What a sweep did."""
-
-    name: str
-    experiment_dir: str
-    parent_run_id: str
-    tracking_uri: str
-    trials: list[TrialOutcome]
-    best: TrialOutcome | None
-    best_test_mean_ap: float | None
-    interrupted: bool
-    resumed: bool
-    #: The best trial's test means (``test_mean_ap``, ``test_mean_ef1``...).
-    best_test_metrics: dict[str, float] = field(default_factory=dict)
-    registered_version: int | None = None
-    promotion: PromotionDecision | None = None
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False, register_name: str | None = None,
@@ -266,27 +117,6 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, register_name: str |
                                                "pcba.tune.promotion": decision.reason})
     tracking.finish_run(uri, parent_run_id)
     return result
-
-
-def register_best(result: SweepResult, name: str, alias: str | None) -> tuple[int, PromotionDecision]:
-    """Register the best trial's model; point ``alias`` at it only if it
-    beats the alias's current version on the same data
-    (:func:`tuning.selection.decide_promotion`)."""
-    from pipelines.serving.registry import get_alias_version, register_model
-
-    assert result.best is not None and result.best.mlflow_run_id is not None
-    run = tracking.client(result.tracking_uri).get_run(result.best.mlflow_run_id)
-    if alias is None:
-        decision = PromotionDecision(False, "no --alias given")
-    else:
-        current = get_alias_version(name, alias, tracking_uri=result.tracking_uri)
-        champion = None if current is None else _champion(result.tracking_uri, current)
-        decision = decide_promotion(result.best_test_mean_ap, data_identity(run.data.params),
-                                    champion, alias)
-    version = register_model(run.info.run_id, name, alias=alias if decision.promote else None,
-                             tags={SWEEP_TAG: result.name, "pcba.tune.trial_id": result.best.trial_id},
-                             tracking_uri=result.tracking_uri)
-    return version, decision
 
 
 def _load_settings(requested: SweepConfig) -> SweepConfig:
@@ -393,18 +223,3 @@ def _run_metric(uri: str, run_id: str | None, key: str) -> float | None:
     if run_id is None:
         return None
     return tracking.client(uri).get_run(run_id).data.metrics.get(key)
-
-
-def _champion(uri: str, version: Any) -> Champion:
-    """The alias's version as the promotion rule sees it: test mean AP and data
-    identity from its training run (full precision; the version's tags hold
-    rounded copies), from the version's tags when the run is gone."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = tracking.client(uri).get_run(version.run_id)
-        test_mean_ap, data = run.data.metrics.get("test_mean_ap"), data_identity(run.data.params)
-    except MlflowException:
-        tag = version.tags.get("test_mean_ap")
-        test_mean_ap, data = (float(tag) if tag else None), data_identity(version.tags)
-    return Champion(version=int(version.version), test_mean_ap=test_mean_ap, data=data)
