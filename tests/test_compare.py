@@ -5,6 +5,7 @@ computation."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ from training_data import make_dataset
 
 from models.config import ModelConfig, StepConfig
 from models.metrics import TaskMetrics, delta_vs_reference
-from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress
+from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress, read_progress
 from pipelines.experiments.comparison.configurations import REFERENCE, Budget, parse_configuration
+from pipelines.experiments.comparison.outcome import RunOutcome
+from pipelines.experiments.comparison.plain_data import from_plain, to_plain
 from pipelines.experiments.comparison.run_comparison import run_comparison
-from pipelines.experiments.comparison.runs import RunOutcome
 from pipelines.experiments.comparison.table import reference_per_task, summarize
 from pipelines.training.engine import EpochResult
 from pipelines.training.evaluation import FinalEvaluation
@@ -123,6 +125,19 @@ def test_tiny_comparison_tracks_every_configuration_under_one_parent(
         assert outcome.best_epoch == best.epoch
     display = result.summaries[1].display_row()
     assert display["test PR-AUC"].count("±") == 1
+    # Outcomes survive --save-outcomes as plain data, arrays and records intact.
+    saved = tmp_path / "outcomes.pt"
+    torch.save(to_plain({"outcomes": result.outcomes, "configurations": configurations}), saved)
+    loaded = from_plain(torch.load(saved, weights_only=True))
+    assert loaded["configurations"] == configurations
+    for before, after in zip(result.outcomes, loaded["outcomes"]):
+        assert type(after) is RunOutcome and after.config == before.config
+        assert (after.best_epoch, after.stop_reason, after.n_parameters) == \
+            (before.best_epoch, before.stop_reason, before.n_parameters)
+        np.testing.assert_array_equal(after.evaluation.metrics.ap, before.evaluation.metrics.ap)
+        assert after.evaluation.exclusive_expert_task == before.evaluation.exclusive_expert_task
+        assert [epoch.valid.mean_ap for epoch in after.history] == [epoch.valid.mean_ap for epoch in before.history]
+        np.testing.assert_array_equal(after.history[-1].train_task_losses, before.history[-1].train_task_losses)
 
     # MLflow: parent -> one child per configuration -> one grandchild per seed.
     client = MlflowClient(mlflow_uri)
@@ -193,7 +208,9 @@ def test_a_checkpointed_comparison_resumes_and_ends_as_an_uninterrupted_one(
     monkeypatch.setattr(EpochLoop, "train_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         compare()
-    killed = torch.load(RunCheckpoints(checkpoint_dir).path(configuration.name, 0), weights_only=False)
+    checkpoint = RunCheckpoints(checkpoint_dir).path(configuration.name, 0)
+    torch.load(checkpoint, weights_only=True)  # plain data: no pickled classes
+    killed = read_progress(checkpoint)
     assert killed.wall_seconds > capped.wall_seconds  # the killed process's epoch is counted
     monkeypatch.setattr(EpochLoop, "train_epoch", lambda *args: pytest.fail("a spent budget trained on"))
     spent = compare(seconds=1e-9)  # killed after epoch 2 with its budget spent: scored as it stands
@@ -231,6 +248,23 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_p
                          defaults)
     resumed = checkpoints.load("mmoeex/plain", 0, now, defaults)
     assert resumed is not None and resumed.identity == now
+
+
+def test_a_pickled_checkpoint_from_before_plain_data_still_resumes(tmp_path: Path) -> None:
+    """Checkpoints written as a pickled RunProgress (before plain data) are
+    read, and the next save writes them plain."""
+    identity = {"model.architecture": "mmoeex", "seed": 0}
+    checkpoints = RunCheckpoints(tmp_path)
+    path = checkpoints.path("mmoeex/plain", 0)
+    legacy = RunProgress(identity=identity, model_state={"w": torch.ones(2)}, optimizer_state={},
+                         loop_state={"epoch": 1}, wall_seconds=3.0)
+    torch.save(legacy, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    resumed = checkpoints.load("mmoeex/plain", 0, identity)
+    assert resumed.wall_seconds == 3.0 and torch.equal(resumed.model_state["w"], torch.ones(2))
+    checkpoints.save("mmoeex/plain", 0, resumed)
+    assert torch.load(path, weights_only=True)["loop_state"] == {"epoch": 1}
 
 
 def test_a_checkpoint_of_other_settings_is_refused_by_name(tiny_dataset: Path, tmp_path: Path) -> None:

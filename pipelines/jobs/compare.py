@@ -61,13 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "time-capped ones under a larger --budget-seconds")
     where.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     where.add_argument("--save-outcomes", type=Path, default=None,
-                       help="pickle every run's outcome here (for --log-outcomes)")
+                       help="save every run's outcome here (for --log-outcomes)")
     where.add_argument("--log-outcomes", type=Path, default=None,
                        help="train nothing: log the runs saved by --save-outcomes to MLflow")
 
 
 def run(args: argparse.Namespace) -> int:
-    import pickle
+    import torch
 
     from pipelines.errors import UserError
     from pipelines.experiments.comparison.configurations import Budget, parse_configuration
@@ -106,9 +106,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri} "
               f"(experiment {args.experiment})")
     if args.save_outcomes is not None:
-        with args.save_outcomes.open("wb") as handle:
-            pickle.dump({"title": title, "configurations": configurations, "seeds": seeds,
-                         "budget": budget, "device": args.device, "outcomes": result.outcomes}, handle)
+        from pipelines.experiments.comparison.plain_data import to_plain
+
+        torch.save(to_plain({"title": title, "configurations": configurations, "seeds": seeds,
+                             "budget": budget, "device": args.device, "outcomes": result.outcomes}),
+                   args.save_outcomes)
         print(f"outcomes saved to {args.save_outcomes}")
     _write_tables(args.out, result.summaries)
     return 0
@@ -128,14 +130,14 @@ def seeds_of(args: argparse.Namespace) -> list[int]:
 def _log_saved(args: argparse.Namespace) -> int:
     """--log-outcomes: the saved runs into MLflow, with the local copy of
     their dataset (--data) as the parent run's data identity."""
-    import pickle
+    import torch
 
     from featurize.dataset import read_dataset_info
+    from pipelines.experiments.comparison.plain_data import from_plain
     from pipelines.experiments.comparison.run_comparison import log_outcomes
     from pipelines.experiments.comparison.tracking import mlflow_tracker
 
-    with args.log_outcomes.open("rb") as handle:
-        saved = pickle.load(handle)
+    saved = from_plain(torch.load(args.log_outcomes, map_location="cpu", weights_only=True))
     info = read_dataset_info(args.data)
     tracker = mlflow_tracker(args.tracking_uri, args.experiment, args.run_name, seeds=saved["seeds"],
                              budget=saved["budget"], device=saved["device"])(info, saved["configurations"])

@@ -10,22 +10,31 @@ others from their last epoch, and continues a run its time budget stopped
 once the budget is raised. The epoch loop reseeds every epoch from (seed,
 epoch) and the batches are a function of them too, so a resumed run takes
 the same steps as an uninterrupted one.
+
+A checkpoint is plain data (tensors, dicts, lists, numbers; records through
+:mod:`plain_data`), read with ``torch.load(weights_only=True)``; a file
+written before that (a pickled ``RunProgress``) is still read, once, and
+rewritten plain on the run's next save.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from pipelines.experiments.comparison.outcome import RunOutcome
+from pipelines.experiments.comparison.plain_data import from_plain, to_plain
 from pipelines.training.engine import EpochResult, LoopState
 
-if TYPE_CHECKING:  # runs.py imports this module
-    from pipelines.experiments.comparison.runs import RunOutcome
+#: Fields of :class:`RunProgress` that hold records (the rest are tensors and plain values).
+RECORD_FIELDS = ("history", "outcome")
 
 
 @dataclass
@@ -73,9 +82,7 @@ class RunCheckpoints:
         path = self.path(configuration, seed)
         if not path.exists():
             return None
-        # Written by this module on this machine's file system (pickled
-        # dataclasses: the history's metrics, the outcome).
-        progress: RunProgress = torch.load(path, map_location="cpu", weights_only=False)
+        progress = read_progress(path)
         defaults = defaults or {}
         saved = {**{key: defaults[key] for key in identity.keys() & defaults.keys()},
                  **progress.identity}
@@ -94,5 +101,17 @@ class RunCheckpoints:
         path = self.path(configuration, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        torch.save(progress, partial)
+        saved = {item.name: getattr(progress, item.name) for item in dataclasses.fields(progress)}
+        torch.save({**saved, **{name: to_plain(saved[name]) for name in RECORD_FIELDS}}, partial)
         os.replace(partial, path)
+
+
+def read_progress(path: Path) -> RunProgress:
+    """A checkpoint file: plain data, or a pickled RunProgress from before."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Written by this module before checkpoints were plain data, on the
+        # user's own file system.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return RunProgress(**{**saved, **{name: from_plain(saved[name]) for name in RECORD_FIELDS}})

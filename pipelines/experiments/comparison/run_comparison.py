@@ -17,7 +17,8 @@ from pipelines.experiments.comparison.configurations import (
     ordered_with_reference_first,
 )
 from pipelines.experiments.comparison.data import ComparisonData
-from pipelines.experiments.comparison.runs import RunOutcome, train_and_test
+from pipelines.experiments.comparison.outcome import RunOutcome
+from pipelines.experiments.comparison.runs import train_and_test
 from pipelines.experiments.comparison.table import (
     Summary,
     reference_per_task,

@@ -3,9 +3,7 @@ validation epoch, score it on the test split once."""
 from __future__ import annotations
 
 import logging
-import statistics
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +13,7 @@ from models.steps import build_step
 from pipelines.experiments.comparison.checkpoints import RunCheckpoints, RunProgress
 from pipelines.experiments.comparison.configurations import Budget, Configuration
 from pipelines.experiments.comparison.data import ComparisonData
+from pipelines.experiments.comparison.outcome import RunOutcome
 from pipelines.platform import tracking
 from pipelines.serving.bundle import bundle_from_state
 from pipelines.training.config import TrainConfig, optimizer_for
@@ -24,43 +23,11 @@ from pipelines.training.engine import (
     LoopState,
     cpu_state_dict,
 )
-from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle
+from pipelines.training.evaluation import evaluate_bundle
 
 logger = logging.getLogger(__name__)
 
 STOP_EPOCHS, STOP_PATIENCE, STOP_TIME = "epochs", "patience", "time budget"
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """One (configuration, seed) run: its test evaluation at the best
-    validation epoch, its epochs, and its costs."""
-
-    configuration: str
-    seed: int
-    config: TrainConfig
-    evaluation: FinalEvaluation
-    history: list[EpochResult]
-    best_epoch: int
-    stop_reason: str
-    wall_seconds: float
-    n_parameters: int
-
-    @property
-    def train_samples(self) -> int:
-        return sum(epoch.train_samples for epoch in self.history)
-
-    @property
-    def train_seconds(self) -> float:
-        return sum(epoch.train_seconds for epoch in self.history)
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.train_samples / max(self.train_seconds, 1e-9)
-
-    @property
-    def median_epoch_seconds(self) -> float:
-        return statistics.median(epoch.train_seconds for epoch in self.history)
 
 
 def train_and_test(data: ComparisonData, configuration: Configuration, seed: int, budget: Budget,

@@ -13,7 +13,7 @@ import numpy as np
 
 from models.metrics import delta_vs_reference
 from pipelines.experiments.comparison.configurations import REFERENCE
-from pipelines.experiments.comparison.runs import RunOutcome
+from pipelines.experiments.comparison.outcome import RunOutcome
 
 
 @dataclass(frozen=True)

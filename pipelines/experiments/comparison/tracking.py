@@ -12,7 +12,7 @@ import numpy as np
 
 from featurize.dataset import DatasetInfo
 from pipelines.experiments.comparison.configurations import REFERENCE, Budget, Configuration
-from pipelines.experiments.comparison.runs import RunOutcome
+from pipelines.experiments.comparison.outcome import RunOutcome
 from pipelines.experiments.comparison.table import Summary, table_csv, table_markdown
 from pipelines.names import COMPARISON_EXPERIMENT
 from pipelines.platform import tracking
