@@ -6,48 +6,24 @@ at once, and code and configs quote no measured score (they point to the
 results tables instead)."""
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
+from pipelines.serving.code_bundle import PACKAGES, imported_names, module_files, project_imports
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("featurize", "models", "tuning", "pipelines")
 #: Longest module in featurize/ and pipelines/ (lines).
 MAX_MODULE_LINES = 400
 
 
 def _modules() -> dict[str, Path]:
-    modules = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return modules
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module name ``path`` imports, wherever in the file."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+    return module_files(ROOT)
 
 
 def _graph() -> dict[str, set[str]]:
     """Project module -> the project modules it imports."""
     modules = _modules()
-
-    def owner(name: str) -> str | None:
-        while name and name not in modules:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    return {name: {owner(imported) for imported in _imports(path) if owner(imported)} - {name}
-            for name, path in modules.items()}
+    return {name: project_imports(modules, name) for name in modules}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -93,7 +69,7 @@ def test_no_module_imports_itself_round_a_circle() -> None:
 
 def test_arrows_point_one_way() -> None:
     for name, path in _modules().items():
-        imported = _imports(path)
+        imported = imported_names(path)
         if name.startswith(("models", "featurize")):
             assert not {item for item in imported if item.startswith(("pipelines", "tuning"))}, name
         if name.startswith("models"):

@@ -273,23 +273,36 @@ def test_a_model_saved_by_the_earlier_code_layout_still_loads_and_scores(tmp_pat
     assert load_scorer(str(model_dir), device="cpu").tasks == expected["tasks"]
 
 
-def test_a_model_carries_the_serving_code_only(tmp_path: Path) -> None:
-    """The code logged with a model is featurize/, models/ and
-    pipelines/serving/ (not the jobs, training or Ray code), and the pyfunc
-    imports from that copy alone."""
-    from pipelines.serving.registry import bundle_code
+def test_a_model_carries_exactly_the_code_scoring_imports(tmp_path: Path, nci_smiles: list[str]) -> None:
+    """The code logged with a model is the modules its scoring imports,
+    nothing more (no synthetic data, jobs, training or Ray code) and nothing
+    less: a process with only that copy on its path loads a saved bundle,
+    scores SMILES, and has then imported every bundled module and no other
+    of ours."""
+    from pipelines.serving.code_bundle import bundle_code
 
     code = tmp_path / "code"
     roots = bundle_code(Path(__file__).resolve().parents[1], code)
     assert [root.name for root in roots] == ["featurize", "models", "pipelines"]
-    assert sorted(path.name for path in (code / "pipelines").iterdir()) == ["__init__.py", "serving"]
+    assert not (code / "featurize" / "synthetic").exists() and not (code / "pipelines" / "training").exists()
+    bundled = sorted(".".join(path.relative_to(code).with_suffix("").parts).removesuffix(".__init__")
+                     for path in code.rglob("*.py"))
+    model = build_model(ModelConfig(architecture="mmoeex", n_features=SPEC.n_bits, n_tasks=len(TASKS),
+                                    n_experts=2, expert_hidden=(8,), alpha=0.5))
+    bundle_dir = ModelBundle(model=model.eval(), spec=SPEC, tasks=TASKS).save(tmp_path / "bundle")
     # MLflow copies each code path into the model's code/ folder and puts
-    # that folder first on sys.path at load time.
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import pipelines.serving.pyfunc_model as m, "
-             "models; print(m.__file__); print(models.__file__)")
-    printed = subprocess.run([sys.executable, "-c", probe, str(code)], cwd=tmp_path, check=True,
-                             capture_output=True, text=True, timeout=120).stdout.split()
-    assert all(Path(path).is_relative_to(code) for path in printed), printed
+    # that folder first on sys.path at load time; -I keeps this checkout off it.
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import pipelines.serving.pyfunc_entry; "
+             "from pipelines.serving.scorer import Scorer; "
+             "scores = Scorer.from_bundle(sys.argv[2], 'cpu').score_smiles(sys.argv[3:]); "
+             "assert scores.probabilities.shape == (len(sys.argv) - 3, 3), scores.probabilities.shape; "
+             "ours = sorted(name for name, module in sys.modules.items() "
+             "if name.split('.')[0] in ('featurize', 'models', 'pipelines', 'tuning')); "
+             "assert all(sys.modules[name].__file__.startswith(sys.argv[1]) for name in ours); "
+             "print(' '.join(ours))")
+    imported = subprocess.run([sys.executable, "-I", "-c", probe, str(code), str(bundle_dir), *nci_smiles[:5]],
+                              cwd=tmp_path, check=True, capture_output=True, text=True, timeout=120).stdout.split()
+    assert imported == bundled
 
 
 def _free_port() -> int:

@@ -10,7 +10,6 @@ optionally, points an alias (``champion``) at the new version.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -24,6 +23,7 @@ from pipelines.errors import UserError
 from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
 from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.code_bundle import bundle_code
 from pipelines.serving.pyfunc_model import (
     BUNDLE_ARTIFACT,
     ERROR_COLUMN,
@@ -38,11 +38,6 @@ MODEL_NAME_IN_RUN = "model"
 MODEL_ID_TAG = "pcba.model_id"
 #: Packages the pyfunc needs at load time (exact versions of this environment).
 PYFUNC_REQUIREMENTS = ("mlflow", "torch", "rdkit", "numpy", "pandas", "safetensors", "usearch")
-#: Our code, bundled with the model so a registered version keeps the
-#: featurization and network code it was trained with: the packages scoring
-#: imports and nothing of the jobs, training or Ray (pipelines/serving/ stands
-#: on featurize/ and models/ alone).
-BUNDLED_CODE = ("featurize", "models", "pipelines/serving")
 INPUT_EXAMPLE = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1", "not a smiles"]
 #: Run params/metrics copied onto each registered version.
 VERSION_TAGS_FROM_PARAMS = ("data.path", "data.metadata_hash", "data.rows",
@@ -80,20 +75,6 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
             )
     client(tracking_uri).set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return info.model_uri
-
-
-def bundle_code(package_root: Path, destination: Path) -> list[Path]:
-    """Copy :data:`BUNDLED_CODE` under ``destination`` and return the top-level
-    folders to hand MLflow as ``code_paths``. A sub-package comes with its
-    parent packages' ``__init__.py`` files only, so it imports under its own
-    name (``pipelines.serving``) without the rest of its parent."""
-    for relative in BUNDLED_CODE:
-        shutil.copytree(package_root / relative, destination / relative,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for parent in Path(relative).parents:
-            if parent != Path("."):
-                shutil.copy2(package_root / parent / "__init__.py", destination / parent / "__init__.py")
-    return sorted({destination / Path(relative).parts[0] for relative in BUNDLED_CODE})
 
 
 def scoring_signature(tasks: list[str], with_domain: bool = False):  # -> mlflow.models.ModelSignature
