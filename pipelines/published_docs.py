@@ -5,9 +5,11 @@ option reference from the job's own parser.
     python -m pipelines.published_docs            # rewrite them
     python -m pipelines.published_docs --check    # exit 1 where a page differs (tests do this)
 
-A generated part sits between ``<!-- generated:NAME -->`` and
-``<!-- /generated:NAME -->`` in its page; the text between is replaced as a
-whole. A measured figure lives in its result file; pages show it only here.
+A generated part sits between ``<!-- generated:KIND SOURCE -->`` and
+``<!-- /generated:KIND SOURCE -->`` in its page (KIND: ``csv`` for a table
+file, ``json`` for a benchmark's output, ``options`` for a job's ``--help``);
+the text between is replaced as a whole. A new table is a file and a
+marker. A measured figure lives in its result file; pages show it only here.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ HELP_COLUMNS = 100
 
 @dataclass(frozen=True)
 class Generated:
-    """One generated part: its page, its name there, and how it is made."""
+    """One generated part: its page, its marker (``KIND SOURCE``), and how it is made."""
 
     page: str
     name: str
@@ -83,17 +85,25 @@ def job_help(job: str) -> Callable[[], str]:
     return render
 
 
-def _job_pages() -> list[Generated]:
-    from pipelines.cli import JOBS
-
-    return [Generated(f"docs/jobs/{job}.md", f"{job}-options", job_help(job))
-            for job in JOBS]
+#: Marker kind -> what makes the part from the marker's argument.
+RENDERERS: dict[str, Callable[[str], Callable[[], str]]] = {
+    "csv": csv_table, "json": json_table, "options": job_help}
+#: The pages that may hold generated parts.
+PAGES = ("README.md", "docs/*.md", "docs/jobs/*.md")
+_MARKER = re.compile(r"<!-- generated:(\w+) (\S+) -->")
 
 
 def generated_parts() -> list[Generated]:
-    return [Generated("README.md", "results", csv_table("docs/results/summary.csv")),
-            Generated("docs/benchmarks.md", "serve", json_table("docs/benchmarks/serve.json")),
-            *_job_pages()]
+    """Every generated part of every page, found by its opening marker
+    (``<!-- generated:csv docs/results/x.csv -->``: kind and source)."""
+    parts = []
+    for pattern in PAGES:
+        for page in sorted(ROOT.glob(pattern)):
+            for kind, source in _MARKER.findall(page.read_text()):
+                if kind not in RENDERERS:
+                    raise ValueError(f"{page}: unknown generated part {kind!r}; known: {sorted(RENDERERS)}")
+                parts.append(Generated(str(page.relative_to(ROOT)), f"{kind} {source}", RENDERERS[kind](source)))
+    return parts
 
 
 def _pattern(name: str) -> re.Pattern[str]:
