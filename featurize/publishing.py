@@ -24,20 +24,35 @@ from typing import Any
 class StagedFolder:
     """A hidden folder beside ``destination`` that :meth:`publish` renames
     into place. As a context manager, leaving the block unpublished (an
-    exception) removes it."""
+    exception) removes it.
 
-    def __init__(self, destination: str | os.PathLike[str]) -> None:
+    With ``resume_key`` (what the output is made from, hashed) the folder
+    is named by it and outlives a failed or killed job: the same job run
+    again finds it (``resumed``) and can keep what was committed there; a
+    staged folder of another key for the same destination is stale and is
+    removed."""
+
+    def __init__(self, destination: str | os.PathLike[str], resume_key: str | None = None) -> None:
         self.destination = Path(destination).resolve()
         self.destination.parent.mkdir(parents=True, exist_ok=True)
-        self.path = self._sibling("tmp")
-        self.path.mkdir()
+        self.resume_key = resume_key
+        if resume_key is None:
+            self.path = self._sibling("tmp")
+            self.resumed = False
+        else:
+            self.path = self.destination.parent / f".{self.destination.name}.partial-{resume_key}"
+            for stale in self.destination.parent.glob(f".{self.destination.name}.partial-*"):
+                if stale != self.path:
+                    shutil.rmtree(stale, ignore_errors=True)
+            self.resumed = self.path.is_dir()
+        self.path.mkdir(exist_ok=self.resumed)
         self.published = False
 
     def __enter__(self) -> StagedFolder:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if not self.published:
+        if not self.published and self.resume_key is None:
             self.discard()
 
     def publish(self) -> None:

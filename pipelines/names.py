@@ -9,3 +9,6 @@ CHAMPION_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 #: MLflow experiments of training runs (train, tune, run) and of comparisons.
 TRAINING_EXPERIMENT = "pcba-mmoeex"
 COMPARISON_EXPERIMENT = "pcba-mmoeex-comparison"
+#: Library rows a screen commits at a time (what a killed screen can lose);
+#: the screen job's --rows-per-part default.
+SCREEN_ROWS_PER_PART = 50_000

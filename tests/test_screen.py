@@ -23,11 +23,11 @@ from pipelines.screening.library_source import check_library_spec, resolve_libra
 from pipelines.screening.outputs import (
     HITS_FILE,
     MULTI_ASSAY_FILE,
-    ShardedParquetWriter,
     StagedOutput,
     check_out_dir,
     scores_schema,
 )
+from pipelines.screening.score_parts import ScoreParts
 from pipelines.screening.scoring import FEATURIZE_SECONDS, RowLedger, featurize_block
 
 ASSAYS = ["PCBA-1", "PCBA-2", "PCBA-3"]
@@ -53,11 +53,12 @@ def test_top_k_matches_a_full_sort_with_ties() -> None:
 
 
 def _write_scores(directory: Path, frame: pd.DataFrame, rows_per_shard: int) -> list[Path]:
-    writer = ShardedParquetWriter(directory, scores_schema(ASSAYS), rows_per_shard=rows_per_shard)
+    """Score parts of ``frame`` under ``directory`` (a screening's scores/ folder)."""
+    parts = ScoreParts(directory.parent, scores_schema(ASSAYS), rows_per_part=rows_per_shard)
     for start in range(0, len(frame), 250):
-        writer.write(pa.Table.from_pandas(frame.iloc[start:start + 250], preserve_index=False))
-    writer.close()
-    return writer.paths
+        parts.write(pa.Table.from_pandas(frame.iloc[start:start + 250], preserve_index=False))
+    parts.close()
+    return parts.score_files
 
 
 def test_rank_hits_against_pandas(tmp_path: Path) -> None:
@@ -252,7 +253,7 @@ def test_raw_scores_are_a_flag_of_their_own_screening(tmp_path: Path, monkeypatc
     assert identities[0] != identities[1]
     assert {key for key in identities[0] if identities[0][key] != identities[1][key]} == {"raw_scores"}
     # The identity is what a finished output folder is matched against.
-    staged = StagedOutput(tmp_path / "done")
+    staged = StagedOutput(tmp_path / "done", identities[0])
     staged.commit({"identity": identities[0], "result": {}})
     assert check_out_dir(tmp_path / "done", identities[0], overwrite=False) is not None
     with pytest.raises(UserError, match="another model, library or"):

@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines.screening import alerts as alerts_module
 from pipelines.screening.alerts import UNCHECKED_PREFIX, AlertCache, structural_alerts
 from pipelines.screening.hits import TopK, rank_hits
-from pipelines.screening.outputs import HITS_FILE, MULTI_ASSAY_FILE, ShardedParquetWriter, scores_schema
+from pipelines.screening.outputs import HITS_FILE, MULTI_ASSAY_FILE, scores_schema
 from pipelines.screening.pictures import (
     CELL_PIXELS,
     MOLS_PER_ROW,
@@ -26,6 +26,7 @@ from pipelines.screening.pictures import (
     similarity_histogram_png,
     similarity_histogram_text,
 )
+from pipelines.screening.score_parts import ScoreParts
 
 ASSAYS = ["PCBA-1", "PCBA-2", "PCBA-3"]
 BENZYLIDENE_RHODANINE = "O=C1NC(=S)SC1=Cc1ccccc1"  # PAINS ene_rhod_A
@@ -105,12 +106,12 @@ def flagged_library(nci_smiles: list[str], alert_cache: AlertCache) -> pd.DataFr
 
 
 def _write(directory: Path, frame: pd.DataFrame) -> list[Path]:
-    writer = ShardedParquetWriter(directory, scores_schema(ASSAYS), rows_per_shard=250)
+    parts = ScoreParts(directory.parent, scores_schema(ASSAYS), rows_per_part=250)
     for start in range(0, len(frame), 100):
-        writer.write(pa.Table.from_pandas(frame.iloc[start:start + 100].drop(columns="alerts"),
-                                          preserve_index=False))
-    writer.close()
-    return writer.paths
+        parts.write(pa.Table.from_pandas(frame.iloc[start:start + 100].drop(columns="alerts"),
+                                         preserve_index=False))
+    parts.close()
+    return parts.score_files
 
 
 def _reference(frame: pd.DataFrame, assay: str, k: int, unflagged_only: bool) -> pd.DataFrame:

@@ -167,3 +167,70 @@ def test_featurized_library_scores_the_same_and_spec_is_checked(
     message = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
     assert message.startswith("error: fingerprint spec mismatch (n_bits differ)")
     assert "fp2048" in message and "re-featurize" in message
+
+
+#: The killed-screen test: rows per committed part, and library rows (enough
+#: for the pass to outlast the first part by several seconds on 2 CPUs).
+PART_ROWS, KILL_LIBRARY_ROWS = 2_000, 40_000
+
+
+def test_a_killed_screen_resumes_from_its_committed_parts(
+        ray_local: None, registry: str, tmp_path: Path) -> None:
+    """`python -m pipelines screen` (its own local Ray) is SIGKILLed once it
+    has committed a part; the same screening run again keeps those rows,
+    scores only the rest, and publishes what an uninterrupted run gives:
+    the same rows once each, the same scores, rejects and hit lists."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import processes
+
+    from featurize.synthetic.library import generate_library
+
+    library = tmp_path / "library.csv"
+    smiles = list(generate_library(KILL_LIBRARY_ROWS, seed=5))
+    smiles[::997] = ["not a smiles"] * len(smiles[::997])  # rejects in several parts
+    pd.DataFrame({"smiles": smiles, "name": [f"L{i}" for i in range(len(smiles))]}).to_csv(library, index=False)
+    out = tmp_path / "resumed"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="raytmp-", dir="/tmp"))  # the driver's own Ray, apart
+    env = {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RAY_TMPDIR": str(ray_tmp)}
+    command = [sys.executable, "-m", "pipelines", "screen", "--model", MODEL, "--library", str(library),
+               "--out", str(out), "--tracking-uri", registry, "--top-k", "7", "--id-col", "name",
+               "--rows-per-part", str(PART_ROWS), "--num-cpus", "2", "--no-progress"]
+    started: set[processes.Process] = set()
+    try:
+        with open(tmp_path / "driver.log", "wb") as log:
+            driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".resumed.partial-*/scores/part-*.parquet")):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no part committed in time"
+            time.sleep(0.05)
+        started |= processes.session_processes(driver.pid)
+        driver.send_signal(signal.SIGKILL)  # the driver, by its id; then what it started
+        driver.wait()
+        processes.kill(processes.wait_until_gone(started, 10))
+    finally:
+        processes.kill(started)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not out.exists()
+
+    resumed = _screen(library, out, registry, rows_per_part=PART_ROWS)
+    whole = _screen(library, tmp_path / "whole", registry, rows_per_part=PART_ROWS)
+    assert PART_ROWS <= resumed.resumed_rows < KILL_LIBRARY_ROWS and whole.resumed_rows == 0
+    assert (resumed.library_rows, resumed.scored, resumed.rejected) == \
+        (whole.library_rows, whole.scored, whole.rejected) == (KILL_LIBRARY_ROWS, whole.scored, 41)
+    for name in ("scores", "rejects.parquet"):
+        got = pd.read_parquet(out / name).sort_values("row", ignore_index=True)
+        pd.testing.assert_frame_equal(got, pd.read_parquet(tmp_path / "whole" / name).sort_values(
+            "row", ignore_index=True))
+    for name in ("hits.parquet", "multi_assay_hits.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(tmp_path / "whole" / name))
+    assert not list(tmp_path.glob(".resumed.*"))  # published: no staged folder left

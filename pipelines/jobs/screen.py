@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.names import CHAMPION_URI
+from pipelines.names import CHAMPION_URI, SCREEN_ROWS_PER_PART
 from pipelines.options import add_ray_arguments, add_tracking_uri_argument
 
 HELP = "score a molecule library with a registered model (Ray Data) and rank hits"
@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per assay where the model carries a calibration)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output folder that holds another screening")
+    parser.add_argument("--rows-per-part", type=int, default=SCREEN_ROWS_PER_PART,
+                        help="library rows per committed part of the scores: a killed screen run "
+                             "again keeps its committed parts and scores the rest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         smiles_col=args.smiles_col, id_col=args.id_col, address=args.address,
         num_cpus=args.num_cpus, overwrite=args.overwrite, progress=not args.no_progress,
         raw_scores=args.raw_scores,
+        rows_per_part=args.rows_per_part,
         resources=Resources(num_actors=args.num_actors, use_gpu=args.use_gpu,
                             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                             batch_size=args.batch_size),
@@ -96,6 +100,8 @@ def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
     }
     if result.skipped_existing:
         values["note"] = "already done (same model, library and options): nothing rescored"
+    elif result.resumed_rows:
+        values["resumed"] = f"{result.resumed_rows:,} rows kept from the killed run; the rest scored now"
     values.update({name: str(path) for name, path in result.files.items()})
     values["pictures"] = ", ".join(result.pictures) or "none (no hits)"
     if result.pictures_logged_to:

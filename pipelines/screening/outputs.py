@@ -2,7 +2,8 @@
 
 Layout of the output folder::
 
-    scores/part-00000.parquet ...  one row per scored molecule: row (source
+    scores/part-00000.parquet ...  one row per scored molecule (committed in parts as the
+                                    screen goes: pipelines/screening/score_parts.py): row (source
                                     position), mol_id, smiles (as in the library;
                                     canonical for SDF records),
                                     one float32 probability column per assay;
@@ -20,8 +21,10 @@ Layout of the output folder::
     similarity.png                  histogram of the library's nn_similarity (domain only)
     screening.json                  counts, model, library identity, options
 
-Everything is written into a hidden folder beside the output and renamed
-into place when complete, so a killed run never leaves files that look done.
+Everything is written into a hidden folder beside the output, named by the
+screening's identity, and renamed into place when complete, so a killed run
+never leaves files that look done, and the same command again resumes from
+the parts it committed.
 """
 from __future__ import annotations
 
@@ -44,7 +47,6 @@ HITS_FILE = "hits.parquet"
 SIMILARITY_PICTURE = "similarity.png"
 MULTI_ASSAY_FILE = "multi_assay_hits.parquet"
 MANIFEST_FILE = "screening.json"
-ROWS_PER_SHARD = 250_000
 
 DOMAIN_FIELDS = (
     pa.field(NN_SIMILARITY_COLUMN, pa.float32(), nullable=False),
@@ -63,50 +65,6 @@ def scores_schema(assays: Sequence[str], with_domain: bool = False) -> pa.Schema
     ])
 
 
-class ShardedParquetWriter:
-    """Appends tables to ``part-NNNNN.parquet`` files of at most ``rows_per_shard`` rows."""
-
-    def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int = ROWS_PER_SHARD):
-        self.directory, self.schema, self.rows_per_shard = directory, schema, rows_per_shard
-        directory.mkdir(parents=True, exist_ok=True)
-        self.paths: list[Path] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._rows_in_shard = 0
-
-    def write(self, table: pa.Table) -> None:
-        table = table.cast(self.schema)
-        while table.num_rows:
-            if self._writer is None or self._rows_in_shard == self.rows_per_shard:
-                self._open_next()
-            take = min(table.num_rows, self.rows_per_shard - self._rows_in_shard)
-            self._writer.write_table(table.slice(0, take))
-            self._rows_in_shard += take
-            table = table.slice(take)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if not self.paths:  # an empty result is still a readable file with the schema
-            self._open_next()
-            self._writer.close()
-        self._writer = None
-
-    def _open_next(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self.paths.append(self.directory / f"part-{len(self.paths):05d}.parquet")
-        self._writer = pq.ParquetWriter(self.paths[-1], self.schema,
-                                        use_dictionary=_non_float_columns(self.schema))
-        self._rows_in_shard = 0
-
-
-def _non_float_columns(schema: pa.Schema) -> list[str]:
-    """Columns worth dictionary-encoding. Probabilities almost never repeat,
-    so trying a dictionary on each of 128 float columns only costs time and
-    bytes."""
-    return [field.name for field in schema if not pa.types.is_floating(field.type)]
-
-
 class SingleParquetWriter:
     """Appends tables to one Parquet file (written even when empty)."""
 
@@ -123,9 +81,13 @@ class SingleParquetWriter:
 
 
 class StagedOutput(StagedFolder):
-    """A screening's output folder, staged; :meth:`commit` writes its
+    """A screening's output folder, staged under its identity's digest (so a
+    killed screening run again resumes there); :meth:`commit` writes its
     manifest and publishes it (featurize.publishing: the old output is moved
     aside, not deleted, until the new one is in place)."""
+
+    def __init__(self, out_dir: Path, identity: Mapping[str, Any]) -> None:
+        super().__init__(out_dir, resume_key=identity_digest(identity)[:16])
 
     def commit(self, manifest: Mapping[str, Any]) -> None:
         (self.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from featurize.sources.readers import file_sha256
 from pipelines.errors import UserError
+from pipelines.names import SCREEN_ROWS_PER_PART
 from pipelines.screening.hits import rank_hits
 from pipelines.screening.library_source import (
     ScreeningLibrary,
@@ -31,12 +32,14 @@ from pipelines.screening.outputs import (
     StagedOutput,
     check_out_dir,
     identity_digest,
+    scores_schema,
 )
 from pipelines.screening.pictures import (
     draw_hit_pictures,
     similarity_histogram_png,
     similarity_histogram_text,
 )
+from pipelines.screening.score_parts import ScoreParts
 from pipelines.screening.scoring import Resources, scored_dataset, write_scores
 from pipelines.serving.applicability_domain import NN_SIMILARITY_COLUMN
 
@@ -66,6 +69,7 @@ class ScreeningConfig:
     overwrite: bool = False
     progress: bool = True
     raw_scores: bool = False  # the model's uncalibrated probabilities
+    rows_per_part: int = SCREEN_ROWS_PER_PART  # library rows per committed part (what a kill can lose)
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,8 +80,8 @@ class ScreeningConfig:
         if self.min_active_assays < 1:
             problems.append(f"--min-active-assays must be >= 1, got {self.min_active_assays}")
         if (self.resources.num_actors is not None and self.resources.num_actors < 1) \
-                or self.resources.batch_size < 1:
-            problems.append("--num-actors and --batch-size must be >= 1")
+                or self.resources.batch_size < 1 or self.rows_per_part < 1:
+            problems.append("--num-actors, --batch-size and --rows-per-part must be >= 1")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -93,8 +97,9 @@ class ScreeningResult:
     multi_assay_hits: int
     elapsed_s: float  # the whole run: model download, Ray start, scoring, hits
     streaming_s: float  # the Ray Data pass alone (read, featurize, score, write)
-    featurize_seconds: float  # summed over featurize tasks
-    score_seconds: float  # summed over scoring actors
+    featurize_seconds: float  # summed over featurize tasks (this process's rows)
+    score_seconds: float  # summed over scoring actors (this process's rows)
+    resumed_rows: int = 0  # rows an earlier, killed run of this screening had committed
     hits_with_alerts: int = 0  # rows of hits.parquet with a structural alert
     excluded_for_alerts: int = 0  # flagged molecules left out (--exclude-alerts)
     pictures: tuple[str, ...] = ()  # PNG files in out_dir
@@ -130,7 +135,8 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     """Score ``config.library`` with the registered model and rank hits.
 
     Re-running with the same model (by content), library (by content) and
-    options finds the finished output and returns it without work.
+    options finds the finished output and returns it without work; after a
+    killed run it keeps the parts that run committed and scores the rest.
     """
     from pipelines.platform.tracking import resolve_tracking_uri
 
@@ -148,44 +154,48 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         return ScreeningResult.from_manifest(config.out_dir, finished)
 
     logger.info("screening %s with %s (%d assays)", library.describe(), config.model_uri, len(assays))
-    staged = StagedOutput(config.out_dir)
-    try:
-        with ray_session(config.address, config.num_cpus), quiet_ray_data():
-            streaming_started = time.perf_counter()
-            dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores)
-            counts = write_scores(
-                dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
-                assays, staged.path / SCORES_DIR, staged.path / REJECTS_FILE,
-                expected_rows=library.rows, progress=config.progress, with_domain=model.has_domain)
-            streaming_s = time.perf_counter() - streaming_started
-        hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
-                         threshold=config.threshold, min_active_assays=config.min_active_assays,
-                         exclude_alerts=config.exclude_alerts)
-        pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
-                                     per_assay=config.assays)
-        similarity = library_similarity(counts.score_files) if model.has_domain else None
-        if similarity is not None:
-            pictures.append(similarity_histogram_png(
-                similarity, staged.path / SIMILARITY_PICTURE,
-                title="similarity of the library to the training set"))
-        logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
-                                 f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
-        result = ScreeningResult(
-            out_dir=config.out_dir, model_uri=config.model_uri,
-            library_rows=counts.library_rows, scored=counts.scored, rejected=counts.rejected,
-            hits=hits.hits, multi_assay_hits=hits.multi_assay_hits,
-            hits_with_alerts=hits.hits_with_alerts, excluded_for_alerts=hits.excluded_for_alerts,
-            pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
-            similarity_histogram=None if similarity is None else similarity_histogram_text(
-                similarity, title="library similarity to the training set"),
-            in_training_set=None if similarity is None else int(np.sum(similarity >= 1.0)),
-            elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
-            featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds)
-        staged.commit({"identity": identity, "result": result.manifest(),
-                       "tracking_uri": tracking_uri, "library": str(library.path)})
-    except BaseException:
-        staged.discard()
-        raise
+    # Kept when the run fails or is killed: the same command resumes from its parts.
+    staged = StagedOutput(config.out_dir, identity)
+    parts = ScoreParts(staged.path, scores_schema(assays, model.has_domain), config.rows_per_part)
+    done = parts.committed()
+    if len(done.rows):
+        logger.info("resuming %s: %d library rows committed by an earlier run are kept",
+                    config.out_dir, len(done.rows))
+    with ray_session(config.address, config.num_cpus), quiet_ray_data():
+        streaming_started = time.perf_counter()
+        dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores, done)
+        counts = write_scores(
+            dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
+            assays, parts, expected_rows=library.rows, progress=config.progress,
+            with_domain=model.has_domain, done=done)
+        streaming_s = time.perf_counter() - streaming_started
+    parts.merge_rejects(staged.path / REJECTS_FILE)
+    hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
+                     threshold=config.threshold, min_active_assays=config.min_active_assays,
+                     exclude_alerts=config.exclude_alerts)
+    pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
+                                 per_assay=config.assays)
+    similarity = library_similarity(counts.score_files) if model.has_domain else None
+    if similarity is not None:
+        pictures.append(similarity_histogram_png(
+            similarity, staged.path / SIMILARITY_PICTURE,
+            title="similarity of the library to the training set"))
+    logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
+                             f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
+    result = ScreeningResult(
+        out_dir=config.out_dir, model_uri=config.model_uri,
+        library_rows=counts.library_rows, scored=counts.scored, rejected=counts.rejected,
+        hits=hits.hits, multi_assay_hits=hits.multi_assay_hits,
+        hits_with_alerts=hits.hits_with_alerts, excluded_for_alerts=hits.excluded_for_alerts,
+        pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
+        similarity_histogram=None if similarity is None else similarity_histogram_text(
+            similarity, title="library similarity to the training set"),
+        in_training_set=None if similarity is None else int(np.sum(similarity >= 1.0)),
+        elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
+        featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds,
+        resumed_rows=counts.resumed_rows)
+    staged.commit({"identity": identity, "result": result.manifest(),
+                   "tracking_uri": tracking_uri, "library": str(library.path)})
     return result
 
 

@@ -30,7 +30,7 @@ from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
 from pipelines.screening.library_source import BLOCK_ROWS, ScreeningLibrary
 from pipelines.screening.model import ScreeningModel, unzip_to
-from pipelines.screening.outputs import ShardedParquetWriter, SingleParquetWriter
+from pipelines.screening.score_parts import CommittedRows, ScoreParts
 from pipelines.serving.applicability_domain import (
     DOMAIN_COLUMNS,
     IN_TRAINING_SET_COLUMN,
@@ -79,6 +79,7 @@ class ScoringCounts:
     featurize_seconds: float
     score_seconds: float
     score_files: list[Path]
+    resumed_rows: int = 0  # committed by an earlier, killed run: not scored again
 
 
 # -- Ray Data stages -----------------------------------------------------------------
@@ -178,7 +179,23 @@ def _with_seconds(table: pa.Table, column: str, seconds: float) -> pa.Table:
 
 
 # -- the pipeline ----------------------------------------------------------------------
-def library_dataset(library: ScreeningLibrary):  # -> ray.data.Dataset
+def unscored_batches(library: ScreeningLibrary, done: np.ndarray | None) -> Iterator[pa.Table]:
+    """The library's batches without the rows ``done`` marks (bool by row:
+    committed by an earlier run of the same screening)."""
+    for batch in library.iter_batches():
+        if done is not None:
+            rows = batch["_row"].to_numpy()
+            inside = rows < len(done)
+            skip = np.zeros(len(rows), dtype=bool)
+            skip[inside] = done[rows[inside]]
+            batch = batch.filter(pa.array(~skip))
+        if batch.num_rows:
+            yield batch
+
+
+def library_dataset(library: ScreeningLibrary, done: CommittedRows | None = None):  # -> ray.data.Dataset
+    from functools import partial
+
     from ray.data import read_datasource
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -191,9 +208,11 @@ def library_dataset(library: ScreeningLibrary):  # -> ray.data.Dataset
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context: Any = None) -> list[ReadTask]:
-            metadata = BlockMetadata(num_rows=library.rows, size_bytes=None, exec_stats=None,
+            remaining = None if library.rows is None else library.rows - (len(done.rows) if done else 0)
+            metadata = BlockMetadata(num_rows=remaining, size_bytes=None, exec_stats=None,
                                      input_files=[str(library.path)])
-            return [ReadTask(library.iter_batches, metadata, per_task_row_limit=per_task_row_limit)]
+            return [ReadTask(partial(unscored_batches, library, done.mask() if done else None), metadata,
+                             per_task_row_limit=per_task_row_limit)]
 
         @property
         def supports_distributed_reads(self) -> bool:
@@ -205,11 +224,13 @@ def library_dataset(library: ScreeningLibrary):  # -> ray.data.Dataset
 
 
 def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: list[str],
-                   resources: Resources, raw_scores: bool = False):  # -> ray.data.Dataset
+                   resources: Resources, raw_scores: bool = False,
+                   done: CommittedRows | None = None):  # -> ray.data.Dataset
+    """The library's rows, but those ``done`` holds, featurized and scored."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    dataset = library_dataset(library)
+    dataset = library_dataset(library, done)
     if library.featurized:
         dataset = dataset.map_batches(mark_featurized, batch_format="pyarrow", batch_size=None)
     else:
@@ -248,44 +269,41 @@ def pool_size(resources: Resources) -> int:
     return max(1, int(available.get("CPU", 1) / resources.cpus_per_actor))
 
 
-def write_scores(blocks: Iterator[pa.Table], assays: list[str], scores_dir: Path,
-                 rejects_path: Path, expected_rows: int | None, progress: bool,
-                 with_domain: bool = False) -> ScoringCounts:
-    """Split each scored block into the score shards and the rejects file,
-    checking that every library row comes back exactly once."""
-    from featurize.dataset import REJECTS_SCHEMA
-    from pipelines.screening.outputs import scores_schema
-
-    scores = ShardedParquetWriter(scores_dir, scores_schema(assays, with_domain))
+def write_scores(blocks: Iterator[pa.Table], assays: list[str], parts: ScoreParts,
+                 expected_rows: int | None, progress: bool, with_domain: bool = False,
+                 done: CommittedRows | None = None) -> ScoringCounts:
+    """Split each scored block into score and reject parts, committed as
+    they fill, checking that every library row, with those ``done`` by an
+    earlier run, comes back exactly once."""
     domain_columns = list(DOMAIN_COLUMNS) if with_domain else []
-    rejects = SingleParquetWriter(rejects_path, REJECTS_SCHEMA)
+    done = done or CommittedRows(np.empty(0, np.int64), 0, 0)
     ledger = RowLedger()
-    scored = rejected = 0
+    ledger.add(done.rows)
+    scored, rejected = done.scored, done.rejected
     featurize_seconds = score_seconds = 0.0
-    with tqdm(total=expected_rows, desc="screen", unit=" mol", disable=not progress,
-              smoothing=0.05) as bar:
+    with tqdm(total=expected_rows, initial=len(done.rows), desc="screen", unit=" mol",
+              disable=not progress, smoothing=0.05) as bar:
         for block in blocks:
             ledger.add(block["_row"].to_numpy())
             accepted = pc.is_null(block["reason"])
             accepted_rows = block.filter(accepted)
-            scores.write(accepted_rows.select(["_row", "mol_id", "smiles", *assays, *domain_columns])
-                         .rename_columns(["row", "mol_id", "smiles", *assays, *domain_columns]))
             rejected_rows = block.filter(pc.invert(accepted))
-            rejects.write(rejected_rows.select(["_row", "raw", "mol_id", "reason"])
-                          .rename_columns(["row", "raw", "mol_id", "reason"]))
+            parts.write(accepted_rows.select(["_row", "mol_id", "smiles", *assays, *domain_columns])
+                        .rename_columns(["row", "mol_id", "smiles", *assays, *domain_columns]),
+                        rejected_rows.select(["_row", "raw", "mol_id", "reason"])
+                        .rename_columns(["row", "raw", "mol_id", "reason"]))
             scored += accepted_rows.num_rows
             rejected += rejected_rows.num_rows
             featurize_seconds += pc.sum(block[FEATURIZE_SECONDS]).as_py() or 0.0
             score_seconds += pc.sum(block[SCORE_SECONDS]).as_py() or 0.0
             bar.update(block.num_rows)
-    scores.close()
-    rejects.close()
+    parts.close()
     library_rows = ledger.check(expected_rows)
     if scored + rejected != library_rows:
         raise RuntimeError(f"accounting error: {scored} scored + {rejected} rejected "
                            f"!= {library_rows} library rows")
     return ScoringCounts(library_rows, scored, rejected, featurize_seconds, score_seconds,
-                         scores.paths)
+                         parts.score_files, resumed_rows=len(done.rows))
 
 
 class RowLedger:
