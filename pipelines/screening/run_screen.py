@@ -100,6 +100,9 @@ class ScreeningResult:
     featurize_seconds: float  # summed over featurize tasks (this process's rows)
     score_seconds: float  # summed over scoring actors (this process's rows)
     resumed_rows: int = 0  # rows an earlier, killed run of this screening had committed
+    #: Wall seconds of each phase (model, Ray start, pass, rejects, hits, pictures, MLflow):
+    #: where a screen's time goes beyond the pass.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     hits_with_alerts: int = 0  # rows of hits.parquet with a structural alert
     excluded_for_alerts: int = 0  # flagged molecules left out (--exclude-alerts)
     pictures: tuple[str, ...] = ()  # PNG files in out_dir
@@ -141,6 +144,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     from pipelines.platform.tracking import resolve_tracking_uri
 
     started = time.perf_counter()
+    phases = PhaseClock()
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     library = resolve_library(config.library, config.smiles_col, config.id_col)
     model = fetch_model(config.model_uri, tracking_uri)
@@ -148,6 +152,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     assays = list(config.assays) or list(model.tasks)
     model.assay_indices(assays)  # unknown assays fail before any work
     identity = screening_identity(config, model.sha256, library_identity(library), assays)
+    phases.lap("model and library")
     finished = check_out_dir(config.out_dir, identity, config.overwrite)
     if finished is not None:
         logger.info("%s already holds this screening: nothing to do", config.out_dir)
@@ -162,6 +167,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         logger.info("resuming %s: %d library rows committed by an earlier run are kept",
                     config.out_dir, len(done.rows))
     with ray_session(config.address, config.num_cpus), quiet_ray_data():
+        phases.lap("Ray start")
         streaming_started = time.perf_counter()
         dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores, done)
         counts = write_scores(
@@ -169,10 +175,14 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
             assays, parts, expected_rows=library.rows, progress=config.progress,
             with_domain=model.has_domain, done=done)
         streaming_s = time.perf_counter() - streaming_started
+        phases.lap("Ray Data pass")
+    phases.lap("Ray shutdown")
     parts.merge_rejects(staged.path / REJECTS_FILE)
+    phases.lap("rejects")
     hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
                      threshold=config.threshold, min_active_assays=config.min_active_assays,
                      exclude_alerts=config.exclude_alerts)
+    phases.lap("hit lists and alerts")
     pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
                                  per_assay=config.assays)
     similarity = library_similarity(counts.score_files) if model.has_domain else None
@@ -180,8 +190,10 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         pictures.append(similarity_histogram_png(
             similarity, staged.path / SIMILARITY_PICTURE,
             title="similarity of the library to the training set"))
+    phases.lap("pictures")
     logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
                              f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
+    phases.lap("MLflow logging")
     result = ScreeningResult(
         out_dir=config.out_dir, model_uri=config.model_uri,
         library_rows=counts.library_rows, scored=counts.scored, rejected=counts.rejected,
@@ -193,10 +205,24 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         in_training_set=None if similarity is None else int(np.sum(similarity >= 1.0)),
         elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
         featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds,
-        resumed_rows=counts.resumed_rows)
+        resumed_rows=counts.resumed_rows, phase_seconds=phases.seconds)
     staged.commit({"identity": identity, "result": result.manifest(),
                    "tracking_uri": tracking_uri, "library": str(library.path)})
     return result
+
+
+class PhaseClock:
+    """Wall seconds between successive :meth:`lap` calls, by phase name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+        logger.info("screen: %s took %.1f s", phase, self.seconds[phase])
 
 
 def library_similarity(score_files: list[Path]) -> np.ndarray:
