@@ -246,12 +246,17 @@ def main() -> None:
                 "peak RSS MiB": round(peak / 2**20),
             })
             print(format_table(rows[-1:]), flush=True)
-    title = (f"screen: SMILES to hit lists, model {args.experts}x{args.hidden} experts, {args.tasks} assays, "
-             f"{args.bits} bits, domain of {args.domain_rows:,}")
+    report(rows, f"screen: SMILES to hit lists, model {args.experts}x{args.hidden} experts, {args.tasks} "
+                 f"assays, {args.bits} bits, domain of {args.domain_rows:,}", args.out)
+
+
+def report(rows: list[dict], title: str, out: Path | None) -> None:
+    """Print the benchmark's table; with ``out``, also write it as the JSON
+    that docs/benchmarks.md is generated from (pipelines/published_docs.py)."""
     print()
     print(format_table(rows, title=title))
-    if args.out:
-        args.out.write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
+    if out:
+        out.write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/screen.py, run as a script or loaded by path
-from screen import PeakRss, register_model  # it also puts the project on sys.path
+from screen import PeakRss, register_model, report  # it also puts the project on sys.path
 
 from pipelines.text_tables import format_table
 
@@ -121,12 +121,8 @@ def main() -> None:
                          "p95 latency s": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
                          "peak RSS MiB": round(peak / 2**20)})
             print(format_table(rows[-1:]), flush=True)
-    title = (f"mlflow models serve, {os.cpu_count()} CPUs, model 4x1500 experts, 128 assays, 2048 bits, "
-             f"domain of {args.domain_rows:,}")
-    print()
-    print(format_table(rows, title=title))
-    if args.out:
-        args.out.write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
+    report(rows, f"mlflow models serve, {os.cpu_count()} CPUs, model 4x1500 experts, 128 assays, 2048 bits, "
+                 f"domain of {args.domain_rows:,}", args.out)
 
 
 if __name__ == "__main__":
