@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import re
@@ -66,23 +67,27 @@ def json_table(path: str) -> Callable[[], str]:
 
 def job_help(job: str) -> Callable[[], str]:
     def render() -> str:
-        from pipelines.cli import build_parser
-
-        previous = os.environ.get("COLUMNS")
-        os.environ["COLUMNS"] = str(HELP_COLUMNS)
-        try:
-            parser = build_parser()
-            (subparsers,) = [action for action in parser._actions
-                             if isinstance(action, argparse._SubParsersAction)]
-            text = subparsers.choices[job].format_help()
-        finally:
-            if previous is None:
-                os.environ.pop("COLUMNS", None)
-            else:
-                os.environ["COLUMNS"] = previous
-        return f"```text\n{text.rstrip()}\n```"
+        return f"```text\n{_job_helps()[job].rstrip()}\n```"
 
     return render
+
+
+@functools.cache
+def _job_helps() -> dict[str, str]:
+    """Every job's ``--help`` at :data:`HELP_COLUMNS` columns, from one parser."""
+    from pipelines.cli import build_parser
+
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_COLUMNS)
+    try:
+        (subparsers,) = [action for action in build_parser()._actions
+                         if isinstance(action, argparse._SubParsersAction)]
+        return {job: parser.format_help() for job, parser in subparsers.choices.items()}
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
 
 
 #: Marker kind -> what makes the part from the marker's argument.
@@ -122,11 +127,12 @@ def published(part: Generated) -> str:
 
 def write(part: Generated) -> bool:
     """Rewrite ``part`` in its page; whether it changed."""
-    page = ROOT / part.page
-    text = page.read_text()
-    if published(part) == part.render():
+    rendered = part.render()
+    if published(part) == rendered:
         return False
-    page.write_text(_pattern(part.name).sub(lambda match: f"{match.group(1)}{part.render()}\n{match.group(2)}", text))
+    page = ROOT / part.page
+    page.write_text(_pattern(part.name).sub(lambda match: f"{match.group(1)}{rendered}\n{match.group(2)}",
+                                            page.read_text()))
     return True
 
 

@@ -98,9 +98,9 @@ class ScoreParts:
     def close(self) -> None:
         """Commit the last part; with no part at all, an empty one (a readable
         file with the schema)."""
-        if self._writers is not None or not self.score_files:
-            if self._writers is None:
-                self.write(self.schema.empty_table())
+        if self._writers is None and not self.score_files:
+            self.write(self.schema.empty_table())  # opens an empty part
+        if self._writers is not None:
             self._commit()
 
     def merge_rejects(self, path: Path) -> int:

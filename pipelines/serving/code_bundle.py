@@ -74,9 +74,10 @@ def bundle_code(package_root: Path, destination: Path) -> list[Path]:
     """Copy the scoring modules' files under ``destination`` (same layout)
     and return the top-level folders to hand MLflow as ``code_paths``."""
     modules = module_files(package_root)
-    for name in scoring_modules(package_root):
+    bundled = scoring_modules(package_root)
+    for name in bundled:
         source = modules[name]
         target = destination / source.relative_to(package_root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-    return sorted({destination / name.split(".")[0] for name in scoring_modules(package_root)})
+    return sorted({destination / name.split(".")[0] for name in bundled})
