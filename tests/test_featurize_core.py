@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rdkit import Chem
+from rdkit import Chem, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
 from featurize.errors import SpecMismatchError
@@ -43,6 +43,24 @@ def test_bad_smiles_get_reasons(raw: str | None, reason: str) -> None:
         result = standardize_smiles(raw, canonical=canonical)
         assert result.mol is None and result.smiles is None
         assert result.reason.startswith(reason)
+
+
+def test_a_molecule_whose_canonical_smiles_does_not_read_back_is_rejected() -> None:
+    """A boron ring that RDKit perceives as aromatic but cannot kekulize
+    again (found by the fuzz test): its canonical SMILES would be a row
+    that no later step can read, so it is rejected, naming the SMILES."""
+    raw = "Bb0=BB(=BC(=B0)B0(B(N0)))"
+    result = standardize_smiles(raw)
+    assert result.mol is None and result.smiles is None
+    written = result.reason.split()[2]
+    assert result.reason == (f"canonical SMILES {written} does not read back "
+                             "(RDKit cannot kekulize its aromatic rings)")
+    with rdBase.BlockLogs():
+        assert Chem.MolFromSmiles(written) is None and Chem.MolFromSmiles(raw) is not None
+    # Unusual aromatic rings that do read back are kept (selenophene, phosphinine).
+    for raw in ("c1cc[se]c1", "c1ccpcc1"):
+        kept = standardize_smiles(raw)
+        assert kept.reason is None and standardize_smiles(kept.smiles).smiles == kept.smiles
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
