@@ -11,7 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from rdkit import Chem, rdBase
+from rdkit.Chem import FilterCatalog
 
+from featurize.standardize import standardize_smiles
 from pipelines.screening import alerts as alerts_module
 from pipelines.screening.alerts import UNCHECKED_PREFIX, AlertCache, structural_alerts
 from pipelines.screening.hits import TopK, rank_hits
@@ -45,16 +48,46 @@ def test_a_pains_molecule_is_flagged_and_a_plain_one_is_not() -> None:
     assert structural_alerts([f"{BENZYLIDENE_RHODANINE}.[Na+].[Cl-]"])[0] == rhodanine
 
 
-def test_each_distinct_molecule_is_matched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def nci_canonical(nci_smiles: list[str]) -> list[str]:
+    """1,500 standardized NCI molecules and a PAINS one (what the matcher is given)."""
+    return [standardize_smiles(text).smiles for text in [*nci_smiles[:1500], BENZYLIDENE_RHODANINE]
+            if standardize_smiles(text).smiles]
+
+
+def test_the_prefiltered_matcher_finds_what_rdkit_finds(nci_canonical: list[str]) -> None:
+    """Against RDKit's own run of the whole catalog on every molecule: the
+    pattern-fingerprint screen skips only entries that cannot match."""
+    matcher = alerts_module.AlertMatcher()
+    assert (matcher.entry_words.any(axis=1)).mean() > 0.95  # the screen applies to the catalog
+    with rdBase.BlockLogs():
+        reference = [alerts_module._alert_names(list(entries)) for entries in
+                     FilterCatalog.RunFilterCatalog(alerts_module.alert_catalog(), nci_canonical,
+                                                    numThreads=1)]
+    assert matcher.alerts(nci_canonical) == reference
+    assert sum(map(bool, reference)) > len(reference) / 3  # NCI carries many alerts
+
+
+
+
+def test_an_entry_the_parser_does_not_know_is_checked_on_every_molecule() -> None:
+    class Unknown:
+        def Serialize(self) -> bytes:  # noqa: N802 (RDKit's name)
+            return b"22 serialization::archive 20 1 1\n0 0 1 4 1 1\n1 0 0 3 odd 0 0"
+
+    assert alerts_module.entry_query(Unknown()) is None
+    real = alerts_module.alert_catalog().GetEntryWithIdx(0)
+    assert Chem.MolToSmarts(alerts_module.entry_query(real)).startswith("[#6]")
+
+
+def test_each_distinct_molecule_is_matched_once() -> None:
     matched: list[str] = []
-    real = alerts_module.FilterCatalog.RunFilterCatalog
 
-    def counting(catalog, smiles, numThreads):  # noqa: N803 (RDKit's keyword)
-        matched.extend(smiles)
-        return real(catalog, smiles, numThreads=numThreads)
+    def counting(canonical: list[str]) -> list[list[str]]:
+        matched.extend(canonical)
+        return alerts_module.match_in_process(canonical)
 
-    monkeypatch.setattr(alerts_module.FilterCatalog, "RunFilterCatalog", counting)
-    cache = AlertCache(num_threads=1)
+    cache = AlertCache(counting)
     first = cache.alerts(["CCO", BENZYLIDENE_RHODANINE, "CCO"])
     second = cache.alerts([BENZYLIDENE_RHODANINE, "CCN"])
     assert len(matched) == 3  # CCO, the rhodanine, CCN
@@ -83,7 +116,7 @@ def test_top_k_pages_read_the_ranking_in_order_with_ties() -> None:
 @pytest.fixture(scope="module")
 def alert_cache() -> AlertCache:
     """One cache for the ranking tests: each molecule is matched once."""
-    return AlertCache(num_threads=1)
+    return AlertCache()
 
 
 @pytest.fixture(scope="module")

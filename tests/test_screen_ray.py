@@ -234,3 +234,13 @@ def test_a_killed_screen_resumes_from_its_committed_parts(
     for name in ("hits.parquet", "multi_assay_hits.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(tmp_path / "whole" / name))
     assert not list(tmp_path.glob(".resumed.*"))  # published: no staged folder left
+
+
+def test_alerts_split_into_ray_tasks_come_back_in_order(ray_local: None, nci_smiles: list[str]) -> None:
+    """A batch several tasks long (MIN_CHUNK each) matches as one process does."""
+    from featurize.standardize import standardize_smiles
+    from pipelines.screening.alerts import MIN_CHUNK, match_in_process, match_on_ray
+
+    canonical = [smiles for smiles in (standardize_smiles(text).smiles for text in nci_smiles[:1200])
+                 if smiles][:3 * MIN_CHUNK + 7]
+    assert match_on_ray(canonical) == match_in_process(canonical)

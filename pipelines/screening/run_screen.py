@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from featurize.sources.readers import file_sha256
 from pipelines.errors import UserError
 from pipelines.names import SCREEN_ROWS_PER_PART
+from pipelines.screening.alerts import AlertCache, match_on_ray
 from pipelines.screening.hits import rank_hits
 from pipelines.screening.library_source import (
     ScreeningLibrary,
@@ -176,13 +177,14 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
             with_domain=model.has_domain, done=done)
         streaming_s = time.perf_counter() - streaming_started
         phases.lap("Ray Data pass")
+        parts.merge_rejects(staged.path / REJECTS_FILE)
+        phases.lap("rejects")
+        # The structural alerts of the hits run as Ray tasks on the cluster's CPUs.
+        hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
+                         threshold=config.threshold, min_active_assays=config.min_active_assays,
+                         exclude_alerts=config.exclude_alerts, alerts=AlertCache(match_on_ray))
+        phases.lap("hit lists and alerts")
     phases.lap("Ray shutdown")
-    parts.merge_rejects(staged.path / REJECTS_FILE)
-    phases.lap("rejects")
-    hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
-                     threshold=config.threshold, min_active_assays=config.min_active_assays,
-                     exclude_alerts=config.exclude_alerts)
-    phases.lap("hit lists and alerts")
     pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
                                  per_assay=config.assays)
     similarity = library_similarity(counts.score_files) if model.has_domain else None
