@@ -12,3 +12,7 @@ COMPARISON_EXPERIMENT = "pcba-mmoeex-comparison"
 #: Library rows a screen commits at a time (what a killed screen can lose);
 #: the screen job's --rows-per-part default.
 SCREEN_ROWS_PER_PART = 50_000
+#: Without ``screen --domain all``, one library row in this many (a seeded
+#: sample) gets the nearest-training-molecule search, for the library's
+#: similarity histogram.
+SIMILARITY_SAMPLE_EVERY = 16

@@ -81,6 +81,21 @@ def test_training_molecules_are_found_and_round_trip(molecules: list[Chem.Mol], 
 
 
 @pytest.mark.parametrize("exact_max_rows", [10_000, 0], ids=["exact", "hnsw"])
+def test_identical_is_in_training_set_without_the_search(molecules: list[Chem.Mol],
+                                                         exact_max_rows: int) -> None:
+    """What a screen keeps for every row: the hash lookup answers as the search does."""
+    fingerprints = fingerprint_matrix(molecules[:300], SPEC)
+    domain = TrainingDomain.build(fingerprints, [str(i) for i in range(300)], n_bits=SPEC.n_bits,
+                                  exact_max_rows=exact_max_rows)
+    queries = np.concatenate([fingerprints[250:], fingerprint_matrix(molecules[300:400], SPEC),
+                              np.zeros((1, SPEC.n_bytes), np.uint8)])
+    identical = domain.identical(queries)
+    assert identical.tolist() == domain.nearest(queries).in_training_set.tolist()
+    assert identical[:50].all() and not identical[-1]
+    assert domain.identical(np.zeros((0, SPEC.n_bytes), np.uint8)).shape == (0,)
+
+
+@pytest.mark.parametrize("exact_max_rows", [10_000, 0], ids=["exact", "hnsw"])
 def test_queries_without_on_bits_and_bad_shapes(exact_max_rows: int) -> None:
     rng = np.random.default_rng(0)
     fingerprints = np.packbits(rng.random((50, SPEC.n_bits)) < 0.05, axis=1)

@@ -16,6 +16,7 @@ import pytest
 from featurize.pipeline import featurize_file
 from featurize.spec import FingerprintSpec
 from pipelines.screening.alerts import structural_alerts
+from pipelines.screening.scoring import in_similarity_sample
 from pipelines.serving.applicability_domain import DOMAIN_COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -94,11 +95,18 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     pyfunc = mlflow.pyfunc.load_model(MODEL)  # MLFLOW_TRACKING_URI is the registry's
     expected = pyfunc.predict(frame.loc[scores["row"], ["smiles"]].reset_index(drop=True))
     np.testing.assert_allclose(scores[TASKS].to_numpy(), expected[TASKS].to_numpy(np.float32), atol=1e-6)
-    np.testing.assert_array_equal(scores["nn_similarity"], expected["nn_similarity"].astype(np.float32))
-    assert scores["nn_mol_id"].tolist() == expected["nn_mol_id"].tolist()
+    # --domain hits (the default): in_training_set on every row, the nearest
+    # training molecule on the seeded sample only, as the pyfunc finds it.
+    assert scores["in_training_set"].tolist() == expected["in_training_set"].tolist()
+    sampled = in_similarity_sample(scores["row"].to_numpy())
+    assert scores["nn_similarity"].notna().tolist() == sampled.tolist() and 50 < sampled.sum() < 150
+    np.testing.assert_array_equal(scores["nn_similarity"][sampled],
+                                  expected["nn_similarity"][sampled].astype(np.float32))
+    assert scores["nn_mol_id"][sampled].tolist() == expected["nn_mol_id"][sampled].tolist()
     training = scores["row"].between(1000, 1499)
-    assert scores.loc[training, "in_training_set"].all() and (scores.loc[training, "nn_similarity"] == 1).all()
+    assert scores.loc[training, "in_training_set"].all()
     assert result.in_training_set == int(scores["in_training_set"].sum()) >= 500
+    assert "a seeded sample of 1 row in 16" in result.similarity_histogram.splitlines()[0]
     assert result.similarity_histogram.splitlines()[-1].startswith("0.9-1.0 |")
 
     hits = pd.read_parquet(tmp_path / "out" / "hits.parquet")
@@ -108,13 +116,27 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
         assert hits[hits.assay == task]["row"].tolist() == best["row"].tolist()
     assert [list(names) for names in hits["alerts"]] == structural_alerts(hits["smiles"].tolist())
     assert result.hits_with_alerts == int((hits["alerts"].str.len() > 0).sum())
-    assert "alerts" in pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet").columns
-    by_row = scores.set_index("row")
-    assert hits["nn_similarity"].tolist() == by_row.loc[hits["row"], "nn_similarity"].tolist()
+    # Every hit has its nearest training molecule, searched after the pass.
+    by_smiles = expected.set_index(frame.loc[scores["row"], "smiles"].to_numpy())
+    by_smiles = by_smiles[~by_smiles.index.duplicated()]
+    np.testing.assert_array_equal(hits["nn_similarity"],
+                                  by_smiles.loc[hits["smiles"], "nn_similarity"].astype(np.float32))
+    assert hits["in_training_set"].tolist() == by_smiles.loc[hits["smiles"], "in_training_set"].tolist()
+    multi = pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet")
+    assert {"alerts", *DOMAIN_COLUMNS} <= set(multi.columns) and multi["nn_similarity"].notna().all()
     _check_pictures(tmp_path / "out", result, ["hits.png", "similarity.png"], registry)
 
     again = _screen(library, tmp_path / "out", registry)
     assert again.skipped_existing and again.scored == result.scored
+
+    # --domain all: every row searched, the same hits with the same columns.
+    every = _screen(library, tmp_path / "all", registry, domain="all")
+    all_scores = pd.read_parquet(tmp_path / "all" / "scores").sort_values("row")
+    np.testing.assert_array_equal(all_scores["nn_similarity"], expected["nn_similarity"].astype(np.float32))
+    assert all_scores["nn_mol_id"].tolist() == expected["nn_mol_id"].tolist()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "all" / "hits.parquet"), hits)
+    assert every.in_training_set == result.in_training_set
+    assert "sample" not in every.similarity_histogram.splitlines()[0]
 
 
 def _check_pictures(out: Path, result, names: list[str], registry: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.names import CHAMPION_URI, SCREEN_ROWS_PER_PART
+from pipelines.names import CHAMPION_URI, SCREEN_ROWS_PER_PART, SIMILARITY_SAMPLE_EVERY
 from pipelines.options import add_ray_arguments, add_tracking_uri_argument
 
 HELP = "score a molecule library with a registered model (Ray Data) and rank hits"
@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-alerts", action="store_true",
                         help="rank only molecules without structural alerts (PAINS, Brenk, NIH): "
                              "each assay's top K are its K best unflagged molecules")
+    parser.add_argument("--domain", choices=["hits", "all"], default="hits",
+                        help="with a model that carries its training domain: which rows get the "
+                             "nearest training molecule (nn_similarity, nn_mol_id). hits: the hit "
+                             "lists and a seeded sample of 1 library row in "
+                             f"{SIMILARITY_SAMPLE_EVERY} (the library's similarity histogram); all: "
+                             "every scored row (slower). Every row gets in_training_set")
     parser.add_argument("--smiles-col", default="smiles", help="SMILES column of .csv/.parquet libraries")
     parser.add_argument("--id-col", default=None,
                         help="id column (.sdf: a data field; default: ids from row positions)")
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_alerts=args.exclude_alerts,
         smiles_col=args.smiles_col, id_col=args.id_col, address=args.address,
         num_cpus=args.num_cpus, overwrite=args.overwrite, progress=not args.no_progress,
-        raw_scores=args.raw_scores,
+        raw_scores=args.raw_scores, domain=args.domain,
         rows_per_part=args.rows_per_part,
         resources=Resources(num_actors=args.num_actors, use_gpu=args.use_gpu,
                             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,

@@ -23,7 +23,8 @@ proportion to the alert work (milliseconds a molecule), not to the library.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,15 @@ import pyarrow.parquet as pq
 
 from pipelines.screening.alerts import AlertCache
 from pipelines.screening.outputs import DOMAIN_FIELDS, HITS_FILE, MULTI_ASSAY_FILE, SingleParquetWriter
+from pipelines.serving.applicability_domain import (
+    IN_TRAINING_SET_COLUMN,
+    NN_MOL_ID_COLUMN,
+    NN_SIMILARITY_COLUMN,
+    Neighbours,
+)
+
+#: The nearest training molecule of each SMILES (a screen's hits, --domain hits).
+NearestBySmiles = Callable[[Sequence[str]], Neighbours]
 
 READ_ROWS = 65_536
 MAX_PAGE = 65_536  # deepest page of candidates per assay when excluding alerts
@@ -101,22 +111,29 @@ class TopK:
 
 def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path, *,
               top_k: int, threshold: float | None, min_active_assays: int,
-              exclude_alerts: bool = False, alerts: AlertCache | None = None) -> HitsSummary:
+              exclude_alerts: bool = False, alerts: AlertCache | None = None,
+              nearest: NearestBySmiles | None = None) -> HitsSummary:
     """Write ``hits.parquet`` and ``multi_assay_hits.parquet`` into ``out_dir``
     (``threshold`` None: active means in the assay's top ``top_k``;
-    ``exclude_alerts``: molecules with alerts are left out of both)."""
+    ``exclude_alerts``: molecules with alerts are left out of both).
+
+    Where the score files carry the domain columns, both files do too:
+    ``nearest`` searches the hits' nearest training molecules by SMILES
+    (the score files then hold them for a sample only, ``--domain hits``);
+    without it they are read from the score files."""
     alerts = alerts if alerts is not None else AlertCache()
+    domain = HitDomain(score_files, nearest)
     top = TopK(2 * top_k if exclude_alerts else top_k, len(assays))
-    multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, MULTI_ASSAY_SCHEMA)
+    multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, pa.schema([*MULTI_ASSAY_SCHEMA, *domain.fields]))
     assay_names = np.array(assays, dtype=object)
     multi_rows = 0
     skipped: set[int] = set()  # flagged molecules left out (exclude_alerts)
-    for table in _iter_tables(score_files, ["row", "mol_id", "smiles", *assays]):
+    for table in _iter_tables(score_files, ["row", "mol_id", "smiles", *assays, *domain.names]):
         scores = _score_matrix(table, assays)
         top.update(scores, table["row"].to_numpy())
         if threshold is not None:
             found = _multi_assay_table(table, scores >= threshold, scores, assay_names,
-                                       min_active_assays, alerts)
+                                       min_active_assays, alerts, domain)
             if exclude_alerts:
                 flagged = pc.list_value_length(found["alerts"]).to_numpy() > 0
                 skipped.update(found["row"].to_numpy()[flagged].tolist())
@@ -127,10 +144,11 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
         winner_scores, winner_rows = _best_unflagged(score_files, assays, top, top_k, alerts, skipped)
     else:
         winner_scores, winner_rows = top.scores, top.rows
-    hits = _hits_table(score_files, assays, winner_scores, winner_rows, alerts)
+    hits = _hits_table(score_files, assays, winner_scores, winner_rows, alerts, domain)
     if threshold is None:
-        ids, active, scores = _top_k_membership(hits, assays)
-        found = _multi_assay_table(ids, active, scores, assay_names, min_active_assays, alerts)
+        ids, active, scores = _top_k_membership(hits, assays, domain.names)
+        found = _multi_assay_table(ids, active, scores, assay_names, min_active_assays, alerts,
+                                   domain.as_read())
         multi.write(found.sort_by([("n_active_assays", "descending"), ("max_score", "descending"),
                                    ("row", "ascending")]))
         multi_rows += found.num_rows
@@ -190,9 +208,10 @@ def _score_matrix(table: pa.Table, assays: Sequence[str]) -> np.ndarray:
 
 
 def _multi_assay_table(ids: pa.Table, active: np.ndarray, scores: np.ndarray, assay_names: np.ndarray,
-                       min_active_assays: int, alerts: AlertCache) -> pa.Table:
-    """The molecules of ``ids`` (row, mol_id, smiles) active in at least
-    ``min_active_assays`` assays; ``active`` and ``scores`` are [rows, assays]."""
+                       min_active_assays: int, alerts: AlertCache, domain: HitDomain) -> pa.Table:
+    """The molecules of ``ids`` (row, mol_id, smiles, the domain's columns)
+    active in at least ``min_active_assays`` assays; ``active`` and
+    ``scores`` are [rows, assays]."""
     n_active = active.sum(axis=1)
     selected = np.flatnonzero(n_active >= min_active_assays)
     smiles = ids["smiles"].take(selected)
@@ -205,10 +224,12 @@ def _multi_assay_table(ids: pa.Table, active: np.ndarray, scores: np.ndarray, as
         "max_score": np.where(active[selected], scores[selected], -np.inf).max(axis=1, initial=-np.inf)
                      .astype(np.float32),
         "alerts": alerts.alerts(smiles.to_pylist()),
-    }, schema=MULTI_ASSAY_SCHEMA)
+        **domain.columns(ids.take(selected)),
+    }, schema=pa.schema([*MULTI_ASSAY_SCHEMA, *domain.fields]))
 
 
-def _top_k_membership(hits: pa.Table, assays: Sequence[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+def _top_k_membership(hits: pa.Table, assays: Sequence[str],
+                      domain_names: Sequence[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """One row per molecule of the hit list (at most top_k x assays, so in
     memory): its ids, in which assays' top K it is, and its scores there."""
     unique_rows, first, inverse = np.unique(hits["row"].to_numpy(), return_index=True, return_inverse=True)
@@ -218,7 +239,7 @@ def _top_k_membership(hits: pa.Table, assays: Sequence[str]) -> tuple[pa.Table, 
     scores = np.zeros((len(unique_rows), len(assays)), dtype=np.float32)
     active[inverse, assay_index] = True
     scores[inverse, assay_index] = hits["score"].to_numpy()
-    return hits.select(["row", "mol_id", "smiles"]).take(first), active, scores
+    return hits.select(["row", "mol_id", "smiles", *domain_names]).take(first), active, scores
 
 
 def _lookup(score_files: Sequence[Path], rows: np.ndarray, columns: Sequence[str]) -> pa.Table:
@@ -240,13 +261,11 @@ def _smiles_by_row(score_files: Sequence[Path], rows: np.ndarray) -> dict[int, s
 
 
 def _hits_table(score_files: Sequence[Path], assays: Sequence[str], scores: Sequence[np.ndarray],
-                rows: Sequence[np.ndarray], alerts: AlertCache) -> pa.Table:
+                rows: Sequence[np.ndarray], alerts: AlertCache, domain: HitDomain) -> pa.Table:
     """The hit list from each assay's ranked (scores, rows), with ids,
-    SMILES, alerts and (where scored) the nearest training molecule attached."""
-    names = pq.read_schema(score_files[0]).names
-    domain = [field for field in DOMAIN_FIELDS if field.name in names]
+    SMILES, alerts and (with a domain) the nearest training molecule attached."""
     lookup = _lookup(score_files, np.concatenate([np.empty(0, np.int64), *rows]),
-                     ["row", "mol_id", "smiles", *(field.name for field in domain)])
+                     ["row", "mol_id", "smiles", *domain.names])
     position = {row: index for index, row in enumerate(lookup["row"].to_pylist())}
     assay_col, rank_col, row_col = [], [], []
     for assay, assay_rows in zip(assays, rows):
@@ -255,6 +274,7 @@ def _hits_table(score_files: Sequence[Path], assays: Sequence[str], scores: Sequ
         row_col += assay_rows.tolist()
     take = pa.array([position[row] for row in row_col], pa.int64())
     smiles = lookup["smiles"].take(take)
+    found = domain.columns(lookup)
     return pa.table({
         "assay": pa.array(assay_col, pa.string()),
         "rank": pa.array(rank_col, pa.int32()),
@@ -263,8 +283,40 @@ def _hits_table(score_files: Sequence[Path], assays: Sequence[str], scores: Sequ
         "smiles": smiles,
         "score": pa.array(np.concatenate([np.empty(0, np.float32), *scores]), pa.float32()),
         "alerts": alerts.alerts(smiles.to_pylist()),
-        **{field.name: lookup[field.name].take(take) for field in domain},
-    }, schema=pa.schema([*HITS_SCHEMA, *domain]))
+        **{name: column.take(take) for name, column in found.items()},
+    }, schema=pa.schema([*HITS_SCHEMA, *domain.fields]))
+
+
+class HitDomain:
+    """The domain columns of hit molecules (none for a model without its
+    training domain): searched by SMILES with ``nearest`` where given
+    (``in_training_set`` always comes from the score files: every row has
+    it, exactly), else as the score files hold them."""
+
+    def __init__(self, score_files: Sequence[Path], nearest: NearestBySmiles | None) -> None:
+        names = pq.read_schema(score_files[0]).names
+        self.fields = [field for field in DOMAIN_FIELDS if field.name in names]
+        self.names = [field.name for field in self.fields]
+        self.nearest = nearest if self.fields else None
+
+    def as_read(self) -> HitDomain:
+        """This domain, taking the columns of tables that already hold them."""
+        read = copy.copy(self)
+        read.nearest = None
+        return read
+
+    def columns(self, ids: pa.Table) -> dict[str, pa.Array]:
+        """The domain columns of ``ids`` (smiles and the domain's columns), by name."""
+        if self.nearest is None:
+            return {name: ids[name] for name in self.names}
+        smiles = ids["smiles"].to_pylist()
+        first = {text: index for index, text in enumerate(dict.fromkeys(smiles))}
+        found = self.nearest(list(first))
+        position = pa.array([first[text] for text in smiles], pa.int64())
+        similarity = pa.array(found.similarity, pa.float32(), mask=np.isnan(found.similarity))
+        return {NN_SIMILARITY_COLUMN: similarity.take(position),
+                NN_MOL_ID_COLUMN: pa.array(found.mol_id, pa.string()).take(position),
+                IN_TRAINING_SET_COLUMN: ids[IN_TRAINING_SET_COLUMN]}
 
 
 def _iter_tables(files: Sequence[Path], columns: list[str]) -> Iterator[pa.Table]:

@@ -14,11 +14,15 @@ import io
 import logging
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    from pipelines.serving.applicability_domain import TrainingDomain
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,13 @@ class ScreeningModel:
     tasks: list[str]
     archive: bytes  # the ModelBundle folder, zipped
     sha256: str  # of the pyfunc folder's files (names and bytes): the model's identity
-    has_domain: bool = False  # carries its training domain: scores get nn_similarity & co.
+    #: The training domain the model carries (None: scores get no nn_similarity & co.),
+    #: kept here to search the hits after the pass.
+    domain: TrainingDomain | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_domain(self) -> bool:
+        return self.domain is not None
 
     def assay_indices(self, assays: list[str] | None) -> list[int]:
         """Output columns for ``assays`` (all when None), in the order asked."""
@@ -71,7 +81,7 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
         # pyfunc's artifact: zip it as it is.
         return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks),
                               zip_folder(pyfunc.bundle_dir), folder_sha256(Path(local)),
-                              has_domain=scorer.domain is not None)
+                              domain=scorer.domain)
 
 
 def _files(folder: Path) -> list[tuple[str, Path]]:

@@ -49,7 +49,7 @@ MULTI_ASSAY_FILE = "multi_assay_hits.parquet"
 MANIFEST_FILE = "screening.json"
 
 DOMAIN_FIELDS = (
-    pa.field(NN_SIMILARITY_COLUMN, pa.float32(), nullable=False),
+    pa.field(NN_SIMILARITY_COLUMN, pa.float32()),  # null where not searched (--domain hits)
     pa.field(NN_MOL_ID_COLUMN, pa.string()),
     pa.field(IN_TRAINING_SET_COLUMN, pa.bool_(), nullable=False),
 )

@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurize.sources.readers import file_sha256
 from pipelines.errors import UserError
-from pipelines.names import SCREEN_ROWS_PER_PART
+from pipelines.names import SCREEN_ROWS_PER_PART, SIMILARITY_SAMPLE_EVERY
 from pipelines.screening.alerts import AlertCache, match_on_ray
 from pipelines.screening.hits import rank_hits
 from pipelines.screening.library_source import (
@@ -23,7 +26,7 @@ from pipelines.screening.library_source import (
     check_library_spec,
     resolve_library,
 )
-from pipelines.screening.model import fetch_model, source_run_id
+from pipelines.screening.model import ScreeningModel, fetch_model, source_run_id
 from pipelines.screening.outputs import (
     HITS_FILE,
     MULTI_ASSAY_FILE,
@@ -41,8 +44,9 @@ from pipelines.screening.pictures import (
     similarity_histogram_text,
 )
 from pipelines.screening.score_parts import ScoreParts
-from pipelines.screening.scoring import Resources, scored_dataset, write_scores
-from pipelines.serving.applicability_domain import NN_SIMILARITY_COLUMN
+from pipelines.screening.scoring import DomainScope, Resources, scored_dataset, write_scores
+from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_SIMILARITY_COLUMN, Neighbours
+from pipelines.serving.scorer import neighbours_of_smiles
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class ScreeningConfig:
     progress: bool = True
     raw_scores: bool = False  # the model's uncalibrated probabilities
     rows_per_part: int = SCREEN_ROWS_PER_PART  # library rows per committed part (what a kill can lose)
+    domain: DomainScope = "hits"  # rows that get the nearest training molecule (see scoring.DomainScope)
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +88,8 @@ class ScreeningConfig:
         if (self.resources.num_actors is not None and self.resources.num_actors < 1) \
                 or self.resources.batch_size < 1 or self.rows_per_part < 1:
             problems.append("--num-actors, --batch-size and --rows-per-part must be >= 1")
+        if self.domain not in ("hits", "all"):
+            problems.append(f"--domain is hits or all, got {self.domain!r}")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -104,6 +111,7 @@ class ScreeningResult:
     #: Wall seconds of each phase (model, Ray start, pass, rejects, hits, pictures, MLflow):
     #: where a screen's time goes beyond the pass.
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    driver_cpu_seconds: dict[str, float] = field(default_factory=dict)  # per phase, this process
     hits_with_alerts: int = 0  # rows of hits.parquet with a structural alert
     excluded_for_alerts: int = 0  # flagged molecules left out (--exclude-alerts)
     pictures: tuple[str, ...] = ()  # PNG files in out_dir
@@ -170,7 +178,8 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     with ray_session(config.address, config.num_cpus), quiet_ray_data():
         phases.lap("Ray start")
         streaming_started = time.perf_counter()
-        dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores, done)
+        dataset = scored_dataset(library, model, assays, config.resources, config.raw_scores, done,
+                                 domain_scope=config.domain)
         counts = write_scores(
             dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2),
             assays, parts, expected_rows=library.rows, progress=config.progress,
@@ -182,16 +191,19 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         # The structural alerts of the hits run as Ray tasks on the cluster's CPUs.
         hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
                          threshold=config.threshold, min_active_assays=config.min_active_assays,
-                         exclude_alerts=config.exclude_alerts, alerts=AlertCache(match_on_ray))
+                         exclude_alerts=config.exclude_alerts, alerts=AlertCache(match_on_ray),
+                         nearest=hit_neighbours(model) if config.domain == "hits" else None)
         phases.lap("hit lists and alerts")
     phases.lap("Ray shutdown")
     pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
                                  per_assay=config.assays)
     similarity = library_similarity(counts.score_files) if model.has_domain else None
+    sample = "" if config.domain == "all" else \
+        f" (a seeded sample of 1 row in {SIMILARITY_SAMPLE_EVERY})"
     if similarity is not None:
         pictures.append(similarity_histogram_png(
             similarity, staged.path / SIMILARITY_PICTURE,
-            title="similarity of the library to the training set"))
+            title=f"similarity of the library to the training set{sample}"))
     phases.lap("pictures")
     logged_to = log_pictures(pictures, config.model_uri, tracking_uri,
                              f"screenings/{config.out_dir.name}-{identity_digest(identity)[:12]}")
@@ -203,36 +215,58 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         hits_with_alerts=hits.hits_with_alerts, excluded_for_alerts=hits.excluded_for_alerts,
         pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
         similarity_histogram=None if similarity is None else similarity_histogram_text(
-            similarity, title="library similarity to the training set"),
-        in_training_set=None if similarity is None else int(np.sum(similarity >= 1.0)),
+            similarity, title=f"library similarity to the training set{sample}"),
+        in_training_set=training_molecules(counts.score_files) if model.has_domain else None,
         elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
         featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds,
-        resumed_rows=counts.resumed_rows, phase_seconds=phases.seconds)
+        resumed_rows=counts.resumed_rows, phase_seconds=phases.seconds,
+        driver_cpu_seconds=phases.driver_cpu_seconds)
     staged.commit({"identity": identity, "result": result.manifest(),
                    "tracking_uri": tracking_uri, "library": str(library.path)})
     return result
 
 
 class PhaseClock:
-    """Wall seconds between successive :meth:`lap` calls, by phase name."""
+    """Wall seconds between successive :meth:`lap` calls, by phase name, and
+    the CPU seconds this (driver) process spent in each: during the pass,
+    what the driver takes from the workers' CPUs."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.driver_cpu_seconds: dict[str, float] = {}
         self._last = time.perf_counter()
+        self._last_cpu = time.process_time()
 
     def lap(self, phase: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.seconds[phase] = round(now - self._last, 3)
-        self._last = now
-        logger.info("screen: %s took %.1f s", phase, self.seconds[phase])
+        self.driver_cpu_seconds[phase] = round(cpu - self._last_cpu, 3)
+        self._last, self._last_cpu = now, cpu
+        logger.info("screen: %s took %.1f s (driver CPU %.1f s)", phase, self.seconds[phase],
+                    self.driver_cpu_seconds[phase])
 
 
 def library_similarity(score_files: list[Path]) -> np.ndarray:
-    """Every scored molecule's ``nn_similarity`` (4 bytes a molecule: 4 MB
-    for a million), read back from the score files."""
+    """The ``nn_similarity`` of every scored molecule that has one (all with
+    ``--domain all``, else the seeded sample), read back from the score
+    files (4 bytes a molecule: 4 MB for a million)."""
     return np.concatenate([np.empty(0, np.float32), *(
-        pq.read_table(path, columns=[NN_SIMILARITY_COLUMN])[NN_SIMILARITY_COLUMN].to_numpy()
+        pq.read_table(path, columns=[NN_SIMILARITY_COLUMN])[NN_SIMILARITY_COLUMN].drop_null().to_numpy()
         for path in score_files)])
+
+
+def training_molecules(score_files: list[Path]) -> int:
+    """How many scored molecules are training molecules (``in_training_set``, every row)."""
+    return sum(pc.sum(pq.read_table(path, columns=[IN_TRAINING_SET_COLUMN])[IN_TRAINING_SET_COLUMN]
+                      .cast(pa.int64())).as_py() or 0 for path in score_files)
+
+
+def hit_neighbours(model: ScreeningModel) -> Callable[[Sequence[str]], Neighbours] | None:
+    """The nearest training molecule of hit SMILES, searched here after the
+    pass (``--domain hits``); None for a model without its training domain."""
+    if model.domain is None:
+        return None
+    return functools.partial(neighbours_of_smiles, spec=model.spec, domain=model.domain)
 
 
 def log_pictures(pictures: list[Path], model_uri: str, tracking_uri: str,
@@ -269,7 +303,7 @@ def screening_identity(config: ScreeningConfig, model_sha256: str, library: dict
         "assays": assays, "top_k": config.top_k, "threshold": config.threshold,
         "min_active_assays": config.min_active_assays, "exclude_alerts": config.exclude_alerts,
         "smiles_col": config.smiles_col, "id_col": config.id_col,
-        "raw_scores": config.raw_scores,
+        "raw_scores": config.raw_scores, "domain": config.domain,
     }
 
 

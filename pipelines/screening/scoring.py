@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from featurize.spec import FingerprintSpec
 from pipelines.errors import UserError
+from pipelines.names import SIMILARITY_SAMPLE_EVERY
 from pipelines.screening.library_source import BLOCK_ROWS, ScreeningLibrary
 from pipelines.screening.model import ScreeningModel, unzip_to
 from pipelines.screening.score_parts import CommittedRows, ScoreParts
@@ -36,7 +37,7 @@ from pipelines.serving.applicability_domain import (
     IN_TRAINING_SET_COLUMN,
     NN_MOL_ID_COLUMN,
     NN_SIMILARITY_COLUMN,
-    Neighbours,
+    TrainingDomain,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +47,24 @@ logger = logging.getLogger(__name__)
 
 FEATURIZE_SECONDS = "_featurize_s"
 SCORE_SECONDS = "_score_s"
+#: Which scored rows get the nearest-training-molecule search (``--domain``):
+#: "hits" searches the hit lists (after the pass) and a seeded sample of the
+#: library (for its similarity histogram); every row still gets
+#: ``in_training_set`` (an exact hash lookup). "all" searches every row.
+DomainScope = Literal["hits", "all"]
+_SAMPLE_SEED = 0x5EED
+
+
+def in_similarity_sample(rows: np.ndarray) -> np.ndarray:
+    """Whether each library row (source position) is in the seeded sample:
+    a splitmix64 hash of the position, so the sample is the same in every
+    run, on every worker, whatever the block boundaries."""
+    with np.errstate(over="ignore"):
+        x = rows.astype(np.uint64) + np.uint64(_SAMPLE_SEED)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x % np.uint64(SIMILARITY_SAMPLE_EVERY) == 0
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,8 @@ class AssayScorer:
     about (and refuses past 95 MiB) for a wide model's tens of MiB."""
 
     def __init__(self, archive: ObjectRef, columns: list[int], assays: list[str], device: str,
-                 threads: int | None = None, raw_scores: bool = False) -> None:
+                 threads: int | None = None, raw_scores: bool = False,
+                 domain_scope: DomainScope = "hits") -> None:
         import ray
         import torch
 
@@ -132,6 +152,7 @@ class AssayScorer:
                                          raw_scores=raw_scores)
         self.columns = np.asarray(columns, dtype=np.int64)
         self.assays = assays
+        self.domain_scope = domain_scope
         # One torch thread computes in the calling thread, so its CPU time is
         # exact even while the actor's other call runs; GPUs and thread pools
         # work elsewhere, where only wall time tells.
@@ -143,30 +164,42 @@ class AssayScorer:
         started = self._clock()
         accepted = pc.is_null(batch["reason"]).to_numpy(zero_copy_only=False)
         probabilities = np.zeros((batch.num_rows, len(self.assays)), dtype=np.float32)
-        neighbours = None
+        fp = np.zeros((0, self.scorer.spec.n_bytes), np.uint8)
         if accepted.any():
             fp = fixed_binary_to_numpy(batch["fp"], self.scorer.spec.n_bytes)[accepted]
             probabilities[accepted] = self.scorer.score_packed(fp)[:, self.columns]
-            neighbours = self.scorer.neighbours(fp)
         table = batch.drop_columns(["fp"])
         for index, assay in enumerate(self.assays):
             table = table.append_column(assay, pa.array(probabilities[:, index], mask=~accepted))
         if self.scorer.domain is not None:
-            table = _with_domain(table, accepted, neighbours)
+            rows = batch["_row"].to_numpy()[accepted]
+            table = _with_domain(table, accepted, self._searched(rows), self.scorer.domain, fp)
         return _with_seconds(table, SCORE_SECONDS, self._clock() - started)
 
+    def _searched(self, rows: np.ndarray) -> np.ndarray:
+        """Which accepted rows get the nearest-neighbour search (see DomainScope)."""
+        return np.ones(len(rows), bool) if self.domain_scope == "all" else in_similarity_sample(rows)
 
-def _with_domain(table: pa.Table, accepted: np.ndarray, neighbours: Neighbours | None) -> pa.Table:
-    """The block with its accepted rows' nearest training molecules (null on
-    rejected rows)."""
+
+def _with_domain(table: pa.Table, accepted: np.ndarray, searched: np.ndarray, domain: TrainingDomain,
+                 fp: np.ndarray) -> pa.Table:
+    """The block with the domain columns: ``in_training_set`` on every
+    accepted row, the nearest training molecule on the accepted rows
+    ``searched`` marks (``fp``: the accepted rows' fingerprints); null elsewhere."""
+    import torch
+
     similarity = np.zeros(table.num_rows, np.float32)
+    has_similarity = np.zeros(table.num_rows, bool)
     mol_ids = np.full(table.num_rows, None, dtype=object)
     in_training_set = np.zeros(table.num_rows, bool)
-    if neighbours is not None:
-        similarity[accepted] = neighbours.similarity
-        mol_ids[accepted] = neighbours.mol_id
-        in_training_set[accepted] = neighbours.in_training_set
-    return (table.append_column(NN_SIMILARITY_COLUMN, pa.array(similarity, mask=~accepted))
+    positions = np.flatnonzero(accepted)
+    in_training_set[positions] = domain.identical(fp)
+    if searched.any():
+        found = domain.nearest(fp[searched], threads=torch.get_num_threads())
+        similarity[positions[searched]] = found.similarity
+        has_similarity[positions[searched]] = True
+        mol_ids[positions[searched]] = found.mol_id
+    return (table.append_column(NN_SIMILARITY_COLUMN, pa.array(similarity, mask=~has_similarity))
             .append_column(NN_MOL_ID_COLUMN, pa.array(mol_ids, pa.string()))
             .append_column(IN_TRAINING_SET_COLUMN, pa.array(in_training_set, mask=~accepted)))
 
@@ -225,7 +258,8 @@ def library_dataset(library: ScreeningLibrary, done: CommittedRows | None = None
 
 def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: list[str],
                    resources: Resources, raw_scores: bool = False,
-                   done: CommittedRows | None = None):  # -> ray.data.Dataset
+                   done: CommittedRows | None = None,
+                   domain_scope: DomainScope = "hits"):  # -> ray.data.Dataset
     """The library's rows, but those ``done`` holds, featurized and scored."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -250,7 +284,7 @@ def scored_dataset(library: ScreeningLibrary, model: ScreeningModel, assays: lis
         fn_constructor_kwargs={
             "archive": ray.put(model.archive), "columns": model.assay_indices(assays), "assays": assays,
             "device": "cuda" if resources.use_gpu else "cpu", "threads": threads,
-            "raw_scores": raw_scores,
+            "raw_scores": raw_scores, "domain_scope": domain_scope,
         })
 
 

@@ -87,9 +87,7 @@ class TrainingDomain:
         self.mol_ids = mol_ids
         self.index = index
         self.hashes = hashes
-        # Sorted once here, not per search: screening calls nearest() per batch.
-        self._hash_order = None if hashes is None else np.argsort(hashes, kind="stable")
-        self._sorted_hashes = None if hashes is None else hashes[self._hash_order]
+        self._hash_table: tuple[np.ndarray, np.ndarray] | None = None  # order, sorted hashes
         self._bits: torch.Tensor | None = None  # [n_bits, N] float32, built on first exact search
         self._counts: torch.Tensor | None = None
         self.fingerprints = fingerprints
@@ -145,20 +143,38 @@ class TrainingDomain:
         similarity[identical], rows[identical] = 1.0, row_of
         return similarity, rows
 
+    def identical(self, packed: np.ndarray) -> np.ndarray:
+        """Whether each packed query fingerprint is a training molecule's
+        (bits identical): :attr:`Neighbours.in_training_set` at the cost of
+        a hash lookup, for callers that need no similarity."""
+        packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        return self._identical_rows(packed)[0] if len(packed) else np.zeros(0, bool)
+
     def _identical_rows(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which queries are a training fingerprint, and its row: the graph
         can miss even an identical molecule, a hash table cannot (and its
         float distance of identical bits can be a rounding above 0)."""
+        order, sorted_hashes = self._hashes_sorted()
         hashes = fingerprint_hashes(packed)
-        slot = np.minimum(np.searchsorted(self._sorted_hashes, hashes), len(self._sorted_hashes) - 1)
-        candidate = self._hash_order[slot]
-        matched = np.flatnonzero((self._sorted_hashes[slot] == hashes) & packed.any(axis=1))
+        slot = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
+        candidate = order[slot]
+        matched = np.flatnonzero((sorted_hashes[slot] == hashes) & packed.any(axis=1))
         if len(matched):  # a 64-bit hash match is checked against the stored bits
-            stored = np.asarray(self.index.get(candidate[matched].astype(np.uint64)), dtype=np.uint8)
+            stored = self.fingerprints[candidate[matched]] if self.index is None else \
+                np.asarray(self.index.get(candidate[matched].astype(np.uint64)), dtype=np.uint8)
             matched = matched[(stored.reshape(len(matched), -1) == packed[matched]).all(axis=1)]
         identical = np.zeros(len(packed), dtype=bool)
         identical[matched] = True
         return identical, candidate[matched]
+
+    def _hashes_sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training hashes' sort order and the sorted hashes, built on
+        first use (an exact domain hashes its fingerprints then), not per search."""
+        if self._hash_table is None:
+            hashes = self.hashes if self.hashes is not None else fingerprint_hashes(self.fingerprints)
+            order = np.argsort(hashes, kind="stable")
+            self._hash_table = order, hashes[order]
+        return self._hash_table
 
     def _search_exact(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bits, counts = self._exact_tables()

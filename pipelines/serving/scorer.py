@@ -107,20 +107,8 @@ class Scorer:
         return SparseRows.from_dense(x) if self.device.type == "cpu" else x
 
     def featurize_smiles(self, smiles: Sequence[Any]) -> tuple[np.ndarray, list[str | None]]:
-        """Packed fingerprints of the SMILES that featurize (rows in input
-        order, failures left out) and one error per input (None where fine)."""
-        if self.spec.kind != "morgan":
-            reason = (f"model uses {self.spec.describe()} fingerprints, which cannot be "
-                      "computed from SMILES; score its packed fingerprints instead")
-            return np.zeros((0, self.spec.n_bytes), np.uint8), [reason] * len(smiles)
-        fingerprints, errors = FingerprintRows(self.spec), []
-        for raw in smiles:
-            standardized = standardize_smiles(raw if isinstance(raw, str) else None,
-                                              canonical=False)
-            errors.append(standardized.reason)
-            if standardized.mol is not None:
-                fingerprints.add(standardized.mol)
-        return fingerprints.matrix(), errors
+        """:func:`featurize_smiles` with this model's spec."""
+        return featurize_smiles(smiles, self.spec)
 
     def neighbours(self, fp: np.ndarray) -> Neighbours | None:
         """The nearest training molecule of each packed fingerprint, or None
@@ -138,11 +126,39 @@ class Scorer:
         if ok.any():
             probs[ok] = self.score_packed(fp, raw_scores)
         found = self.neighbours(fp)
-        if found is None:
-            return SmilesScores(probs, errors, None)
-        similarity = np.full(len(errors), np.nan, dtype=np.float32)
-        similarity[ok] = found.similarity
-        mol_ids: list[str | None] = [None] * len(errors)
-        for position, mol_id in zip(np.flatnonzero(ok).tolist(), found.mol_id):
-            mol_ids[position] = mol_id
-        return SmilesScores(probs, errors, Neighbours(similarity, mol_ids))
+        return SmilesScores(probs, errors, None if found is None else spread_neighbours(found, errors))
+
+
+def featurize_smiles(smiles: Sequence[Any], spec: FingerprintSpec) -> tuple[np.ndarray, list[str | None]]:
+    """Packed fingerprints of the SMILES that featurize (rows in input order,
+    failures left out) and one error per input (None where fine)."""
+    if spec.kind != "morgan":
+        reason = (f"model uses {spec.describe()} fingerprints, which cannot be "
+                  "computed from SMILES; score its packed fingerprints instead")
+        return np.zeros((0, spec.n_bytes), np.uint8), [reason] * len(smiles)
+    fingerprints, errors = FingerprintRows(spec), []
+    for raw in smiles:
+        standardized = standardize_smiles(raw if isinstance(raw, str) else None, canonical=False)
+        errors.append(standardized.reason)
+        if standardized.mol is not None:
+            fingerprints.add(standardized.mol)
+    return fingerprints.matrix(), errors
+
+
+def spread_neighbours(found: Neighbours, errors: list[str | None]) -> Neighbours:
+    """``found`` (one per featurized row) at its inputs' positions: NaN
+    similarity and None mol_id where an input failed."""
+    ok = np.array([error is None for error in errors], dtype=bool)
+    similarity = np.full(len(errors), np.nan, dtype=np.float32)
+    similarity[ok] = found.similarity
+    mol_ids: list[str | None] = [None] * len(errors)
+    for position, mol_id in zip(np.flatnonzero(ok).tolist(), found.mol_id):
+        mol_ids[position] = mol_id
+    return Neighbours(similarity, mol_ids)
+
+
+def neighbours_of_smiles(smiles: Sequence[Any], spec: FingerprintSpec,
+                         domain: TrainingDomain) -> Neighbours:
+    """The nearest training molecule of each SMILES (see :func:`spread_neighbours`)."""
+    fp, errors = featurize_smiles(smiles, spec)
+    return spread_neighbours(domain.nearest(fp, threads=torch.get_num_threads()), errors)
