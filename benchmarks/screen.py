@@ -27,8 +27,9 @@ Reported per screen: the command's wall time and its ratio to the limit,
 the Ray Data pass alone, the hit lists with their structural alerts, the
 rest (process and Ray start, model download, pictures, MLflow; each phase
 is in the screen's screening.json), the CPU-seconds featurizing and scoring
-(summed over actors), and the peak RSS of the job's whole process tree (driver,
-raylet, workers; sampled every 0.5 s). The machine may be shared: single
+(summed over actors), and the peak memory of the job's whole process tree
+(driver, raylet, workers; sampled every 0.5 s) as summed RSS and as summed
+PSS, which counts a shared page once (see PeakMemory). The machine may be shared: single
 runs, noisy; the limit is measured in the same run on the same library.
 """
 from __future__ import annotations
@@ -117,11 +118,16 @@ def write_library(path: Path, n_molecules: int) -> None:
             handle.write(f"{smiles},lib-{index:07d}\n")
 
 
-class PeakRss:
-    """Peak summed RSS of a process and all its descendants."""
+class PeakMemory:
+    """Peak memory of a process and all its descendants: the summed RSS,
+    and the summed PSS (proportional set size: a page shared by several
+    processes, such as torch's libraries in the driver and each actor, or
+    Ray's object store, counted once in all), which is what the job takes
+    from the machine."""
 
     def __init__(self, pid: int, interval_s: float = 0.5):
-        self.root, self.interval_s, self.peak = psutil.Process(pid), interval_s, 0
+        self.root, self.interval_s = psutil.Process(pid), interval_s
+        self.peak_rss = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -132,28 +138,31 @@ class PeakRss:
                 processes = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = 0
+            rss = pss = 0
             for process in processes:
                 try:
-                    total += process.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak = max(self.peak, total)
+                    memory = process.memory_full_info()  # smaps_rollup: cheap
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                rss += memory.rss
+                pss += memory.pss
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
+        """(peak RSS, peak PSS) in bytes."""
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return self.peak_rss, self.peak_pss
 
 
 def screen(model: str, library: Path, out: Path, tracking_uri: str, cpus: int,
-           domain: str) -> tuple[float, int]:
+           domain: str) -> tuple[float, tuple[int, int]]:
     command = [sys.executable, "-m", "pipelines", "screen", "--model", model, "--library", str(library),
                "--id-col", "mol_id", "--out", str(out), "--tracking-uri", tracking_uri,
                "--num-cpus", str(cpus), "--domain", domain, "--no-progress", "--overwrite"]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    memory = PeakRss(process.pid)
+    memory = PeakMemory(process.pid)
     output, _ = process.communicate()
     peak = memory.stop()
     if process.returncode:
@@ -243,7 +252,7 @@ def main() -> None:
 
 
 def screen_row(size: int, cpus: int, domain: str, featurize_s: float, forward_s: float, wall: float,
-               peak: int, result: dict) -> dict:
+               peak: tuple[int, int], result: dict) -> dict:
     """One row of the table: a screen against its limit, and where its time went."""
     limit = featurize_s + forward_s
     return {
@@ -256,7 +265,8 @@ def screen_row(size: int, cpus: int, domain: str, featurize_s: float, forward_s:
                                - result["phase_seconds"]["hit lists and alerts"], 1),
         "featurize CPU-s": round(result["featurize_seconds"], 1),
         "scoring CPU-s": round(result["score_seconds"], 1),
-        "peak RSS MiB": round(peak / 2**20),
+        "peak RSS MiB": round(peak[0] / 2**20),
+        "peak PSS MiB": round(peak[1] / 2**20),
     }
 
 
