@@ -55,7 +55,7 @@ def nci_canonical(nci_smiles: list[str]) -> list[str]:
             if standardize_smiles(text).smiles]
 
 
-def test_the_prefiltered_matcher_finds_what_rdkit_finds(nci_canonical: list[str]) -> None:
+def test_the_prefiltered_matcher_finds_what_rdkit_finds(nci_smiles: list[str], nci_canonical: list[str]) -> None:
     """Against RDKit's own run of the whole catalog on every molecule: the
     pattern-fingerprint screen skips only entries that cannot match."""
     matcher = alerts_module.AlertMatcher()
@@ -65,6 +65,12 @@ def test_the_prefiltered_matcher_finds_what_rdkit_finds(nci_canonical: list[str]
                      FilterCatalog.RunFilterCatalog(alerts_module.alert_catalog(), nci_canonical,
                                                     numThreads=1)]
     assert matcher.alerts(nci_canonical) == reference
+    # Given the library's own SMILES, it checks the same standardized molecules.
+    raw = nci_smiles[:1500]
+    from_raw = matcher.alerts(raw)
+    standardizes = [standardize_smiles(text).smiles is not None for text in raw]
+    assert [names for names, ok in zip(from_raw, standardizes) if ok] == reference[:-1]
+    assert all(names[0].startswith(UNCHECKED_PREFIX) for names, ok in zip(from_raw, standardizes) if not ok)
     assert sum(map(bool, reference)) > len(reference) / 3  # NCI carries many alerts
 
 

@@ -104,12 +104,16 @@ class AlertMatcher:
             _pattern_words(query) if query is not None else np.zeros(PATTERN_BITS // 64, np.uint64)
             for query in queries])
 
-    def alerts(self, canonical: Sequence[str]) -> list[list[str]]:
-        """The alert names of each (standardized, canonical) SMILES."""
+    def alerts(self, smiles: Sequence[str | None]) -> list[list[str]]:
+        """The alert names of each SMILES, checked on its standardized
+        molecule (``unchecked:<reason>`` where it does not standardize)."""
         found = []
         with rdBase.BlockLogs():
-            for smiles in canonical:
-                mol = Chem.MolFromSmiles(smiles)
+            for text in smiles:
+                mol, _, reason = standardize_smiles(text, canonical=False)
+                if mol is None:
+                    found.append([f"{UNCHECKED_PREFIX}{reason}"])
+                    continue
                 words = _pattern_words(mol)
                 possible = np.flatnonzero(~(self.entry_words & ~words).any(axis=1))
                 found.append(_alert_names([self.entries[index] for index in possible
@@ -123,24 +127,24 @@ def alert_matcher() -> AlertMatcher:
     return AlertMatcher()
 
 
-def match_in_process(canonical: Sequence[str]) -> list[list[str]]:
+def match_in_process(smiles: Sequence[str | None]) -> list[list[str]]:
     """:meth:`AlertMatcher.alerts` with this process's matcher."""
-    return alert_matcher().alerts(canonical)
+    return alert_matcher().alerts(smiles)
 
 
-def match_on_ray(canonical: Sequence[str]) -> list[list[str]]:
+def match_on_ray(smiles: Sequence[str | None]) -> list[list[str]]:
     """:func:`match_in_process` as Ray tasks, about four per CPU of the
     cluster this process joined, each of at least :data:`MIN_CHUNK`
     molecules (a worker builds its matcher once, in milliseconds)."""
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    chunk = max(MIN_CHUNK, -(-len(canonical) // (4 * cpus)))
-    if len(canonical) <= chunk:
-        return match_in_process(canonical)
+    chunk = max(MIN_CHUNK, -(-len(smiles) // (4 * cpus)))
+    if len(smiles) <= chunk:
+        return match_in_process(smiles)
     task = ray.remote(num_cpus=1)(match_in_process)
-    parts = [task.remote(list(canonical[start:start + chunk]))
-             for start in range(0, len(canonical), chunk)]
+    parts = [task.remote(list(smiles[start:start + chunk]))
+             for start in range(0, len(smiles), chunk)]
     return [names for part in ray.get(parts) for names in part]
 
 
@@ -162,10 +166,11 @@ class AlertCache:
     """Alerts per distinct SMILES, each computed once however many assays'
     hit lists (or ranking rounds) the molecule appears in.
 
-    ``match``: how a batch of canonical SMILES is matched (in this process,
-    or :func:`match_on_ray` while the screen holds a Ray cluster)."""
+    ``match``: how a batch of SMILES is matched (in this process, or
+    :func:`match_on_ray` while the screen holds a Ray cluster: the
+    standardization runs there too)."""
 
-    def __init__(self, match: Callable[[Sequence[str]], list[list[str]]] = match_in_process):
+    def __init__(self, match: Callable[[Sequence[str | None]], list[list[str]]] = match_in_process):
         self.match = match
         self._alerts: dict[str | None, list[str]] = {}
 
@@ -179,21 +184,14 @@ class AlertCache:
         return np.array([bool(names) for names in self.alerts(smiles)], dtype=bool)
 
     def _compute(self, fresh: list[str | None]) -> None:
-        checkable: list[str | None] = []
-        canonical: list[str] = []
-        for text in fresh:
-            standardized = standardize_smiles(text)
-            if standardized.mol is None:
-                self._alerts[text] = [f"{UNCHECKED_PREFIX}{standardized.reason}"]
-            else:
-                checkable.append(text)
-                canonical.append(standardized.smiles)
-        if len(checkable) < len(fresh):
+        if not fresh:
+            return
+        found = self.match(fresh)
+        unchecked = sum(bool(names) and names[0].startswith(UNCHECKED_PREFIX) for names in found)
+        if unchecked:
             logger.warning("%d hit SMILES could not be standardized for the alert check; "
-                           "they are flagged %s<reason>", len(fresh) - len(checkable),
-                           UNCHECKED_PREFIX)
-        for text, names in zip(checkable, self.match(canonical)):
-            self._alerts[text] = names
+                           "they are flagged %s<reason>", unchecked, UNCHECKED_PREFIX)
+        self._alerts.update(zip(fresh, found))
 
 
 def structural_alerts(smiles: Sequence[str | None]) -> list[list[str]]:
