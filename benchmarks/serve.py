@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/screen.py, run as a script or loaded by path
-from screen import PeakRss, register_model, report  # it also puts the project on sys.path
+from screen import PeakMemory, register_model, report  # it also puts the project on sys.path
 
 from pipelines.text_tables import format_table
 
@@ -103,7 +103,7 @@ def main() -> None:
         rows = []
         for workers in args.workers:
             server, base = serve(model, workers, Path(scratch))
-            memory = PeakRss(server.pid)
+            memory = PeakMemory(server.pid)
             try:
                 for _ in range(workers):  # every worker loads its model before the clock starts
                     invoke(base, batches[0])
@@ -112,7 +112,7 @@ def main() -> None:
                     latencies = sorted(pool.map(functools.partial(invoke, base), batches))
                 wall = time.perf_counter() - started
             finally:
-                peak = memory.stop()
+                peak, _ = memory.stop()
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=60)
             rows.append({"workers": workers, "clients": args.clients, "SMILES/request": args.batch,
