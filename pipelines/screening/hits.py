@@ -23,9 +23,8 @@ proportion to the alert work (milliseconds a molecule), not to the library.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +121,7 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
     (the score files then hold them for a sample only, ``--domain hits``);
     without it they are read from the score files."""
     alerts = alerts if alerts is not None else AlertCache()
-    domain = HitDomain(score_files, nearest)
+    domain = HitDomain.of(score_files, nearest)
     top = TopK(2 * top_k if exclude_alerts else top_k, len(assays))
     multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, pa.schema([*MULTI_ASSAY_SCHEMA, *domain.fields]))
     assay_names = np.array(assays, dtype=object)
@@ -287,23 +286,29 @@ def _hits_table(score_files: Sequence[Path], assays: Sequence[str], scores: Sequ
     }, schema=pa.schema([*HITS_SCHEMA, *domain.fields]))
 
 
+@dataclass(frozen=True)
 class HitDomain:
     """The domain columns of hit molecules (none for a model without its
     training domain): searched by SMILES with ``nearest`` where given
     (``in_training_set`` always comes from the score files: every row has
     it, exactly), else as the score files hold them."""
 
-    def __init__(self, score_files: Sequence[Path], nearest: NearestBySmiles | None) -> None:
+    fields: list[pa.Field]
+    nearest: NearestBySmiles | None = None
+
+    @classmethod
+    def of(cls, score_files: Sequence[Path], nearest: NearestBySmiles | None) -> HitDomain:
         names = pq.read_schema(score_files[0]).names
-        self.fields = [field for field in DOMAIN_FIELDS if field.name in names]
-        self.names = [field.name for field in self.fields]
-        self.nearest = nearest if self.fields else None
+        fields = [field for field in DOMAIN_FIELDS if field.name in names]
+        return cls(fields, nearest if fields else None)
+
+    @property
+    def names(self) -> list[str]:
+        return [field.name for field in self.fields]
 
     def as_read(self) -> HitDomain:
         """This domain, taking the columns of tables that already hold them."""
-        read = copy.copy(self)
-        read.nearest = None
-        return read
+        return replace(self, nearest=None)
 
     def columns(self, ids: pa.Table) -> dict[str, pa.Array]:
         """The domain columns of ``ids`` (smiles and the domain's columns), by name."""

@@ -197,7 +197,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     phases.lap("Ray shutdown")
     pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
                                  per_assay=config.assays)
-    similarity = library_similarity(counts.score_files) if model.has_domain else None
+    similarity, in_training_set = library_domain(counts.score_files) if model.has_domain else (None, None)
     sample = "" if config.domain == "all" else \
         f" (a seeded sample of 1 row in {SIMILARITY_SAMPLE_EVERY})"
     if similarity is not None:
@@ -216,7 +216,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
         similarity_histogram=None if similarity is None else similarity_histogram_text(
             similarity, title=f"library similarity to the training set{sample}"),
-        in_training_set=training_molecules(counts.score_files) if model.has_domain else None,
+        in_training_set=in_training_set,
         elapsed_s=time.perf_counter() - started, streaming_s=streaming_s,
         featurize_seconds=counts.featurize_seconds, score_seconds=counts.score_seconds,
         resumed_rows=counts.resumed_rows, phase_seconds=phases.seconds,
@@ -246,19 +246,17 @@ class PhaseClock:
                     self.driver_cpu_seconds[phase])
 
 
-def library_similarity(score_files: list[Path]) -> np.ndarray:
+def library_domain(score_files: list[Path]) -> tuple[np.ndarray, int]:
     """The ``nn_similarity`` of every scored molecule that has one (all with
-    ``--domain all``, else the seeded sample), read back from the score
-    files (4 bytes a molecule: 4 MB for a million)."""
-    return np.concatenate([np.empty(0, np.float32), *(
-        pq.read_table(path, columns=[NN_SIMILARITY_COLUMN])[NN_SIMILARITY_COLUMN].drop_null().to_numpy()
-        for path in score_files)])
-
-
-def training_molecules(score_files: list[Path]) -> int:
-    """How many scored molecules are training molecules (``in_training_set``, every row)."""
-    return sum(pc.sum(pq.read_table(path, columns=[IN_TRAINING_SET_COLUMN])[IN_TRAINING_SET_COLUMN]
-                      .cast(pa.int64())).as_py() or 0 for path in score_files)
+    ``--domain all``, else the seeded sample; 4 bytes a molecule: 4 MB for
+    a million) and how many scored molecules are training molecules
+    (``in_training_set``, every row): one read of those two columns."""
+    similarity, in_training_set = [np.empty(0, np.float32)], 0
+    for path in score_files:
+        table = pq.read_table(path, columns=[NN_SIMILARITY_COLUMN, IN_TRAINING_SET_COLUMN])
+        similarity.append(table[NN_SIMILARITY_COLUMN].drop_null().to_numpy())
+        in_training_set += pc.sum(table[IN_TRAINING_SET_COLUMN].cast(pa.int64())).as_py() or 0
+    return np.concatenate(similarity), in_training_set
 
 
 def hit_neighbours(model: ScreeningModel) -> Callable[[Sequence[str]], Neighbours] | None:

@@ -193,12 +193,14 @@ def _with_domain(table: pa.Table, accepted: np.ndarray, searched: np.ndarray, do
     mol_ids = np.full(table.num_rows, None, dtype=object)
     in_training_set = np.zeros(table.num_rows, bool)
     positions = np.flatnonzero(accepted)
-    in_training_set[positions] = domain.identical(fp)
+    # The search answers in_training_set for its rows; the hash lookup for the rest.
+    in_training_set[positions[~searched]] = domain.identical(fp[~searched])
     if searched.any():
         found = domain.nearest(fp[searched], threads=torch.get_num_threads())
         similarity[positions[searched]] = found.similarity
         has_similarity[positions[searched]] = True
         mol_ids[positions[searched]] = found.mol_id
+        in_training_set[positions[searched]] = found.in_training_set
     return (table.append_column(NN_SIMILARITY_COLUMN, pa.array(similarity, mask=~has_similarity))
             .append_column(NN_MOL_ID_COLUMN, pa.array(mol_ids, pa.string()))
             .append_column(IN_TRAINING_SET_COLUMN, pa.array(in_training_set, mask=~accepted)))
