@@ -235,6 +235,8 @@ TRAINING = OptionGroup("training", TrainConfig, (
     Option("patience", "patience", "stop after this many epochs without a better valid mean AP "
                                    "(0 = never)"),
     Option("seed", "seed", "seeds initialization, data order, dropout and task sampling"),
+    Option("ensemble", "ensemble", "train N networks (seeds seed .. seed+N-1) served as one model: "
+                                   "their mean probability scores, their spread is the uncertainty"),
 ))
 
 RAY_TRAIN = OptionGroup("Ray Train", TrainConfig, (

@@ -77,9 +77,8 @@ def test_scorer_matches_the_model_and_reports_bad_smiles(bundle: ModelBundle,
     assert np.isnan(probs[20:]).all() and not np.isnan(probs[:20]).any()
     # Reference: featurize's own code, the model's forward, a sigmoid.
     mols = [standardize_smiles(text).mol for text in nci_smiles[:20]]
-    bits = np.unpackbits(fingerprint_matrix(mols, SPEC), axis=1, bitorder="little")
     with torch.no_grad():
-        expected = torch.sigmoid(bundle.model(torch.from_numpy(bits).float())).numpy()
+        expected = torch.sigmoid(bundle.model(reference_bits(nci_smiles[:20]))).numpy()
     np.testing.assert_allclose(probs[:20], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(scorer.score_packed(fingerprint_matrix(mols, SPEC)), probs[:20])
     with pytest.raises(ValueError, match="uint8\\[N, 16\\]"):
@@ -162,7 +161,7 @@ def test_the_pyfunc_serves_calibrated_scores_and_raw_ones_on_request(
     run_id = MlflowClient(tracking_uri=mlflow_uri).create_run(
         ensure_experiment(mlflow_uri, "tests")).info.run_id
     pyfunc = mlflow.pyfunc.load_model(log_scoring_model(mlflow_uri, run_id, calibrated_bundle))
-    assert [param.name for param in pyfunc.metadata.get_params_schema().params] == ["raw_scores"]
+    assert [param.name for param in pyfunc.metadata.get_params_schema().params] == ["raw_scores", "uncertainty"]
     smiles = nci_smiles[:25] + BAD
     scorer = Scorer(calibrated_bundle, device="cpu")
     frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}))
@@ -461,3 +460,80 @@ def test_the_served_model_under_concurrent_load(bundle: ModelBundle, mlflow_uri:
                 np.testing.assert_allclose([row[task] for task in TASKS], probabilities, rtol=1e-6)
             else:
                 assert all(row[task] is None for task in TASKS)
+
+
+@pytest.fixture()
+def ensemble_bundle() -> ModelBundle:
+    """Three members of the default shape family (stacked forward), each
+    with its own perturbed weights, and a calibration of their mean."""
+    from models.ensemble import Ensemble, member_config
+
+    config = ModelConfig(architecture="mmoeex", n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=3,
+                         expert_hidden=(16,), tower_hidden=0, alpha=0.5, seed=7)
+    members = [build_model(member_config(config, index)) for index in range(3)]
+    with torch.no_grad():
+        for member in members:
+            for param in member.parameters():
+                param.add_(0.3 * torch.randn_like(param))
+    return ModelBundle(model=Ensemble([member.eval() for member in members]), spec=SPEC, tasks=TASKS,
+                       calibration=CALIBRATION)
+
+
+def test_an_ensemble_scores_its_members_mean_and_serves_their_spread(
+        ensemble_bundle: ModelBundle, mlflow_uri: str, nci_smiles: list[str], tmp_path: Path) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from pipelines.platform.tracking import ensure_experiment
+    from pipelines.serving.bundle import ENSEMBLE_FILE, spread_column
+    from pipelines.serving.registry import log_scoring_model
+
+    smiles = nci_smiles[:30] + BAD
+    bits = reference_bits(nci_smiles[:30])
+    members = [ensemble_bundle.model.member(index) for index in range(3)]
+    with torch.no_grad():
+        member_probs = np.stack([torch.sigmoid(member(bits)).numpy() for member in members])
+    raw_mean, spread = member_probs.mean(axis=0), member_probs.std(axis=0)
+
+    # The bundle on disk keeps the members (one stacked file), the scorer their mean and spread.
+    directory = ensemble_bundle.save(tmp_path / "ensemble")
+    assert json.loads((directory / ENSEMBLE_FILE).read_text()) == {"members": 3}
+    loaded = ModelBundle.load(directory)
+    assert loaded.n_members == 3
+    scorer = Scorer(loaded, device="cpu")
+    scores = scorer.score_smiles(smiles, raw_scores=True, uncertainty=True)
+    np.testing.assert_allclose(scores.probabilities[:30], raw_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.spread[:30], spread, rtol=1e-4, atol=1e-6)
+    assert np.isnan(scores.spread[30:]).all() and (spread > 1e-3).mean() > 0.5
+    np.testing.assert_allclose(scorer.score_smiles(smiles).probabilities[:30],
+                               CALIBRATION.apply(raw_mean), rtol=1e-5, atol=1e-6)
+
+    # Through MLflow: the same numbers, spread columns only when asked.
+    run_id = MlflowClient(tracking_uri=mlflow_uri).create_run(
+        ensure_experiment(mlflow_uri, "tests")).info.run_id
+    pyfunc = mlflow.pyfunc.load_model(log_scoring_model(mlflow_uri, run_id, ensemble_bundle))
+    plain = pyfunc.predict(pd.DataFrame({"smiles": smiles}))
+    assert list(plain.columns) == [*TASKS, ERROR_COLUMN]
+    frame = pyfunc.predict(pd.DataFrame({"smiles": smiles}), params={"uncertainty": True})
+    spread_columns = [spread_column(task) for task in TASKS]
+    assert list(frame.columns) == [*TASKS, *spread_columns, ERROR_COLUMN]
+    assert spread_columns == ["PCBA-1030::spread", "PCBA-1379::spread", "PCBA-1452::spread"]
+    assert all(str(frame[column].dtype) == "Float32" for column in spread_columns)
+    np.testing.assert_allclose(frame[spread_columns][:30].to_numpy(np.float32), spread, rtol=1e-4, atol=1e-6)
+    assert frame[spread_columns][30:].isna().all().all()
+    pd.testing.assert_frame_equal(frame[TASKS], plain[TASKS])
+
+
+def test_one_network_has_no_spread_to_serve(bundle: ModelBundle, nci_smiles: list[str]) -> None:
+    scorer = Scorer(bundle, device="cpu")
+    with pytest.raises(ValueError, match="one network"):
+        scorer.score_smiles(nci_smiles[:3], uncertainty=True)
+    with pytest.raises(ValueError, match="may not contain '::'"):
+        dataclasses.replace(bundle, tasks=["a::b", *TASKS[1:]])
+
+
+def reference_bits(smiles: list[str]) -> torch.Tensor:
+    """Unpacked fingerprints ``float[N, n_bits]`` of valid SMILES, with
+    featurize's own code: the reference input of the models."""
+    mols = [standardize_smiles(text).mol for text in smiles]
+    return torch.from_numpy(np.unpackbits(fingerprint_matrix(mols, SPEC), axis=1, bitorder="little")).float()

@@ -231,12 +231,13 @@ def test_two_worker_run_recovers_from_a_failure_and_matches_a_clean_run(two_ray_
     marker = root / "ray" / "fails-once" / ".failed_at_epoch_1"
     assert marker.exists(), "the injected failure never fired"
     for result in (failing_result, clean_result):
-        assert result.epochs_completed == 2 and not result.stopped_early
-        assert Path(result.latest_checkpoint, "training_state.pt").is_file()
-        assert Path(result.best_checkpoint).name == f"epoch_{result.best_epoch:04d}"
+        (network,) = result.networks
+        assert network.epochs_completed == 2 and not network.stopped_early
+        assert Path(network.latest_checkpoint, "training_state.pt").is_file()
+        assert Path(network.best_checkpoint).name == f"epoch_{network.best_epoch:04d}"
     # Resumed from the epoch-0 checkpoint with model, optimizer and RNG
     # schedule restored: bit-for-bit the run that never failed.
-    assert failing_result.best_valid_mean_ap == clean_result.best_valid_mean_ap
+    assert failing_result.networks[0].best_valid_mean_ap == clean_result.networks[0].best_valid_mean_ap
     assert failing_result.test.mean_ap == clean_result.test.mean_ap
     assert np.array_equal(failing_result.test.ap, clean_result.test.ap, equal_nan=True)
 
@@ -362,12 +363,13 @@ def test_sigkilled_worker_resumes_from_the_last_checkpoint_and_matches_a_clean_r
     # 1 was reported once, by the new group: at most one epoch was lost.
     history = MlflowClient(config.tracking_uri).get_metric_history(result.mlflow_run_id, "train_loss")
     assert sorted(point.step for point in history) == [0, 1]
-    assert result.epochs_completed == 2 and result.best_epoch == clean_ray_run.best_epoch
+    (network,), (clean,) = result.networks, clean_ray_run.networks
+    assert network.epochs_completed == 2 and network.best_epoch == clean.best_epoch
     # The same weights, optimizer moments and loop state as the clean run, bit for bit.
     for name in ("latest_checkpoint", "best_checkpoint"):
-        assert Path(getattr(result, name)).name == Path(getattr(clean_ray_run, name)).name
-        _assert_same_tensors(_training_state(getattr(result, name)),
-                             _training_state(getattr(clean_ray_run, name)), name)
+        assert Path(getattr(network, name)).name == Path(getattr(clean, name)).name
+        _assert_same_tensors(_training_state(getattr(network, name)),
+                             _training_state(getattr(clean, name)), name)
     assert result.test.mean_ap == clean_ray_run.test.mean_ap
 
 

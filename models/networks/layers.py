@@ -57,16 +57,24 @@ class StackedLinear(nn.Module):
         weight, bias = self.weight, self.bias
         if groups is not None:
             weight, bias = weight[groups], bias[groups]
-        if isinstance(x, SparseRows):
-            out = x.stacked_matmul(weight)
-        elif x.dim() == 2:
-            out = torch.einsum("bi,gio->gbo", x, weight)
-        else:
-            out = torch.bmm(x, weight)
-        # One layout whatever the input (the einsum leaves `[B, G, out]`
-        # memory order): the next layer's bmm reads it without a copy, and
-        # dropout draws its mask in the same order for dense and sparse rows.
-        return out.contiguous() + bias.unsqueeze(1)
+        return stacked_affine(x, weight, bias)
+
+
+def stacked_affine(x: Features, weight: Tensor, bias: Tensor) -> Tensor:
+    """x_g W_g + b_g for weights `[G, in, out]` and biases `[G, out]`; x is
+    `[B, in]` (dense or SparseRows, shared by all groups) or `[G, B, in]`
+    -> `[G, B, out]` (StackedLinear's product; an ensemble's stacked
+    experts call it with G = members x experts)."""
+    if isinstance(x, SparseRows):
+        out = x.stacked_matmul(weight)
+    elif x.dim() == 2:
+        out = torch.einsum("bi,gio->gbo", x, weight)
+    else:
+        out = torch.bmm(x, weight)
+    # One layout whatever the input (the einsum leaves `[B, G, out]`
+    # memory order): the next layer's bmm reads it without a copy, and
+    # dropout draws its mask in the same order for dense and sparse rows.
+    return out.contiguous() + bias.unsqueeze(1)
 
 
 class StackedMLP(nn.Module):

@@ -31,7 +31,7 @@ HELP = "compare architectures and optimizer steps on one split and budget, sever
 
 #: The settings every row shares: a row names its architecture and step and
 #: may override model and step options; seeds come from --seeds.
-GROUPS = (MODEL.without("model"), STEP.without("optimizer"), TRAINING.without("seed"),
+GROUPS = (MODEL.without("model"), STEP.without("optimizer"), TRAINING.without("seed", "ensemble"),
           MLFLOW.without("experiment"))
 
 

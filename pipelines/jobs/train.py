@@ -3,6 +3,7 @@ MLflow, optionally register the model (pipelines/training/)."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from pipelines.options import (
     TRAIN_CONFIG_GROUPS,
@@ -10,6 +11,9 @@ from pipelines.options import (
     add_ray_arguments,
     add_register_arguments,
 )
+
+if TYPE_CHECKING:
+    from pipelines.training.trainer import TrainingResult
 
 HELP = "train MMoEEx (or a baseline) on Ray Train, track it in MLflow, optionally register it"
 
@@ -42,18 +46,24 @@ def run(args: argparse.Namespace) -> int:
     connect_ray(args.address, args.num_cpus)
     result = run_training(config, register_name=args.register, alias=args.alias)
 
-    summary = {
+    summary: dict[str, object] = {
         "run name": result.run_name + (" (resumed)" if result.resumed else ""),
         "MLflow run": result.mlflow_run_id,
-        "epochs": result.epochs_completed,
-        "stopped early": result.stopped_early,
-        "best epoch": result.best_epoch + 1,
-        "best valid mean AP": result.best_valid_mean_ap,
-        "samples/s per worker (last epoch)": result.samples_per_s_per_worker,
-        "diversity score": result.diversity,
-        "best checkpoint": result.best_checkpoint,
-        "model": result.model_uri,
     }
+    if len(result.networks) == 1:
+        (network,) = result.networks
+        summary.update({
+            "epochs": network.epochs_completed,
+            "stopped early": network.stopped_early,
+            "best epoch": network.best_epoch + 1,
+            "best valid mean AP": network.best_valid_mean_ap,
+            "samples/s per worker (last epoch)": network.samples_per_s_per_worker,
+            "diversity score": result.diversity,
+            "best checkpoint": network.best_checkpoint,
+        })
+    else:
+        summary["ensemble"] = f"{len(result.networks)} members (nested MLflow runs)"
+    summary["model"] = result.model_uri
     if result.registered_version is not None:
         target = f"models:/{args.register}@{args.alias}" if args.alias \
             else f"models:/{args.register}/{result.registered_version}"
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
                              "mean EF1%": result.test.mean_ef1,
                              "tasks scored": len(result.test.ap) - result.test.n_skipped,
                              "tasks skipped": result.test.n_skipped}]))
+    if result.member_tests:
+        print(format_table(member_rows(result), title="ensemble members (test split)"))
     report = result.test_calibration
     if report is not None:
         methods = ", ".join(f"{count} {method}" for method, count
@@ -77,3 +89,21 @@ def run(args: argparse.Namespace) -> int:
              "mean AP": report.calibrated_ranking.mean_ap},
         ], title=f"calibration (fitted on {report.calibration.split}: {methods})"))
     return 0
+
+
+def member_rows(result: TrainingResult) -> list[dict[str, object]]:
+    """One row per ensemble member (its seed, epochs, test means) and the
+    ensemble's: what averaging bought."""
+    rows: list[dict[str, object]] = [
+        {"model": f"member {index}", "seed offset": index,
+         "epochs (best)": f"{network.epochs_completed} ({network.best_epoch + 1})"
+                          + (", reused" if network.reused else ""),
+         "mean AP": test.get("test_mean_ap"), "mean EF1%": test.get("test_mean_ef1"),
+         "mean ECE": test.get("test_mean_ece")}
+        for index, (network, test) in enumerate(zip(result.networks, result.member_tests))]
+    if result.test is not None:
+        rows.append({"model": "ensemble (mean)", "seed offset": "", "epochs (best)": "",
+                     "mean AP": result.test.mean_ap, "mean EF1%": result.test.mean_ef1,
+                     "mean ECE": None if result.test_calibration is None
+                     else result.test_calibration.raw.mean_ece})
+    return rows

@@ -24,7 +24,8 @@ HELP = "sweep the step, alpha, E and the learning rates with Ray Tune (ASHA), re
 #: default space puts a quarter of the draws at alpha 0, MMoE); the step is
 #: drawn unless --optimizer fixes it.
 GROUPS = (MODEL, STEP.with_help("optimizer", "fix every trial's optimizer step (default: drawn from the "
-                                             "search space: plain or maml-mtl)"), TRAINING, MLFLOW)
+                                             "search space: plain or maml-mtl)"),
+          TRAINING.without("ensemble"), MLFLOW)  # a trial is one network
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     check_register_alias(args)
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the sweep to continue")
-    values = resolve_options(args, GROUPS)
+    values = resolve_options(args, GROUPS, not_used=(TRAINING,))  # a train file's ensemble: skipped
     base = build_train_config(values, data_dir=args.data, num_workers=args.num_workers_per_trial,
                               use_gpu=args.gpus_per_trial > 0, max_failures=0)
     try:

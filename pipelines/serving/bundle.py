@@ -4,7 +4,11 @@ Layout of a bundle directory (what the MLflow pyfunc carries, and what the
 training job logs for the best epoch)::
 
     model.safetensors       the weights (safetensors: no pickle, mmap-able)
-    model_config.json       models.config.ModelConfig.to_dict()
+    model_config.json       models.config.ModelConfig.to_dict() (an ensemble's
+                            first member's)
+    ensemble.json           optional: {"members": N} for a deep ensemble
+                            (models/ensemble.py), whose weights carry a
+                            leading member axis; absent = one network
     fingerprint_spec.json   featurize.spec.FingerprintSpec.to_json()
     tasks.json              task (assay) names, in output column order
     domain/                 optional: the training fingerprints, searchable
@@ -31,6 +35,7 @@ from safetensors.torch import load_model, save_model
 
 from featurize.spec import FingerprintSpec
 from models.config import ModelConfig
+from models.ensemble import Ensemble
 from models.factory import build_model
 from pipelines.serving.applicability_domain import TrainingDomain
 from pipelines.serving.calibration import Calibration
@@ -40,13 +45,23 @@ CONFIG_FILE = "model_config.json"
 SPEC_FILE = "fingerprint_spec.json"
 TASKS_FILE = "tasks.json"
 DOMAIN_DIR = "domain"
+ENSEMBLE_FILE = "ensemble.json"
+#: What joins an assay name and "spread" in the uncertainty columns
+#: (``PCBA-1030::spread``); no task name may hold it.
+SPREAD_SEPARATOR = "::"
+
+
+def spread_column(task: str) -> str:
+    """The column of the members' spread of ``task``'s probability."""
+    return f"{task}{SPREAD_SEPARATOR}spread"
 
 
 @dataclass(frozen=True)
 class ModelBundle:
     """A model with the fingerprint spec and task names it was trained on,
     and optionally its training set's :class:`TrainingDomain` and the
-    calibration of its probabilities (None: none was fitted)."""
+    calibration of its probabilities (None: none was fitted). The model is
+    one network or an :class:`~models.ensemble.Ensemble` of them."""
 
     model: torch.nn.Module
     spec: FingerprintSpec
@@ -66,6 +81,15 @@ class ModelBundle:
                              f"spec has {self.spec.n_bits} bits ({self.spec.describe()})")
         if self.calibration is not None and self.calibration.tasks != list(self.tasks):
             raise ValueError("the calibration's tasks are not the model's tasks (names or order)")
+        clashing = [task for task in self.tasks if SPREAD_SEPARATOR in task]
+        if clashing:
+            raise ValueError(f"task names may not contain {SPREAD_SEPARATOR!r} (it names the "
+                             f"ensemble's spread columns): {clashing[:5]}")
+
+    @property
+    def n_members(self) -> int:
+        """Networks in the model: N for an ensemble, else 1."""
+        return self.model.n_members if isinstance(self.model, Ensemble) else 1
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the bundle into ``directory`` (created) and return it."""
@@ -75,6 +99,8 @@ class ModelBundle:
         (directory / CONFIG_FILE).write_text(json.dumps(self.model.config.to_dict(), indent=2))
         (directory / SPEC_FILE).write_text(self.spec.to_json())
         (directory / TASKS_FILE).write_text(json.dumps(list(self.tasks)))
+        if isinstance(self.model, Ensemble):
+            (directory / ENSEMBLE_FILE).write_text(json.dumps({"members": self.n_members}))
         if self.domain is not None:
             self.domain.save(directory / DOMAIN_DIR)
         if self.calibration is not None:
@@ -91,7 +117,9 @@ class ModelBundle:
         if missing:
             raise FileNotFoundError(f"{directory}: not a model bundle, missing {', '.join(missing)}")
         config = ModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        model = build_model(config)
+        ensemble = directory / ENSEMBLE_FILE
+        model = (Ensemble.initialised(config, json.loads(ensemble.read_text())["members"])
+                 if ensemble.is_file() else build_model(config))
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         model.to(device).eval()
         domain = TrainingDomain.load(directory / DOMAIN_DIR) \

@@ -6,11 +6,14 @@ Two ways in, one scoring code path (:class:`pipelines.serving.scorer.Scorer`):
   (``mlflow.pyfunc.load_model``, ``mlflow models predict``/``serve``) sends a
   table with a ``smiles`` column and gets one float column per task (named by
   assay; calibrated probabilities where the model has a calibration, raw ones
-  with ``params={"raw_scores": True}``) plus ``error``. SMILES are featurized inside ``predict`` with
-  featurize/'s own standardization and fingerprint code, so the features equal
-  the training features. A SMILES that cannot be featurized gets missing
-  scores (pandas' NA in Python, ``null`` in JSON: :func:`scores_frame`) and
-  its reason in ``error``; the batch never fails because of one row. A model saved with its training domain also returns
+  with ``params={"raw_scores": True}``; an ensemble adds its members' spread
+  per assay, ``<assay>::spread``, with ``params={"uncertainty": True}``) plus
+  ``error``. SMILES are featurized inside ``predict`` with featurize/'s own
+  standardization and fingerprint code, so the features equal the training
+  features. A SMILES that cannot be featurized gets missing scores (pandas'
+  NA in Python, ``null`` in JSON: :func:`scores_frame`) and its reason in
+  ``error``; the batch never fails because of one row. A model saved with
+  its training domain also returns
   ``nn_similarity`` (largest Tanimoto similarity to a training molecule),
   ``nn_mol_id`` (that molecule) and ``in_training_set`` (identical bits).
 - :func:`load_scorer` (or :func:`load_pyfunc_model`, which also gives the
@@ -28,6 +31,7 @@ import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
+from pipelines.serving.bundle import spread_column
 from pipelines.serving.scorer import Scorer, SmilesScores
 
 SMILES_COLUMN = "smiles"
@@ -36,6 +40,9 @@ ERROR_COLUMN = "error"
 BUNDLE_ARTIFACT = "bundle"
 #: Predict parameter asking for the model's uncalibrated probabilities.
 RAW_SCORES_PARAM = "raw_scores"
+#: Predict parameter asking an ensemble for its members' spread per assay
+#: (columns named by pipelines.serving.bundle.spread_column).
+UNCERTAINTY_PARAM = "uncertainty"
 
 
 class PcbaPyfuncModel(PythonModel):
@@ -52,8 +59,10 @@ class PcbaPyfuncModel(PythonModel):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         if SMILES_COLUMN not in model_input.columns:
             raise ValueError(f"input needs a {SMILES_COLUMN!r} column, got {list(model_input.columns)}")
-        raw_scores = bool((params or {}).get(RAW_SCORES_PARAM, False))
-        scores = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist(), raw_scores)
+        params = params or {}
+        scores = self.scorer.score_smiles(model_input[SMILES_COLUMN].tolist(),
+                                          bool(params.get(RAW_SCORES_PARAM, False)),
+                                          uncertainty=bool(params.get(UNCERTAINTY_PARAM, False)))
         return scores_frame(scores, self.scorer.tasks, model_input.index)
 
 
@@ -61,6 +70,8 @@ def scores_frame(scores: SmilesScores, tasks: list[str], index: pd.Index) -> pd.
     """The pyfunc's answer: a ``Float32`` column per task (and for
     ``nn_similarity``), ``boolean`` ``in_training_set``, ``string``
     ``nn_mol_id`` and ``error``; a bad row's values are missing (pandas' NA).
+    With an ensemble's spread, a ``Float32`` ``<assay>::spread`` column
+    follows the score columns for each assay.
 
     Why pandas' nullable dtypes: a Python client gets numbers it can sort
     and select (``nlargest``, ``select_dtypes("number")``), while MLflow's
@@ -69,6 +80,10 @@ def scores_frame(scores: SmilesScores, tasks: list[str], index: pd.Index) -> pd.
     With NaN it would write ``NaN``, which is not JSON (RFC 8259), and a
     strict client (JSON.parse) would reject every row of the answer."""
     out = pd.DataFrame(scores.probabilities, columns=tasks, index=index).astype("Float32")
+    if scores.spread is not None:
+        spread = pd.DataFrame(scores.spread, columns=[spread_column(task) for task in tasks],
+                              index=index).astype("Float32")
+        out = pd.concat([out, spread], axis=1)
     if scores.neighbours is not None:
         found = scores.neighbours
         out[NN_SIMILARITY_COLUMN] = pd.Series(found.similarity, index=index).astype("Float32")

@@ -22,13 +22,14 @@ from models.metrics import METRICS, SELECTION_METRIC, metric_key
 from pipelines.errors import UserError
 from pipelines.platform.tracking import GIT_COMMIT_TAG, client, resolve_tracking_uri, use_tracking_uri
 from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_MOL_ID_COLUMN, NN_SIMILARITY_COLUMN
-from pipelines.serving.bundle import ModelBundle
+from pipelines.serving.bundle import ModelBundle, spread_column
 from pipelines.serving.code_bundle import bundle_code
 from pipelines.serving.pyfunc_model import (
     BUNDLE_ARTIFACT,
     ERROR_COLUMN,
     RAW_SCORES_PARAM,
     SMILES_COLUMN,
+    UNCERTAINTY_PARAM,
     pyfunc_entry_path,
 )
 
@@ -53,7 +54,8 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
     import mlflow
     import mlflow.pyfunc
 
-    signature = scoring_signature(bundle.tasks, with_domain=bundle.domain is not None)
+    signature = scoring_signature(bundle.tasks, with_domain=bundle.domain is not None,
+                                  with_spread=bundle.n_members > 1)
     package_root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="pcba-bundle-") as scratch:
         bundle_dir = bundle.save(Path(scratch) / BUNDLE_ARTIFACT)
@@ -77,15 +79,20 @@ def log_scoring_model(tracking_uri: str, run_id: str, bundle: ModelBundle) -> st
     return info.model_uri
 
 
-def scoring_signature(tasks: list[str], with_domain: bool = False):  # -> mlflow.models.ModelSignature
+def scoring_signature(tasks: list[str], with_domain: bool = False,
+                      with_spread: bool = False):  # -> mlflow.models.ModelSignature
     """Input: a ``smiles`` string column. Output: one float column per task
-    (null where the SMILES failed), the applicability-domain columns when
-    the model carries its training domain, and an optional string ``error``.
-    Param: ``raw_scores`` (boolean, default false: calibrated probabilities)."""
+    (null where the SMILES failed), an ensemble's optional spread column per
+    task, the applicability-domain columns when the model carries its
+    training domain, and an optional string ``error``. Params: ``raw_scores``
+    (boolean, default false: calibrated probabilities) and ``uncertainty``
+    (boolean, default false: an ensemble's spread columns)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("float", task) for task in tasks]
+    if with_spread:
+        outputs += [ColSpec("float", spread_column(task), required=False) for task in tasks]
     if with_domain:
         outputs += [ColSpec("float", NN_SIMILARITY_COLUMN, required=False),
                     ColSpec("string", NN_MOL_ID_COLUMN, required=False),
@@ -93,7 +100,8 @@ def scoring_signature(tasks: list[str], with_domain: bool = False):  # -> mlflow
     outputs.append(ColSpec("string", ERROR_COLUMN, required=False))
     return ModelSignature(inputs=Schema([ColSpec("string", SMILES_COLUMN)]),
                           outputs=Schema(outputs),
-                          params=ParamSchema([ParamSpec(RAW_SCORES_PARAM, "boolean", False)]))
+                          params=ParamSchema([ParamSpec(RAW_SCORES_PARAM, "boolean", False),
+                                              ParamSpec(UNCERTAINTY_PARAM, "boolean", False)]))
 
 
 def register_model(run_id: str, name: str, *, alias: str | None = None,

@@ -21,6 +21,7 @@ from featurize.fingerprints import FingerprintRows
 from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
+from models.ensemble import mean_and_spread, member_probabilities
 from models.networks.sparse_input import Features, SparseRows
 from pipelines.serving.applicability_domain import Neighbours, TrainingDomain
 from pipelines.serving.bundle import ModelBundle
@@ -38,13 +39,16 @@ def resolve_device(device: torch.device | str = "auto") -> torch.device:
 class SmilesScores:
     """Scores of a list of SMILES, one row per input: ``probabilities``
     ``float32[N, K]`` (NaN rows where a SMILES failed), ``errors`` (None
-    where it scored) and, when the model carries its training domain, the
+    where it scored), when the model carries its training domain, the
     nearest training molecule of each scored row (``neighbours.similarity``
-    NaN and ``neighbours.mol_id`` None on failed rows)."""
+    NaN and ``neighbours.mol_id`` None on failed rows), and when asked of
+    an ensemble, the members' ``spread`` ``float32[N, K]`` (NaN rows where
+    a SMILES failed)."""
 
     probabilities: np.ndarray
     errors: list[str | None]
     neighbours: Neighbours | None
+    spread: np.ndarray | None = None
 
 
 class Scorer:
@@ -54,7 +58,10 @@ class Scorer:
 
     Scores are the bundle's calibrated probabilities unless ``raw_scores``
     (or the per-call ``raw_scores`` of the scoring methods) asks for the
-    model's own sigmoid outputs; a bundle without calibration scores raw."""
+    model's own sigmoid outputs; a bundle without calibration scores raw.
+    An ensemble's score is its members' mean probability, calibrated as one
+    network's is; its spread (:meth:`score_packed_with_spread`) is the
+    standard deviation of the members' raw probabilities."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "auto",
                  batch_size: int | None = None, raw_scores: bool = False) -> None:
@@ -65,10 +72,22 @@ class Scorer:
         self.domain: TrainingDomain | None = bundle.domain
         self.calibration: Calibration | None = bundle.calibration
         self.raw_scores = raw_scores
+        self.n_members = bundle.n_members
         # Rows per forward pass. A CPU is memory-bound on the per-task
         # activations ([K, B, h] floats, hundreds of MB at 4096 rows); 256
         # rows keep them in cache (benchmarks/scoring.py). A GPU wants big batches.
         self.batch_size = batch_size or (256 if self.device.type == "cpu" else 8192)
+
+    @property
+    def has_spread(self) -> bool:
+        """Whether the model is an ensemble, whose members' spread means something."""
+        return self.n_members > 1
+
+    def require_spread(self) -> None:
+        """Refuse to make up an uncertainty: one network has no spread."""
+        if not self.has_spread:
+            raise ValueError("the model is one network, which has no members' spread; train "
+                             "an ensemble (train --ensemble N) for an uncertainty")
 
     @classmethod
     def from_bundle(cls, directory: str | os.PathLike[str], device: torch.device | str = "auto",
@@ -82,21 +101,34 @@ class Scorer:
         raw = self.raw_scores if raw_scores is None else raw_scores
         return self.calibration is not None and not raw
 
-    @torch.inference_mode()
     def score_packed(self, fp: np.ndarray, raw_scores: bool | None = None) -> np.ndarray:
         """Packed fingerprints ``uint8[N, spec.n_bytes]`` -> probabilities
         ``float32[N, K]`` (see :meth:`calibrates`). Only packed bytes cross
         to the device."""
+        return self.score_packed_with_spread(fp, raw_scores, spread=False)[0]
+
+    @torch.inference_mode()
+    def score_packed_with_spread(self, fp: np.ndarray, raw_scores: bool | None = None,
+                                 spread: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities as :meth:`score_packed`, the members' spread
+        ``float32[N, K]``, or None without ``spread``); one forward per batch
+        gives both."""
         fp = np.asarray(fp)
         if fp.dtype != np.uint8 or fp.ndim != 2 or fp.shape[1] != self.spec.n_bytes:
             raise ValueError(f"expected packed fingerprints uint8[N, {self.spec.n_bytes}] "
                              f"({self.spec.describe()}), got {fp.dtype}{list(fp.shape)}")
+        if spread:
+            self.require_spread()
         out = np.empty((len(fp), len(self.tasks)), dtype=np.float32)
+        spreads = np.empty_like(out) if spread else None
         for start in range(0, len(fp), self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
             x = self._features(chunk.to(self.device, non_blocking=True))
-            out[start:start + len(chunk)] = torch.sigmoid(self.model(x)).float().cpu().numpy()
-        return self.calibration.apply(out) if self.calibrates(raw_scores) else out
+            mean, deviation = mean_and_spread(member_probabilities(self.model, x))
+            out[start:start + len(chunk)] = mean.float().cpu().numpy()
+            if spreads is not None:
+                spreads[start:start + len(chunk)] = deviation.float().cpu().numpy()
+        return (self.calibration.apply(out) if self.calibrates(raw_scores) else out), spreads
 
     def _features(self, packed: torch.Tensor) -> Features:
         """The model's input for packed fingerprints. On a CPU, bags of on-bits:
@@ -117,16 +149,24 @@ class Scorer:
             return None
         return self.domain.nearest(fp, threads=torch.get_num_threads())
 
-    def score_smiles(self, smiles: Sequence[Any], raw_scores: bool | None = None) -> SmilesScores:
-        """Probabilities (calibrated as in :meth:`score_packed`), errors and
-        nearest training molecules of ``smiles``."""
+    def score_smiles(self, smiles: Sequence[Any], raw_scores: bool | None = None,
+                     uncertainty: bool = False) -> SmilesScores:
+        """Probabilities (calibrated as in :meth:`score_packed`), errors,
+        nearest training molecules of ``smiles`` and, with ``uncertainty``
+        (an ensemble's), the members' spread."""
         fp, errors = self.featurize_smiles(smiles)
         probs = np.full((len(errors), len(self.tasks)), np.nan, dtype=np.float32)
+        spreads = np.full_like(probs, np.nan) if uncertainty else None
         ok = np.array([error is None for error in errors], dtype=bool)
+        if uncertainty:
+            self.require_spread()
         if ok.any():
-            probs[ok] = self.score_packed(fp, raw_scores)
+            probs[ok], spread = self.score_packed_with_spread(fp, raw_scores, spread=uncertainty)
+            if spreads is not None:
+                spreads[ok] = spread
         found = self.neighbours(fp)
-        return SmilesScores(probs, errors, None if found is None else spread_neighbours(found, errors))
+        return SmilesScores(probs, errors, None if found is None else spread_neighbours(found, errors),
+                            spreads)
 
 
 def featurize_smiles(smiles: Sequence[Any], spec: FingerprintSpec) -> tuple[np.ndarray, list[str | None]]:

@@ -39,6 +39,11 @@ class TrainConfig:
         earlier cap of 20.
     seed: seeds data order, dropout and the MAML-MTL task sampling; with the
         model seed, a run is reproducible for a given worker count on CPU.
+    ensemble: networks trained (one after another, each early-stopped on
+        validation) and served as one model, member i from seed + i: their
+        mean probability is the score, their spread the uncertainty
+        (models/ensemble.py). 1 = one network. An ensemble costs N x the
+        training; docs/results.md has what it buys on the real subset.
     num_workers / use_gpu / resources_per_worker: Ray Train ScalingConfig;
         resources None = a share of the cluster's CPUs that leaves room for
         the Ray Data readers (and one GPU per worker with use_gpu).
@@ -64,6 +69,7 @@ class TrainConfig:
     epochs: int = 60
     patience: int = 4
     seed: int = 0
+    ensemble: int = 1
     num_workers: int = 1
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
@@ -82,7 +88,7 @@ class TrainConfig:
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
 
-        for name in ("batch_size", "epochs", "num_workers"):
+        for name in ("batch_size", "epochs", "num_workers", "ensemble"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.step.optimizer == "maml-mtl" and self.batch_size < 2:
@@ -112,6 +118,16 @@ class TrainConfig:
 
         step = dataclasses.replace(self.step, task_pos_weight=positive_weights(train_labels, cap))
         return dataclasses.replace(self, step=step)
+
+    def member(self, index: int, parent_run_id: str) -> TrainConfig:
+        """Ensemble member ``index``'s run: one network seeded ``seed + index``
+        (initialization, exclusive experts, data order), its own Ray run
+        name and an MLflow run nested under ``parent_run_id``."""
+        from models.ensemble import member_config
+
+        return dataclasses.replace(self, model=member_config(self.model, index), seed=self.seed + index,
+                                   ensemble=1, run_name=f"{self.run_name}-member-{index}",
+                                   mlflow_parent_run_id=parent_run_id)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; ``from_dict(to_dict())`` gives an equal config."""

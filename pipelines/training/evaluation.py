@@ -14,6 +14,7 @@ import torch
 from featurize.dataset import DatasetInfo
 from featurize.tensors import unpack_fingerprints
 from models.diversity import ExpertDistanceAccumulator, diversity_score
+from models.ensemble import mean_and_spread, member_probabilities
 from models.metrics import CalibrationMetrics, TaskMetrics, evaluate_calibration, evaluate_tasks
 from pipelines.serving.bundle import ModelBundle
 from pipelines.serving.calibration import Calibration, fit_calibration
@@ -63,11 +64,13 @@ class FinalEvaluation:
 
 def _split_outputs(bundle: ModelBundle, info: DatasetInfo, split: str,
                    device: torch.device | str) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """(model input, raw probabilities, labels) of each batch of ``split``."""
+    """(model input, raw probabilities, labels) of each batch of ``split``;
+    an ensemble's probability is its members' mean."""
     model = bundle.model.to(device).eval()
     for fp, labels in iter_dataset_batches(info, split, EVAL_BATCH_SIZE):
         x = unpack_fingerprints(torch.as_tensor(fp).to(device), bundle.spec)
-        yield x, torch.sigmoid(model(x)).float().cpu().numpy(), labels
+        mean, _ = mean_and_spread(member_probabilities(model, x))
+        yield x, mean.float().cpu().numpy(), labels
 
 
 @torch.inference_mode()
@@ -130,8 +133,9 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
 
 def exclusive_assignment(model: torch.nn.Module) -> dict[int, int]:
     """Expert -> task for the exclusive experts (the ``exclusive_expert_task``
-    buffer saved with MMoEEx; -1 entries are shared experts)."""
+    buffer saved with MMoEEx; -1 entries are shared experts). An ensemble's
+    (members x experts) is left to its members' runs."""
     for name, buffer in model.named_buffers():
-        if name.endswith("exclusive_expert_task"):
+        if name.endswith("exclusive_expert_task") and buffer.dim() == 1:
             return {expert: int(task) for expert, task in enumerate(buffer.tolist()) if task >= 0}
     return {}

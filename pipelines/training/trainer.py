@@ -6,6 +6,14 @@ MLflow run, fit, calibrate the best checkpoint's probabilities on the
 validation split, evaluate it on the test split, log everything and the
 SMILES-in pyfunc, optionally register it.
 
+An ensemble (``TrainConfig.ensemble`` = N) fits its members one after
+another, each a run of its own (a Ray Train run and a nested MLflow run with
+its curves and test metrics); a finished member's best weights are kept
+under the run's storage folder, so the same command after a kill skips the
+finished members and resumes the one in progress from its checkpoint. The
+stacked members (models/ensemble.py) are then calibrated, evaluated, logged
+and registered as one model.
+
 Tuning reuses both: a Tune function trainable calls :func:`run_training`
 with ``callbacks=[ray.tune.integration.ray_train.TuneReportCallback()]`` and a
 per-trial ``run_name``/``mlflow_parent_run_id`` (Train V2 runs the
@@ -14,6 +22,7 @@ TorchTrainer inside the trainable), so there is one training loop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -28,8 +37,10 @@ import numpy as np
 from featurize.dataset import DatasetInfo, read_dataset_info
 from featurize.errors import InputDataError
 from featurize.reader import read_all
+from models.ensemble import Ensemble
 from models.factory import build_model
 from models.metrics import SELECTION_METRIC, TaskMetrics
+from models.networks.base import MultiTaskModel
 from pipelines.platform import tracking
 from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
@@ -53,13 +64,12 @@ CALIBRATED_TEST = "test_calibrated"
 
 
 @dataclass(frozen=True)
-class TrainingResult:
-    """What a finished run produced and where it is. ``test`` ranks the raw
-    probabilities; ``test_calibration`` compares raw and calibrated ones."""
+class NetworkFit:
+    """One network's Ray Train run: where its checkpoints are and how it
+    went. ``reused``: an ensemble member an earlier attempt had finished."""
 
     run_name: str
     mlflow_run_id: str
-    resumed: bool
     storage_dir: str
     best_checkpoint: str
     latest_checkpoint: str
@@ -68,11 +78,37 @@ class TrainingResult:
     best_valid_mean_ap: float
     stopped_early: bool
     samples_per_s_per_worker: float
+    reused: bool = False
+
+    def summary(self) -> dict[str, float]:
+        """The run-end metrics MLflow gets for this network."""
+        return {"epochs_completed": self.epochs_completed, "best_epoch": self.best_epoch,
+                "best_valid_mean_ap": self.best_valid_mean_ap, "stopped_early": float(self.stopped_early)}
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a finished run produced and where it is: one :class:`NetworkFit`
+    per network (N for an ensemble). ``test`` ranks the model's raw
+    probabilities (an ensemble's mean); ``test_calibration`` compares raw
+    and calibrated ones; ``member_tests`` holds each member's own test
+    means (:func:`test_means`; empty for one network)."""
+
+    run_name: str
+    mlflow_run_id: str
+    resumed: bool
+    networks: tuple[NetworkFit, ...]
     test: TaskMetrics | None
     diversity: float | None
     model_uri: str
     registered_version: int | None = None
     test_calibration: CalibrationReport | None = None
+    member_tests: tuple[dict[str, float], ...] = ()
+
+    @property
+    def epochs_completed(self) -> int:
+        """Epochs trained, over all networks."""
+        return sum(network.epochs_completed for network in self.networks)
 
 
 def default_run_name() -> str:
@@ -200,8 +236,9 @@ def build_trainer(config: TrainConfig, info: DatasetInfo | None = None, *,
 def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
                  register_name: str | None = None, alias: str | None = None) -> TrainingResult:
     """Train on Ray Train (Ray must be initialised, or a local instance is
-    started), track in MLflow, log the best model as a pyfunc and optionally
-    register it as ``register_name`` (with ``alias``)."""
+    started), track in MLflow, log the best model (or the ensemble of the
+    members' best) as a pyfunc and optionally register it as
+    ``register_name`` (with ``alias``)."""
     from pipelines.platform.ray_setup import connect_ray
     from pipelines.serving.registry import log_scoring_model, register_model
 
@@ -216,15 +253,19 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
         tracking.log_params(uri, run_id, {**config.params(), **tracking.dataset_identity(info),
                                           "fingerprint_spec": info.spec.to_json()})
         tracking.set_tags(uri, run_id, tracking.system_info())
-        trainer = build_trainer(config, info, callbacks=[MlflowEpochLogger(uri, run_id), *callbacks])
-        fit = trainer.fit()
-        best, latest, last_metrics = _checkpoints(fit)
-        bundle = _load_bundle(config, info, best)
-        bundle = dataclasses.replace(bundle, calibration=fit_bundle_calibration(bundle, info, VALID_SPLIT))
-        logger.info("calibration on %s: %s", VALID_SPLIT, ", ".join(
-            f"{count} {method}" for method, count in bundle.calibration.method_counts().items()))
-        evaluation = evaluate_bundle(bundle, info) if info.split_counts.get("test") else None
-        _log_run_end(uri, run_id, config, info, last_metrics, evaluation)
+        if config.ensemble == 1:
+            network, model = _fit_network(config, info, run_id, callbacks)
+            networks, members, member_tests = (network,), model, ()
+        else:
+            fitted = [_train_member(config, info, run_id, index, callbacks)
+                      for index in range(config.ensemble)]
+            networks = tuple(network for network, _, _ in fitted)
+            members = Ensemble([model for _, model, _ in fitted])
+            member_tests = tuple(test for _, _, test in fitted if test is not None)
+        bundle, evaluation = _calibrate_and_test(members, info)
+        _log_run_end(uri, run_id, config, info, _run_summary(networks), evaluation)
+        if member_tests:
+            _log_member_table(uri, run_id, networks, member_tests, evaluation)
         model_uri = log_scoring_model(uri, run_id, bundle)
     except BaseException:
         tracking.finish_run(uri, run_id, status="FAILED")
@@ -233,16 +274,141 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
     version = register_model(run_id, register_name, alias=alias, tracking_uri=uri) \
         if register_name else None
     return TrainingResult(
-        run_name=config.run_name, mlflow_run_id=run_id, resumed=resumed, storage_dir=fit.path,
+        run_name=config.run_name, mlflow_run_id=run_id, resumed=resumed, networks=networks,
+        test=None if evaluation is None else evaluation.metrics,
+        diversity=None if evaluation is None else evaluation.diversity,
+        model_uri=model_uri, registered_version=version,
+        test_calibration=None if evaluation is None else evaluation.calibration,
+        member_tests=member_tests)
+
+
+def _fit_network(config: TrainConfig, info: DatasetInfo, run_id: str,
+                 callbacks: Sequence[Any]) -> tuple[NetworkFit, MultiTaskModel]:
+    """Fit one network on Ray Train (resuming its checkpoints), its epochs
+    logged to MLflow run ``run_id``: how it went, and its best epoch's model."""
+    trainer = build_trainer(config, info, callbacks=[MlflowEpochLogger(config.tracking_uri, run_id),
+                                                     *callbacks])
+    fit = trainer.fit()
+    best, latest, last_metrics = _checkpoints(fit)
+    model = build_model(config.model)
+    restore_checkpoint(best, model, None)
+    network = NetworkFit(
+        run_name=str(config.run_name), mlflow_run_id=run_id, storage_dir=fit.path,
         best_checkpoint=best.path, latest_checkpoint=latest.path,
         epochs_completed=int(last_metrics["epoch"]) + 1, best_epoch=int(last_metrics["best_epoch"]),
         best_valid_mean_ap=float(last_metrics["best_valid_mean_ap"]),
         stopped_early=bool(last_metrics["stopped_early"]),
-        samples_per_s_per_worker=float(last_metrics["train_samples_per_s"]),
-        test=None if evaluation is None else evaluation.metrics,
-        diversity=None if evaluation is None else evaluation.diversity,
-        model_uri=model_uri, registered_version=version,
-        test_calibration=None if evaluation is None else evaluation.calibration)
+        samples_per_s_per_worker=float(last_metrics["train_samples_per_s"]))
+    return network, model.eval()
+
+
+def _train_member(config: TrainConfig, info: DatasetInfo, parent_run_id: str, index: int,
+                  callbacks: Sequence[Any]) -> tuple[NetworkFit, MultiTaskModel, dict[str, float] | None]:
+    """Ensemble member ``index``: reused when an earlier attempt finished it
+    (its weights in the run's storage folder), else fitted (resuming its Ray
+    Train checkpoints) in a nested MLflow run that also gets its own
+    calibration and test metrics."""
+    member = config.member(index, parent_run_id)
+    kept = MemberStore(config, index)
+    if kept.finished():
+        logger.info("ensemble member %d (%s): finished by an earlier attempt, reused", index,
+                    member.run_name)
+        return kept.load(member.model)
+    uri = config.tracking_uri
+    run_id, _ = tracking.start_run(uri, config.experiment_name, str(member.run_name),
+                                   parent_run_id=parent_run_id)
+    try:
+        tracking.log_params(uri, run_id, {**member.params(), **tracking.dataset_identity(info)})
+        network, model = _fit_network(member, info, run_id, callbacks)
+        _, evaluation = _calibrate_and_test(model, info, with_domain=False)
+        _log_run_end(uri, run_id, member, info, network.summary(), evaluation)
+    except BaseException:
+        tracking.finish_run(uri, run_id, status="FAILED")
+        raise
+    tracking.finish_run(uri, run_id)
+    test = None if evaluation is None else test_means(evaluation)
+    kept.save(network, model, test)
+    return network, model, test
+
+
+class MemberStore:
+    """A finished ensemble member's best weights and run summary, in the
+    ensemble's Ray storage folder (``<storage>/<run name>/members/``):
+    written once the member is done, so a rerun skips it."""
+
+    def __init__(self, config: TrainConfig, index: int) -> None:
+        folder = Path(config.storage_path) / str(config.run_name) / "members"
+        self.weights = folder / f"member-{index}.safetensors"
+        self.record = folder / f"member-{index}.json"
+
+    def finished(self) -> bool:
+        return self.record.is_file() and self.weights.is_file()
+
+    def save(self, network: NetworkFit, model: MultiTaskModel, test: dict[str, float] | None) -> None:
+        from safetensors.torch import save_model
+
+        self.weights.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(self.weights))
+        record = {"network": dataclasses.asdict(network), "test": test}
+        partial = self.record.with_suffix(".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(self.record)  # last: its presence means the member is done
+
+    def load(self, config: Any) -> tuple[NetworkFit, MultiTaskModel, dict[str, float] | None]:
+        from safetensors.torch import load_model
+
+        record = json.loads(self.record.read_text())
+        model = build_model(config)
+        load_model(model, str(self.weights))
+        return NetworkFit(**{**record["network"], "reused": True}), model.eval(), record["test"]
+
+
+def _calibrate_and_test(model: MultiTaskModel | Ensemble, info: DatasetInfo, *,
+                        with_domain: bool = True) -> tuple[ModelBundle, FinalEvaluation | None]:
+    """The model as a bundle (with the training split's applicability domain
+    unless told not), its calibration fitted on the valid split, and its
+    evaluation on the test split (None without one)."""
+    bundle = ModelBundle(model=model.eval(), spec=info.spec, tasks=list(info.tasks),
+                         domain=training_domain(info) if with_domain else None)
+    bundle = dataclasses.replace(bundle, calibration=fit_bundle_calibration(bundle, info, VALID_SPLIT))
+    logger.info("calibration on %s: %s", VALID_SPLIT, ", ".join(
+        f"{count} {method}" for method, count in bundle.calibration.method_counts().items()))
+    evaluation = evaluate_bundle(bundle, info) if info.split_counts.get("test") else None
+    return bundle, evaluation
+
+
+def _run_summary(networks: Sequence[NetworkFit]) -> dict[str, float]:
+    """The run-end metrics of one network, or an ensemble's members' totals
+    (their own are in their nested runs)."""
+    if len(networks) == 1:
+        return networks[0].summary()
+    return {"ensemble_members": len(networks),
+            "epochs_completed": sum(network.epochs_completed for network in networks),
+            "members_mean_best_valid_mean_ap": float(np.mean([network.best_valid_mean_ap
+                                                                for network in networks]))}
+
+
+def test_means(evaluation: FinalEvaluation) -> dict[str, float]:
+    """A model's test means: AP, ROC-AUC, EF1% of its raw probabilities, ECE
+    and Brier score raw and calibrated (the per-member comparison)."""
+    means = evaluation.metrics.means("test")
+    report = evaluation.calibration
+    if report is not None:
+        means.update({**report.raw.means("test"), **report.calibrated.means(CALIBRATED_TEST)})
+    return means
+
+
+def _log_member_table(uri: str, run_id: str, networks: Sequence[NetworkFit],
+                      member_tests: Sequence[dict[str, float]], evaluation: FinalEvaluation | None) -> None:
+    """members/test_metrics.csv: each member's test means beside the
+    ensemble's; the members' own curves are in their nested runs."""
+    rows = [{"model": f"member {index} (seed + {index})", "run": network.mlflow_run_id, **test}
+            for index, (network, test) in enumerate(zip(networks, member_tests))]
+    if evaluation is not None:
+        rows.append({"model": "ensemble (mean probability)", "run": run_id, **test_means(evaluation)})
+    tracking.log_table_csv(uri, run_id, rows, "members/test_metrics.csv")
+    tracking.log_metrics(uri, run_id, {f"member_{index}_{key}": value for index, test
+                                       in enumerate(member_tests) for key, value in test.items()})
 
 
 def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -257,26 +423,14 @@ def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
     return best, fit.checkpoint, fit.metrics
 
 
-def _load_bundle(config: TrainConfig, info: DatasetInfo, checkpoint: Any) -> ModelBundle:
-    """The checkpoint's model with what scoring needs: spec, task names and
-    the training split's applicability domain."""
-    model = build_model(config.model)
-    restore_checkpoint(checkpoint, model, None)
-    return ModelBundle(model=model.eval(), spec=info.spec, tasks=list(info.tasks),
-                       domain=training_domain(info))
-
-
 def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
-                 last_metrics: dict[str, Any], evaluation: FinalEvaluation | None) -> None:
+                 summary: dict[str, float], evaluation: FinalEvaluation | None) -> None:
     """Final metrics and artifacts: test means + per-task table, calibration
     (ECE and Brier score raw and calibrated, means and per task; the
     calibrated scores' ranking means) + per-task table, diversity score +
     heatmap, gate usage plot, exclusive-expert assignment, config,
     fingerprint spec and dataset identity."""
-    summary = {"epochs_completed": int(last_metrics["epoch"]) + 1,
-               "best_epoch": last_metrics["best_epoch"],
-               "best_valid_mean_ap": last_metrics["best_valid_mean_ap"],
-               "stopped_early": last_metrics["stopped_early"]}
+    summary = dict(summary)
     tracking.log_json(uri, run_id, config.to_dict(), "config/train_config.json")
     tracking.log_json(uri, run_id, {**tracking.dataset_identity(info), "tasks": info.tasks,
                                     "fingerprint_spec": info.spec.to_json()},
