@@ -76,15 +76,28 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     positives = y_true.astype(bool)
     n_pos = int(positives.sum())
     n_neg = positives.size - n_pos
-    order = np.argsort(y_score, kind="mergesort")
-    sorted_scores = y_score[order]
-    # Average rank (1-based) of each run of tied scores.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], sorted_scores.size]
-    run_ranks = (starts + ends + 1) / 2.0
-    ranks = np.empty(sorted_scores.size)
-    ranks[order] = np.repeat(run_ranks, ends - starts)
+    ranks = average_ranks(y_score)
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, each run of ties at its average rank."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    ranks = np.empty(ordered.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's of the average ranks); NaN when
+    either side is constant."""
+    rx, ry = average_ranks(x) - (len(x) + 1) / 2.0, average_ranks(y) - (len(y) + 1) / 2.0
+    norm = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / norm) if norm > 0 else float("nan")
 
 
 def enrichment_factor(y_true: np.ndarray, y_score: np.ndarray, fraction: float = EF_FRACTION) -> float:
@@ -201,6 +214,66 @@ def evaluate_calibration(y_true: np.ndarray, y_prob: np.ndarray, mask: np.ndarra
         return float(values[labelled].mean()) if labelled.any() else float("nan")
 
     return CalibrationMetrics(ece=ece, brier=brier, mean_ece=mean(ece), mean_brier=mean(brier))
+
+
+#: Share of each task's ranking that a spread report reads: the hits a
+#: chemist would order (EF1%'s cut).
+TOP_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class SpreadReport:
+    """Does an ensemble's spread tell right from wrong? Per task (NaN where
+    the task has no positive, or too few rows): the precision (share of
+    actives) of the top ``TOP_FRACTION`` of the ranking, of those top rows in
+    the lowest quartile of spread and in the highest, and the Spearman
+    correlation of spread with the absolute error |label - score| over all
+    present labels. A spread that means something puts more actives in the
+    low quartile than in the high one, and correlates positively."""
+
+    top_precision: np.ndarray
+    top_precision_low_spread: np.ndarray
+    top_precision_high_spread: np.ndarray
+    spearman_error: np.ndarray
+
+    def means(self) -> dict[str, float]:
+        """Each figure's mean over the tasks that have it."""
+        return {name: float(np.nanmean(getattr(self, name))) if np.isfinite(getattr(self, name)).any()
+                else float("nan") for name in ("top_precision", "top_precision_low_spread",
+                                               "top_precision_high_spread", "spearman_error")}
+
+    def rows(self, tasks: list[str]) -> list[dict[str, object]]:
+        """One row per task (the per-task CSV)."""
+        return [{"task": task, "top_precision": float(self.top_precision[index]),
+                 "top_precision_low_spread": float(self.top_precision_low_spread[index]),
+                 "top_precision_high_spread": float(self.top_precision_high_spread[index]),
+                 "spearman_error": float(self.spearman_error[index])} for index, task in enumerate(tasks)]
+
+
+def evaluate_spread(y_true: np.ndarray, y_score: np.ndarray, spread: np.ndarray, mask: np.ndarray,
+                    top_fraction: float = TOP_FRACTION) -> SpreadReport:
+    """The :class:`SpreadReport` of probabilities ``y_score`` and their
+    spread (``[N, K]``) against 0/1 ``y_true`` where ``mask`` is True. A
+    task's top is ceil(top_fraction * present) rows (ties in input order),
+    its quartiles a quarter of them each (at least one row)."""
+    y_true, y_score, mask = _check_task_arrays(y_true, y_score, mask)
+    spread = np.asarray(spread, dtype=np.float64)
+    n_tasks = y_true.shape[1]
+    figures = np.full((4, n_tasks), np.nan)
+    for task in range(n_tasks):
+        present = mask[:, task]
+        truth = (y_true[present, task] > 0).astype(np.float64)
+        if not truth.any() or truth.size < 4:
+            continue
+        scores, deviation = y_score[present, task], spread[present, task]
+        n_top = max(4, int(np.ceil(top_fraction * truth.size)))
+        top = np.argsort(-scores, kind="mergesort")[:n_top]
+        by_spread = top[np.argsort(deviation[top], kind="mergesort")]
+        quarter = max(1, n_top // 4)
+        figures[:, task] = (truth[top].mean(), truth[by_spread[:quarter]].mean(),
+                            truth[by_spread[-quarter:]].mean(),
+                            spearman(deviation, np.abs(truth - scores)))
+    return SpreadReport(*figures)
 
 
 def _check_task_arrays(y_true: np.ndarray, y_score: np.ndarray,

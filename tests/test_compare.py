@@ -275,3 +275,41 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name(tiny_dataset: Path, t
                                          r"0.002 now\)"):
         run_comparison(tiny_dataset, [configuration], [0], dataclasses.replace(budget, lr=2e-3),
                        progress=False, checkpoint_dir=tmp_path)
+
+
+def test_ensembles_of_a_comparisons_seeds_score_their_members_mean(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Three seeds stacked as one ensemble of 3 and three of 1: the ensemble
+    scores the mean of its members' probabilities (checked against the
+    members' own weights), a one-member ensemble is that member's run."""
+    from featurize.dataset import read_dataset_info
+    from models.factory import build_model
+    from models.metrics import evaluate_tasks
+    from pipelines.experiments.comparison.ensembles import ensemble_outcomes, ensemble_rows
+    from pipelines.training.engine import iter_dataset_batches
+
+    configuration = parse_configuration("mmoeex/plain:tower_hidden=0", BASE_MODEL, BASE_STEP)
+    budget = Budget(epochs=2, patience=0, batch_size=64, lr=3e-3, weight_decay=0.0)
+    outcomes = run_comparison(tiny_dataset, [configuration], [0, 1, 2], budget, progress=False,
+                              checkpoint_dir=tmp_path).outcomes
+    info = read_dataset_info(tiny_dataset)
+    ensembles = ensemble_outcomes(info, outcomes, [1, 3], tmp_path)
+    assert [ensemble.seeds for ensemble in ensembles] == [(0,), (1,), (2,), (0, 1, 2)]
+    for single, outcome in zip(ensembles[:3], outcomes):
+        assert single.evaluation.metrics.mean_ap == pytest.approx(outcome.evaluation.metrics.mean_ap, abs=1e-6)
+        assert single.evaluation.spread is None
+    fp, labels = (np.concatenate(parts) for parts in zip(*iter_dataset_batches(info, "test", 1000)))
+    bits = torch.from_numpy(np.unpackbits(fp, axis=1, bitorder="little")[:, :info.spec.n_bits]).float()
+    probabilities = []
+    for outcome in outcomes:
+        member = build_model(outcome.config.model)
+        member.load_state_dict(read_progress(RunCheckpoints(tmp_path).path(configuration.name, outcome.seed))
+                               .best_state_dict)
+        with torch.no_grad():
+            probabilities.append(torch.sigmoid(member.eval()(bits)).numpy())
+    expected = evaluate_tasks(labels > 0, np.mean(probabilities, axis=0), labels >= 0)
+    ensemble = ensembles[3]
+    assert ensemble.evaluation.metrics.mean_ap == pytest.approx(expected.mean_ap, abs=1e-6)
+    assert ensemble.evaluation.spread is not None
+    rows = ensemble_rows(ensembles)
+    assert [(row["members"], row["repeats"], row["seeds"]) for row in rows] == [(1, 3, "0; 1; 2"), (3, 1, "0-2")]
+    assert rows[0]["low-spread quartile"] == "" and rows[1]["low-spread quartile"] != ""

@@ -226,3 +226,42 @@ def test_enrichment_factor_against_a_plain_count() -> None:
     metrics = evaluate_tasks(perfect[:, None].astype(int), -np.arange(1000.0)[:, None],
                              np.ones((1000, 1), bool))
     assert metrics.mean_ef1 == pytest.approx(100.0) and metrics.means("test")["test_mean_ef1"] == metrics.mean_ef1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_matches_scipy_with_and_without_ties(seed: int) -> None:
+    from scipy.stats import spearmanr
+
+    from models.metrics import spearman
+
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=60), rng.normal(size=60)
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    tied_x, tied_y = np.round(x), (y > 0).astype(float)
+    assert spearman(tied_x, tied_y) == pytest.approx(spearmanr(tied_x, tied_y).statistic, abs=1e-12)
+    assert np.isnan(spearman(np.ones(5), np.arange(5.0)))
+
+
+def test_spread_report_reads_the_top_of_each_ranking_by_spread_quartile() -> None:
+    from models.metrics import evaluate_spread
+
+    # 400 rows: the top 1 % is 4 rows (the minimum), a quartile 1 row each.
+    n = 400
+    scores = np.linspace(0.0, 0.5, n)
+    truth = np.zeros(n)
+    truth[[-1, -3]] = 1  # two actives in the top 4, at spreads 0.0 and 0.2
+    spread = np.full(n, 0.05)
+    spread[-4:] = [0.3, 0.2, 0.1, 0.0]  # rows n-4 .. n-1
+    # Task 2: no actives (skipped); task 3: spread exactly the error (rank 1).
+    y_true = np.column_stack([truth, np.zeros(n), truth])
+    y_score = np.column_stack([scores, scores, scores])
+    errors = np.abs(truth - scores)
+    y_spread = np.column_stack([spread, spread, errors])
+    report = evaluate_spread(y_true, y_score, y_spread, np.ones((n, 3), bool))
+    assert report.top_precision[0] == 0.5
+    assert report.top_precision_low_spread[0] == 1.0  # the row at spread 0.0 is active
+    assert report.top_precision_high_spread[0] == 0.0  # the row at spread 0.3 is not
+    assert np.isnan(report.top_precision[1]) and np.isnan(report.spearman_error[1])
+    assert report.spearman_error[2] == pytest.approx(1.0)
+    assert report.means()["top_precision"] == 0.5
+    assert [row["task"] for row in report.rows(["a", "b", "c"])] == ["a", "b", "c"]

@@ -123,6 +123,54 @@ def test_multi_assay_view_defaults_to_top_k_membership(tmp_path: Path) -> None:
     assert multi["mol_id"].tolist() == by_row.loc[multi["row"], "mol_id"].tolist()
 
 
+def _spread_by_smiles(smiles: list[str]) -> np.ndarray:
+    """A made-up spread per (molecule, assay): a function of the SMILES'
+    length and the assay, so every call agrees with every other."""
+    return np.array([[(len(text) * (index + 1)) % 7 / 100 for index in range(len(ASSAYS))]
+                     for text in smiles], np.float32)
+
+
+@pytest.mark.parametrize("threshold", [0.8, None])
+def test_hits_carry_the_spread_and_drop_disagreement_over_the_limit(tmp_path: Path,
+                                                                     threshold: float | None) -> None:
+    from pipelines.screening.hits import HitSpread
+
+    rng = np.random.default_rng(3)
+    n = 600
+    frame = pd.DataFrame(rng.random((n, 3)).astype(np.float32), columns=ASSAYS)
+    frame.insert(0, "smiles", [f"C{'C' * (i % 9)}O" for i in range(n)])
+    frame.insert(0, "mol_id", [f"M{i}" for i in range(n)])
+    frame.insert(0, "row", np.arange(n, dtype=np.int64))
+    files = _write_scores(tmp_path / "scores", frame, rows_per_shard=250)
+    calls: list[int] = []
+
+    def spread(smiles: list[str]) -> np.ndarray:
+        calls.append(len(smiles))
+        return _spread_by_smiles(smiles)
+
+    (tmp_path / "all").mkdir()
+    (tmp_path / "agreed").mkdir()
+    rank_hits(files, ASSAYS, tmp_path / "all", top_k=20, threshold=threshold, min_active_assays=2,
+              spread=HitSpread(spread, len(ASSAYS)))
+    assert sum(calls) <= 9  # once per distinct SMILES, however many hits and views
+    summary = rank_hits(files, ASSAYS, tmp_path / "agreed", top_k=20, threshold=threshold, min_active_assays=2,
+                        spread=HitSpread(_spread_by_smiles, len(ASSAYS), limit=0.03))
+
+    every, agreed = (pd.read_parquet(tmp_path / name / HITS_FILE) for name in ("all", "agreed"))
+    column = {assay: index for index, assay in enumerate(ASSAYS)}
+    expected = [_spread_by_smiles([text])[0, column[assay]] for text, assay in zip(every.smiles, every.assay)]
+    np.testing.assert_array_equal(every["spread"].to_numpy(), np.array(expected, np.float32))
+    kept = every[every["spread"] <= 0.03]
+    assert 0 < len(kept) < len(every) and summary.dropped_for_spread == len(every) - len(kept)
+    pd.testing.assert_frame_equal(agreed.reset_index(drop=True), kept.reset_index(drop=True))
+    multi = pd.read_parquet(tmp_path / "agreed" / MULTI_ASSAY_FILE)
+    assert len(multi) > 0
+    for record in multi.itertuples():
+        spreads = _spread_by_smiles([record.smiles])[0]
+        assert all(spreads[column[assay]] <= 0.03 for assay in record.active_assays)
+        assert record.max_spread == max(spreads[column[assay]] for assay in record.active_assays)
+
+
 @pytest.mark.parametrize("threshold", [0.5, None])
 def test_rank_hits_on_an_empty_screen(tmp_path: Path, threshold: float | None) -> None:
     empty = pd.DataFrame({"row": pd.Series([], dtype="int64"), "mol_id": [], "smiles": [],

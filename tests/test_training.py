@@ -200,11 +200,12 @@ def ray_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ray_config(dataset: Path, root: Path, run_name: str, **overrides: object) -> TrainConfig:
-    return TrainConfig(data_dir=str(dataset), model=TINY_MODEL, step=StepConfig(optimizer="maml-mtl", inner_lr=0.05),
-                       batch_size=RAY_BATCH_SIZE, epochs=2, patience=0, seed=3, num_workers=2,
-                       resources_per_worker={"CPU": 0.5}, run_name=run_name,
-                       storage_path=str(root / "ray"), experiment_name="tests",
-                       tracking_uri=f"sqlite:///{root / 'mlflow.db'}", **overrides)
+    values = {"model": TINY_MODEL, "step": StepConfig(optimizer="maml-mtl", inner_lr=0.05),
+              "batch_size": RAY_BATCH_SIZE, "epochs": 2, "patience": 0, "seed": 3, "num_workers": 2,
+              "resources_per_worker": {"CPU": 0.5}}
+    return TrainConfig(data_dir=str(dataset), run_name=run_name, storage_path=str(root / "ray"),
+                       experiment_name="tests", tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                       **(values | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +372,65 @@ def test_sigkilled_worker_resumes_from_the_last_checkpoint_and_matches_a_clean_r
         _assert_same_tensors(_training_state(getattr(network, name)),
                              _training_state(getattr(clean, name)), name)
     assert result.test.mean_ap == clean_ray_run.test.mean_ap
+
+
+@pytest.mark.slow
+def test_an_ensemble_resumes_at_the_member_and_epoch_it_reached(ray_local: None, ray_dataset: Path,
+                                                                ray_root: Path) -> None:
+    """Two members, each failing once at epoch 1 with no retries (a kill,
+    as the job sees it): the first attempt dies in member 0, the second
+    resumes member 0 at epoch 1 and dies in member 1, the third reuses
+    member 0 and resumes member 1 at epoch 1. Every epoch was trained once;
+    the served model is the members' mean and spread."""
+    from mlflow import MlflowClient
+
+    from models.ensemble import member_probabilities
+    from pipelines.platform.tracking import use_tracking_uri
+    from pipelines.serving.pyfunc_model import load_scorer
+    from pipelines.training.trainer import run_training
+
+    config = _ray_config(ray_dataset, ray_root, "ensemble", model=dataclasses.replace(TINY_MODEL, tower_hidden=0),
+                         step=StepConfig(optimizer="plain"), batch_size=256, num_workers=1,
+                         resources_per_worker={"CPU": 1.0}, ensemble=2, max_failures=0, fail_at_epoch=1)
+    members_dir = ray_root / "ray" / "ensemble" / "members"
+    with pytest.raises(Exception, match="injected failure"):
+        run_training(config)
+    assert not members_dir.exists()
+    with pytest.raises(Exception, match="injected failure"):
+        run_training(config)
+    assert sorted(path.name for path in members_dir.iterdir()) == ["member-0.json", "member-0.safetensors"]
+    result = run_training(config)
+
+    assert [network.reused for network in result.networks] == [True, False]
+    assert [network.run_name for network in result.networks] == ["ensemble-member-0", "ensemble-member-1"]
+    client = MlflowClient(config.tracking_uri)
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["ensemble"] == "2"
+    assert {"test_mean_ap", "member_0_test_mean_ap", "member_1_test_mean_ece"} <= set(parent.data.metrics)
+    for index, network in enumerate(result.networks):
+        member = client.get_run(network.mlflow_run_id)
+        assert member.data.tags["mlflow.parentRunId"] == result.mlflow_run_id
+        assert member.data.params["seed"] == str(config.seed + index)
+        assert member.data.params["model.seed"] == str(config.model.seed + index)
+        # Each epoch trained and logged once: resumed, never started over.
+        history = client.get_metric_history(network.mlflow_run_id, "train_loss")
+        assert sorted(point.step for point in history) == [0, 1]
+    assert len(result.member_tests) == 2
+    assert result.test.mean_ap > max(test["test_mean_ap"] for test in result.member_tests) - 0.05
+
+    with use_tracking_uri(str(config.tracking_uri)):
+        scorer = load_scorer(result.model_uri, "cpu")
+    assert scorer.n_members == 2
+    info = read_dataset_info(ray_dataset)
+    fp, _ = next(iter_dataset_batches(info, "test", 64))
+    scores, spread = scorer.score_packed_with_spread(fp, raw_scores=True)
+    bits = torch.from_numpy(np.unpackbits(fp, axis=1, bitorder="little")[:, :info.spec.n_bits]).float()
+    with torch.no_grad():
+        members = torch.stack([torch.sigmoid(scorer.model.member(index)(bits)) for index in range(2)])
+        stacked = member_probabilities(scorer.model, bits)
+    torch.testing.assert_close(stacked, members)
+    np.testing.assert_allclose(scores, members.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(spread, members.std(0, correction=0).numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_the_gates_get_their_own_learning_rate_and_weight_decay() -> None:

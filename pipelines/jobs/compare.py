@@ -14,6 +14,9 @@ tracks every row and seed in MLflow under one parent run.
     python -m pipelines compare --data DIR --configs mmoeex/maml-mtl --budget-seconds 3600 \\
         --checkpoint-dir runs/compare-ckpt
     # or seed by seed: seeds 1 and 2 of a row whose seed 0 ran earlier
+    # deep ensembles of each row's seeds (0-4 as one of 5, 0-2 as one of 3, each seed alone)
+    python -m pipelines compare --data DIR --configs mmoeex/plain --seeds 5 --ensembles 1 3 5 \
+        --checkpoint-dir runs/compare-ckpt --out runs/ensembles
     python -m pipelines compare --data DIR --configs mmoeex/maml-mtl --first-seed 1 --seeds 2
     # where MLflow is not reachable (a GPU box): save the runs, log them elsewhere
     python -m pipelines compare --data DIR --no-tracking --save-outcomes runs.pkl
@@ -46,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rows.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGURATIONS),
                       metavar="ARCH/OPT[:option=value,...]",
                       help="rows; an override names a model or step option (flag or field name)")
+    rows.add_argument("--ensembles", type=int, nargs="+", default=None, metavar="N",
+                      help="also score deep ensembles of each row's seeds, N at a time in "
+                           "consecutive blocks (needs --checkpoint-dir, which keeps the best weights)")
     rows.add_argument("--budget-seconds", type=float, default=None,
                       help="also stop a run once its training time reaches this (checked per epoch)")
     add_option_groups(parser, GROUPS)
@@ -90,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if args.log_outcomes is not None:
         return _log_saved(args)
     seeds = seeds_of(args)
+    if args.ensembles and (args.checkpoint_dir is None or min(args.ensembles) < 1):
+        raise UserError("--ensembles takes sizes >= 1 and needs --checkpoint-dir (the runs' best weights)")
     title = (f"{args.data}: seeds {seeds[0]}..{seeds[-1]}, at most {budget.epochs} epochs (patience "
              f"{budget.patience}), batch {budget.batch_size}, {args.device}")
     tracker = None if args.no_tracking else mlflow_tracker(
@@ -113,7 +121,36 @@ def run(args: argparse.Namespace) -> int:
                    args.save_outcomes)
         print(f"outcomes saved to {args.save_outcomes}")
     _write_tables(args.out, result.summaries)
+    if args.ensembles:
+        _ensembles(args, result.outcomes)
     return 0
+
+
+def _ensembles(args: argparse.Namespace, outcomes) -> None:
+    """--ensembles: the rows' seeds stacked N at a time, scored on the test split."""
+    from featurize.dataset import read_dataset_info
+    from pipelines.experiments.comparison.ensembles import (
+        ensemble_outcomes,
+        ensemble_rows,
+        per_assay_spread_rows,
+        rows_csv,
+    )
+    from pipelines.text_tables import format_table
+
+    info = read_dataset_info(args.data)
+    ensembles = ensemble_outcomes(info, outcomes, args.ensembles, args.checkpoint_dir)
+    rows = ensemble_rows(ensembles)
+    print(format_table(rows, title="deep ensembles (test split; mean +- std over repeats)"))
+    if args.out is None:
+        return
+    largest = max(args.ensembles)
+    per_assay = [{"configuration": ensemble.configuration, "seeds": f"{ensemble.seeds[0]}-{ensemble.seeds[-1]}",
+                  **row} for ensemble in ensembles if len(ensemble.seeds) == largest > 1
+                 for row in per_assay_spread_rows(ensemble, list(info.tasks))]
+    (args.out / "ensembles.csv").write_text(rows_csv(rows))
+    if per_assay:
+        (args.out / "ensemble-spread-per-assay.csv").write_text(rows_csv(per_assay))
+    print(f"ensemble tables written to {args.out}")
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:

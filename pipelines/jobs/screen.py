@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-alerts", action="store_true",
                         help="rank only molecules without structural alerts (PAINS, Brenk, NIH): "
                              "each assay's top K are its K best unflagged molecules")
+    parser.add_argument("--max-spread", type=float, default=None, metavar="SD",
+                        help="with an ensemble (train --ensemble N): drop a hit whose members "
+                             "disagree, the standard deviation of their probabilities above SD "
+                             "(e.g. 0.05); every hit carries its spread either way")
     parser.add_argument("--domain", choices=["hits", "all"], default="hits",
                         help="with a model that carries its training domain: which rows get the "
                              "nearest training molecule (nn_similarity, nn_mol_id). hits: the hit "
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_alerts=args.exclude_alerts,
         smiles_col=args.smiles_col, id_col=args.id_col, address=args.address,
         num_cpus=args.num_cpus, overwrite=args.overwrite, progress=not args.no_progress,
-        raw_scores=args.raw_scores, domain=args.domain,
+        raw_scores=args.raw_scores, domain=args.domain, max_spread=args.max_spread,
         rows_per_part=args.rows_per_part,
         resources=Resources(num_actors=args.num_actors, use_gpu=args.use_gpu,
                             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
@@ -104,6 +108,8 @@ def format_result(result) -> str:  # result: pipelines.screening.ScreeningResult
         "featurize CPU-s": round(result.featurize_seconds, 1),
         "scoring actor-s": round(result.score_seconds, 1),
     }
+    if result.dropped_for_spread:
+        values["hits dropped for spread"] = result.dropped_for_spread
     if result.skipped_existing:
         values["note"] = "already done (same model, library and options): nothing rescored"
     elif result.resumed_rows:

@@ -11,6 +11,13 @@
   Given a probability ``threshold``, it means a score at or above it
   (streamed out as found, in score-file order, so memory stays bounded).
 
+With an ensemble's spread (:class:`HitSpread`), hits.parquet carries the
+``spread`` of each hit's score (the members' standard deviation) and the
+multi-assay view the ``max_spread`` over a molecule's active assays; with a
+spread limit (``screen --max-spread``) a (molecule, assay) pair whose spread
+exceeds it is not a hit: it leaves the assay's list (ranks keep their place
+in the model's ranking) and the molecule's active assays.
+
 Both carry ``alerts``, the structural alerts of each molecule
 (:mod:`pipelines.screening.alerts`). With ``exclude_alerts`` flagged
 molecules are left out of the ranking: each assay's list holds its
@@ -43,6 +50,11 @@ from pipelines.serving.applicability_domain import (
 
 #: The nearest training molecule of each SMILES (a screen's hits, --domain hits).
 NearestBySmiles = Callable[[Sequence[str]], Neighbours]
+#: An ensemble's spread of each SMILES' scores, float32 [n, screened assays]
+#: (NaN rows where a SMILES does not featurize).
+SpreadBySmiles = Callable[[Sequence[str]], np.ndarray]
+SPREAD_FIELD = pa.field("spread", pa.float32())
+MAX_SPREAD_FIELD = pa.field("max_spread", pa.float32())
 
 READ_ROWS = 65_536
 MAX_PAGE = 65_536  # deepest page of candidates per assay when excluding alerts
@@ -75,6 +87,30 @@ class HitsSummary:
     multi_assay_hits: int
     hits_with_alerts: int  # rows of hits.parquet with at least one alert
     excluded_for_alerts: int  # distinct flagged molecules skipped (exclude_alerts)
+    dropped_for_spread: int = 0  # (molecule, assay) hits over the spread limit
+
+
+class HitSpread:
+    """An ensemble's spread of hit molecules' scores, computed once per
+    distinct SMILES (hit lists and multi-assay view share it), and the
+    limit above which a hit is dropped (None: none is)."""
+
+    def __init__(self, spread: SpreadBySmiles, n_assays: int, limit: float | None = None) -> None:
+        self._spread, self.n_assays, self.limit = spread, n_assays, limit
+        self._known: dict[str, np.ndarray] = {}
+
+    def of(self, smiles: Sequence[str | None]) -> np.ndarray:
+        """float32 [len(smiles), assays]: each molecule's spread per screened assay."""
+        new = [text for text in dict.fromkeys(smiles) if text is not None and text not in self._known]
+        if new:
+            self._known.update(zip(new, self._spread(new)))
+        missing = np.full(self.n_assays, np.nan, np.float32)
+        return np.array([self._known.get(text, missing) if text is not None else missing
+                         for text in smiles], np.float32).reshape(len(smiles), self.n_assays)
+
+    def agreed(self, spread: np.ndarray) -> np.ndarray:
+        """Which spreads are within the limit (all without one)."""
+        return np.ones(spread.shape, bool) if self.limit is None else spread <= self.limit
 
 
 class TopK:
@@ -111,7 +147,7 @@ class TopK:
 def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path, *,
               top_k: int, threshold: float | None, min_active_assays: int,
               exclude_alerts: bool = False, alerts: AlertCache | None = None,
-              nearest: NearestBySmiles | None = None) -> HitsSummary:
+              nearest: NearestBySmiles | None = None, spread: HitSpread | None = None) -> HitsSummary:
     """Write ``hits.parquet`` and ``multi_assay_hits.parquet`` into ``out_dir``
     (``threshold`` None: active means in the assay's top ``top_k``;
     ``exclude_alerts``: molecules with alerts are left out of both).
@@ -119,11 +155,13 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
     Where the score files carry the domain columns, both files do too:
     ``nearest`` searches the hits' nearest training molecules by SMILES
     (the score files then hold them for a sample only, ``--domain hits``);
-    without it they are read from the score files."""
+    without it they are read from the score files. ``spread``: an
+    ensemble's, as the module docstring says."""
     alerts = alerts if alerts is not None else AlertCache()
     domain = HitDomain.of(score_files, nearest)
     top = TopK(2 * top_k if exclude_alerts else top_k, len(assays))
-    multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, pa.schema([*MULTI_ASSAY_SCHEMA, *domain.fields]))
+    multi = SingleParquetWriter(out_dir / MULTI_ASSAY_FILE, pa.schema(
+        [*MULTI_ASSAY_SCHEMA, *domain.fields, *([MAX_SPREAD_FIELD] if spread else [])]))
     assay_names = np.array(assays, dtype=object)
     multi_rows = 0
     skipped: set[int] = set()  # flagged molecules left out (exclude_alerts)
@@ -132,7 +170,7 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
         top.update(scores, table["row"].to_numpy())
         if threshold is not None:
             found = _multi_assay_table(table, scores >= threshold, scores, assay_names,
-                                       min_active_assays, alerts, domain)
+                                       min_active_assays, alerts, domain, spread)
             if exclude_alerts:
                 flagged = pc.list_value_length(found["alerts"]).to_numpy() > 0
                 skipped.update(found["row"].to_numpy()[flagged].tolist())
@@ -144,10 +182,13 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
     else:
         winner_scores, winner_rows = top.scores, top.rows
     hits = _hits_table(score_files, assays, winner_scores, winner_rows, alerts, domain)
+    dropped = 0
+    if spread is not None:
+        hits, dropped = _with_spread(hits, assays, spread)
     if threshold is None:
         ids, active, scores = _top_k_membership(hits, assays, domain.names)
         found = _multi_assay_table(ids, active, scores, assay_names, min_active_assays, alerts,
-                                   domain.as_read())
+                                   domain.as_read(), spread)
         multi.write(found.sort_by([("n_active_assays", "descending"), ("max_score", "descending"),
                                    ("row", "ascending")]))
         multi_rows += found.num_rows
@@ -155,7 +196,19 @@ def rank_hits(score_files: Sequence[Path], assays: Sequence[str], out_dir: Path,
     pq.write_table(hits, out_dir / HITS_FILE)
     with_alerts = int((pc.list_value_length(hits["alerts"]).to_numpy() > 0).sum())
     return HitsSummary(hits=hits.num_rows, multi_assay_hits=multi_rows,
-                       hits_with_alerts=with_alerts, excluded_for_alerts=len(skipped))
+                       hits_with_alerts=with_alerts, excluded_for_alerts=len(skipped),
+                       dropped_for_spread=dropped)
+
+
+def _with_spread(hits: pa.Table, assays: Sequence[str], spread: HitSpread) -> tuple[pa.Table, int]:
+    """The hit list with each hit's spread, less the hits over the limit
+    (and how many those were)."""
+    column = {assay: index for index, assay in enumerate(assays)}
+    matrix = spread.of(hits["smiles"].to_pylist())
+    values = matrix[np.arange(hits.num_rows), [column[assay] for assay in hits["assay"].to_pylist()]]
+    hits = hits.append_column(SPREAD_FIELD, pa.array(values, pa.float32()))
+    kept = spread.agreed(values)
+    return hits.filter(pa.array(kept)), int((~kept).sum())
 
 
 def _best_unflagged(score_files: Sequence[Path], assays: Sequence[str], pool: TopK, top_k: int,
@@ -207,12 +260,25 @@ def _score_matrix(table: pa.Table, assays: Sequence[str]) -> np.ndarray:
 
 
 def _multi_assay_table(ids: pa.Table, active: np.ndarray, scores: np.ndarray, assay_names: np.ndarray,
-                       min_active_assays: int, alerts: AlertCache, domain: HitDomain) -> pa.Table:
+                       min_active_assays: int, alerts: AlertCache, domain: HitDomain,
+                       spread: HitSpread | None = None) -> pa.Table:
     """The molecules of ``ids`` (row, mol_id, smiles, the domain's columns)
     active in at least ``min_active_assays`` assays; ``active`` and
-    ``scores`` are [rows, assays]."""
+    ``scores`` are [rows, assays]. With ``spread`` an assay counts only where
+    the spread is within its limit, and ``max_spread`` is the largest over
+    the active assays."""
     n_active = active.sum(axis=1)
     selected = np.flatnonzero(n_active >= min_active_assays)
+    extra: dict[str, np.ndarray] = {}
+    if spread is not None:
+        spreads = spread.of(ids["smiles"].take(selected).to_pylist())
+        active = active.copy()
+        active[selected] &= spread.agreed(spreads)
+        agreed = active[selected].sum(axis=1) >= min_active_assays
+        selected, spreads = selected[agreed], spreads[agreed]
+        extra[MAX_SPREAD_FIELD.name] = np.where(active[selected], spreads, -np.inf).max(
+            axis=1, initial=-np.inf).astype(np.float32)
+        n_active = active.sum(axis=1)
     smiles = ids["smiles"].take(selected)
     return pa.table({
         "row": ids["row"].take(selected),
@@ -224,7 +290,8 @@ def _multi_assay_table(ids: pa.Table, active: np.ndarray, scores: np.ndarray, as
                      .astype(np.float32),
         "alerts": alerts.alerts(smiles.to_pylist()),
         **domain.columns(ids.take(selected)),
-    }, schema=pa.schema([*MULTI_ASSAY_SCHEMA, *domain.fields]))
+        **extra,
+    }, schema=pa.schema([*MULTI_ASSAY_SCHEMA, *domain.fields, *([MAX_SPREAD_FIELD] if spread else [])]))
 
 
 def _top_k_membership(hits: pa.Table, assays: Sequence[str],

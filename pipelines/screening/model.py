@@ -23,6 +23,7 @@ from pipelines.errors import UserError
 
 if TYPE_CHECKING:
     from pipelines.serving.applicability_domain import TrainingDomain
+    from pipelines.serving.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class ScreeningModel:
     #: The training domain the model carries (None: scores get no nn_similarity & co.),
     #: kept here to search the hits after the pass.
     domain: TrainingDomain | None = field(default=None, repr=False, compare=False)
+    #: An ensemble's scorer, kept to compute its hits' spread after the pass
+    #: (None for one network, which has no spread).
+    ensemble: Scorer | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_domain(self) -> bool:
@@ -81,7 +85,7 @@ def fetch_model(model_uri: str, tracking_uri: str) -> ScreeningModel:
         # pyfunc's artifact: zip it as it is.
         return ScreeningModel(model_uri, scorer.spec, list(scorer.tasks),
                               zip_folder(pyfunc.bundle_dir), folder_sha256(Path(local)),
-                              domain=scorer.domain)
+                              domain=scorer.domain, ensemble=scorer if scorer.has_spread else None)
 
 
 def _files(folder: Path) -> list[tuple[str, Path]]:

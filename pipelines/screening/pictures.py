@@ -4,8 +4,9 @@ the hits' similarity to the training set.
 A chemist reads a hit list faster as structures than as SMILES. Each
 screening draws one grid (:data:`PICTURE_MOLS` molecules, best first) with
 the score, the nearest-neighbour similarity to the training set (when the
-hits carry an ``nn_similarity`` column) and the structural alerts under
-each molecule:
+hits carry an ``nn_similarity`` column), an ensemble's spread (``±0.031``,
+the members' standard deviation) and the structural alerts under each
+molecule:
 
 - ``hits.png``: the best distinct molecules of the whole hit list, each
   with the assay it scores best in;
@@ -32,6 +33,7 @@ PICTURE_MOLS = 20
 MOLS_PER_ROW = 5
 CELL_PIXELS = (300, 300)
 SIMILARITY_COLUMN = "nn_similarity"
+SPREAD_COLUMN = "spread"  # an ensemble's hits: the members' standard deviation
 ALERT_CHARACTERS = 34  # legend width of the first alert
 
 
@@ -95,6 +97,8 @@ def hit_legend(hit: Mapping[str, Any], *, show_assay: bool) -> str:
     if SIMILARITY_COLUMN in hit:
         similarity = hit[SIMILARITY_COLUMN]
         how += "  sim " + ("n/a" if similarity is None or np.isnan(similarity) else f"{similarity:.2f}")
+    if SPREAD_COLUMN in hit:
+        how += f"  ±{hit[SPREAD_COLUMN]:.3f}"
     alerts = list(hit["alerts"])
     if not alerts:
         flags = "no alerts"

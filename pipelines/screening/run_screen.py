@@ -20,7 +20,7 @@ from featurize.sources.readers import file_sha256
 from pipelines.errors import UserError
 from pipelines.names import SCREEN_ROWS_PER_PART, SIMILARITY_SAMPLE_EVERY
 from pipelines.screening.alerts import AlertCache, match_on_ray
-from pipelines.screening.hits import rank_hits
+from pipelines.screening.hits import HitSpread, rank_hits
 from pipelines.screening.library_source import (
     ScreeningLibrary,
     check_library_spec,
@@ -46,7 +46,7 @@ from pipelines.screening.pictures import (
 from pipelines.screening.score_parts import ScoreParts
 from pipelines.screening.scoring import DomainScope, Resources, scored_dataset, write_scores
 from pipelines.serving.applicability_domain import IN_TRAINING_SET_COLUMN, NN_SIMILARITY_COLUMN, Neighbours
-from pipelines.serving.scorer import neighbours_of_smiles
+from pipelines.serving.scorer import Scorer, neighbours_of_smiles
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class ScreeningConfig:
     raw_scores: bool = False  # the model's uncalibrated probabilities
     rows_per_part: int = SCREEN_ROWS_PER_PART  # library rows per committed part (what a kill can lose)
     domain: DomainScope = "hits"  # rows that get the nearest training molecule (see scoring.DomainScope)
+    max_spread: float | None = None  # an ensemble's hits whose members' spread exceeds it are dropped
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,6 +91,9 @@ class ScreeningConfig:
             problems.append("--num-actors, --batch-size and --rows-per-part must be >= 1")
         if self.domain not in ("hits", "all"):
             problems.append(f"--domain is hits or all, got {self.domain!r}")
+        if self.max_spread is not None and not 0.0 <= self.max_spread <= 0.5:
+            problems.append(f"--max-spread is a standard deviation of probabilities, in [0, 0.5], "
+                            f"got {self.max_spread}")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -114,6 +118,7 @@ class ScreeningResult:
     driver_cpu_seconds: dict[str, float] = field(default_factory=dict)  # per phase, this process
     hits_with_alerts: int = 0  # rows of hits.parquet with a structural alert
     excluded_for_alerts: int = 0  # flagged molecules left out (--exclude-alerts)
+    dropped_for_spread: int = 0  # an ensemble's hits over --max-spread
     pictures: tuple[str, ...] = ()  # PNG files in out_dir
     pictures_logged_to: str | None = None  # runs:/<run_id>/<path> of the model's run
     # With a model that carries its training domain: the library's nearest-
@@ -160,6 +165,9 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
     check_library_spec(library, model.spec)
     assays = list(config.assays) or list(model.tasks)
     model.assay_indices(assays)  # unknown assays fail before any work
+    if config.max_spread is not None and model.ensemble is None:
+        raise UserError(f"--max-spread needs an ensemble; {config.model_uri} is one network "
+                        "(train --ensemble N)")
     identity = screening_identity(config, model.sha256, library_identity(library), assays)
     phases.lap("model and library")
     finished = check_out_dir(config.out_dir, identity, config.overwrite)
@@ -192,7 +200,8 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         hits = rank_hits(counts.score_files, assays, staged.path, top_k=config.top_k,
                          threshold=config.threshold, min_active_assays=config.min_active_assays,
                          exclude_alerts=config.exclude_alerts, alerts=AlertCache(match_on_ray),
-                         nearest=hit_neighbours(model) if config.domain == "hits" else None)
+                         nearest=hit_neighbours(model) if config.domain == "hits" else None,
+                         spread=hit_spread(model, assays, config.max_spread))
         phases.lap("hit lists and alerts")
     phases.lap("Ray shutdown")
     pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
@@ -213,6 +222,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
         library_rows=counts.library_rows, scored=counts.scored, rejected=counts.rejected,
         hits=hits.hits, multi_assay_hits=hits.multi_assay_hits,
         hits_with_alerts=hits.hits_with_alerts, excluded_for_alerts=hits.excluded_for_alerts,
+        dropped_for_spread=hits.dropped_for_spread,
         pictures=tuple(path.name for path in pictures), pictures_logged_to=logged_to,
         similarity_histogram=None if similarity is None else similarity_histogram_text(
             similarity, title=f"library similarity to the training set{sample}"),
@@ -267,6 +277,27 @@ def hit_neighbours(model: ScreeningModel) -> Callable[[Sequence[str]], Neighbour
     return functools.partial(neighbours_of_smiles, spec=model.spec, domain=model.domain)
 
 
+def hit_spread(model: ScreeningModel, assays: list[str], limit: float | None) -> HitSpread | None:
+    """An ensemble's spread of its hits' scores on ``assays``, computed here
+    after the pass (a hit list is small; the score files stay one column an
+    assay); None for one network."""
+    if model.ensemble is None:
+        return None
+    return HitSpread(functools.partial(spread_of_smiles, model.ensemble, model.assay_indices(assays)),
+                     len(assays), limit)
+
+
+def spread_of_smiles(scorer: Scorer, columns: list[int], smiles: Sequence[str]) -> np.ndarray:
+    """The ensemble's spread of each SMILES' score on ``columns``, float32
+    [n, columns] (NaN rows where a SMILES does not featurize)."""
+    fp, errors = scorer.featurize_smiles(smiles)
+    out = np.full((len(smiles), len(columns)), np.nan, np.float32)
+    ok = np.array([error is None for error in errors], dtype=bool)
+    if ok.any():
+        out[ok] = scorer.score_packed_with_spread(fp)[1][:, columns]
+    return out
+
+
 def log_pictures(pictures: list[Path], model_uri: str, tracking_uri: str,
                  artifact_dir: str) -> str | None:
     """Log the pictures as artifacts of the run that logged the model, so the
@@ -302,6 +333,8 @@ def screening_identity(config: ScreeningConfig, model_sha256: str, library: dict
         "min_active_assays": config.min_active_assays, "exclude_alerts": config.exclude_alerts,
         "smiles_col": config.smiles_col, "id_col": config.id_col,
         "raw_scores": config.raw_scores, "domain": config.domain,
+        # Only when set: screenings from before the option keep their identity.
+        **({"max_spread": config.max_spread} if config.max_spread is not None else {}),
     }
 
 

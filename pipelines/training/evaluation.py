@@ -15,7 +15,14 @@ from featurize.dataset import DatasetInfo
 from featurize.tensors import unpack_fingerprints
 from models.diversity import ExpertDistanceAccumulator, diversity_score
 from models.ensemble import mean_and_spread, member_probabilities
-from models.metrics import CalibrationMetrics, TaskMetrics, evaluate_calibration, evaluate_tasks
+from models.metrics import (
+    CalibrationMetrics,
+    SpreadReport,
+    TaskMetrics,
+    evaluate_calibration,
+    evaluate_spread,
+    evaluate_tasks,
+)
 from pipelines.serving.bundle import ModelBundle
 from pipelines.serving.calibration import Calibration, fit_calibration
 from pipelines.training.engine import iter_dataset_batches
@@ -50,7 +57,9 @@ class FinalEvaluation:
     """Test metrics and what the experts did. ``distance_matrix``/``diversity``
     and ``gate_usage`` (mean gate weight ``[K, E]``) are None for models without
     experts / gates; ``exclusive_expert_task`` maps expert -> task index;
-    ``calibration`` is None for a bundle without calibration."""
+    ``calibration`` is None for a bundle without calibration; ``spread``
+    (does the members' spread tell right from wrong hits?) is an
+    ensemble's only."""
 
     split: str
     n_rows: int
@@ -60,17 +69,19 @@ class FinalEvaluation:
     gate_usage: np.ndarray | None
     exclusive_expert_task: dict[int, int]
     calibration: CalibrationReport | None = None
+    spread: SpreadReport | None = None
 
 
 def _split_outputs(bundle: ModelBundle, info: DatasetInfo, split: str,
-                   device: torch.device | str) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """(model input, raw probabilities, labels) of each batch of ``split``;
-    an ensemble's probability is its members' mean."""
+                   device: torch.device | str) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]]:
+    """(model input, raw probabilities, their members' spread, labels) of
+    each batch of ``split``; an ensemble's probability is its members'
+    mean (one network's spread is zero)."""
     model = bundle.model.to(device).eval()
     for fp, labels in iter_dataset_batches(info, split, EVAL_BATCH_SIZE):
         x = unpack_fingerprints(torch.as_tensor(fp).to(device), bundle.spec)
-        mean, _ = mean_and_spread(member_probabilities(model, x))
-        yield x, mean.float().cpu().numpy(), labels
+        mean, spread = mean_and_spread(member_probabilities(model, x))
+        yield x, mean.float().cpu().numpy(), spread.float().cpu().numpy(), labels
 
 
 @torch.inference_mode()
@@ -78,7 +89,7 @@ def fit_bundle_calibration(bundle: ModelBundle, info: DatasetInfo, split: str = 
                            device: torch.device | str = "cpu") -> Calibration:
     """Per-assay calibration maps of the bundle's raw probabilities, fitted
     on ``split``'s present labels (see pipelines/serving/calibration.py)."""
-    outputs = [(probs, labels) for _, probs, labels in _split_outputs(bundle, info, split, device)]
+    outputs = [(probs, labels) for _, probs, _, labels in _split_outputs(bundle, info, split, device)]
     if not outputs:
         raise ValueError(f"{info.path}: the {split} split is empty")
     probs, labels = (np.concatenate(arrays) for arrays in zip(*outputs))
@@ -103,9 +114,10 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
     model = bundle.model.to(device).eval()
     distances = ExpertDistanceAccumulator()
     gate_sum: torch.Tensor | None = None
-    probs, labels = [], []
-    for x, batch_probs, batch_labels in _split_outputs(bundle, info, split, device):
+    probs, spreads, labels = [], [], []
+    for x, batch_probs, batch_spread, batch_labels in _split_outputs(bundle, info, split, device):
         probs.append(batch_probs)
+        spreads.append(batch_spread)
         labels.append(batch_labels)
         experts = model.expert_outputs(x)
         if experts is not None:
@@ -118,6 +130,7 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
         raise ValueError(f"{info.path}: the {split} split is empty")
     all_probs, all_labels = np.concatenate(probs), np.concatenate(labels)
     matrix = distances.distance_matrix() if distances.n_samples else None
+    served = all_probs if bundle.calibration is None else bundle.calibration.apply(all_probs)
     return FinalEvaluation(
         split=split,
         n_rows=len(all_labels),
@@ -128,6 +141,8 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
         exclusive_expert_task=exclusive_assignment(model),
         calibration=None if bundle.calibration is None else
         calibration_report(all_labels, all_probs, bundle.calibration),
+        spread=None if bundle.n_members == 1 else
+        evaluate_spread(all_labels > 0, served, np.concatenate(spreads), all_labels >= 0),
     )
 
 

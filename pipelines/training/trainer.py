@@ -451,6 +451,9 @@ def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
                             **{f"calibration_tasks_{method}": count for method, count
                                in report.calibration.method_counts().items()}})
             tracking.log_table_csv(uri, run_id, report.rows(), "test/per_task_calibration.csv")
+        if evaluation.spread is not None:
+            summary.update({f"test_spread_{name}": value for name, value in evaluation.spread.means().items()})
+            tracking.log_table_csv(uri, run_id, evaluation.spread.rows(info.tasks), "test/per_task_spread.csv")
         exclusive = {f"expert_{expert}": info.tasks[task]
                      for expert, task in evaluation.exclusive_expert_task.items()}
         tracking.log_json(uri, run_id, {"exclusivity": config.model.exclusivity,
