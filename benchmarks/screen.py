@@ -4,12 +4,15 @@ against what the machine allows.
     python benchmarks/screen.py --out docs/benchmarks/screen.json   # 100k and 1M (docs/benchmarks.md)
     python benchmarks/screen.py --sizes 20000                         # a quick look
     python benchmarks/screen.py --sizes 100000 --cpus 1 2             # how the screen scales with CPUs
+    python benchmarks/screen.py --sizes 100000 --ensemble 1 5         # a deep ensemble of 5 beside one network
 
 A model of the default shape (MMoEEx, 4 experts of 1500 units, 128 assays,
 2048-bit Morgan; untrained weights score at the same speed) carrying the
 applicability domain of ``--domain-rows`` other generated molecules (an
 HNSW index, as a model trained on the PCBA subset carries) is registered in
-a fresh SQLite MLflow registry. For each size a library of generated
+a fresh SQLite MLflow registry; with ``--ensemble N``, also a deep ensemble
+of N such networks (models/ensemble.py), whose screen's hits carry their
+spread. For each size a library of generated
 molecules (featurize.synthetic.library.generate_library) is written to CSV,
 then:
 
@@ -64,24 +67,29 @@ MODEL_NAME = "pcba-screen-bench"
 
 
 def register_model(tracking_uri: str, experts: int, hidden: int, tasks: int, bits: int,
-                   domain_rows: int) -> dict[str, str]:
-    """The benchmark's model(s), by label: "plain", and "domain" when
-    ``domain_rows`` asks for a training domain."""
+                   domain_rows: int, ensembles: list[int]) -> dict[str, str]:
+    """The benchmark's model(s), by label: "plain", "domain" when
+    ``domain_rows`` asks for a training domain, and "ensemble-N" (with the
+    domain, if any) for each ensemble size N > 1."""
     from featurize.spec import FingerprintSpec
     from models.config import ModelConfig
+    from models.ensemble import Ensemble
     from models.factory import build_model
     from pipelines.platform import tracking
     from pipelines.serving.bundle import ModelBundle
     from pipelines.serving.registry import log_scoring_model
     from pipelines.serving.registry import register_model as register
 
-    model = build_model(ModelConfig(architecture="mmoeex", n_features=bits, n_tasks=tasks, n_experts=experts,
-                                    expert_hidden=(hidden,))).eval()
+    config = ModelConfig(architecture="mmoeex", n_features=bits, n_tasks=tasks, n_experts=experts,
+                         expert_hidden=(hidden,))
     spec = FingerprintSpec(n_bits=bits)
-    bundle = ModelBundle(model, spec, [f"ASSAY-{k:03d}" for k in range(tasks)])
+    bundle = ModelBundle(build_model(config).eval(), spec, [f"ASSAY-{k:03d}" for k in range(tasks)])
     bundles = {"plain": bundle}
     if domain_rows:
-        bundles["domain"] = dataclasses.replace(bundle, domain=training_domain(spec, domain_rows))
+        bundle = bundles["domain"] = dataclasses.replace(bundle, domain=training_domain(spec, domain_rows))
+    for size in ensembles:
+        if size > 1:
+            bundles[f"ensemble-{size}"] = dataclasses.replace(bundle, model=Ensemble.initialised(config, size))
     models = {}
     for label, each in bundles.items():
         run_id, _ = tracking.start_run(tracking_uri, "screen-benchmark", f"untrained-{label}")
@@ -224,6 +232,8 @@ def main() -> None:
                         help="training molecules in the model's applicability domain (0: none)")
     parser.add_argument("--domain", nargs="+", choices=["hits", "all"], default=["hits"],
                         help="the screen's --domain (several: a row each)")
+    parser.add_argument("--ensemble", type=int, nargs="+", default=[1],
+                        help="networks in the model: 1, or a deep ensemble of N (several: a row each)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -233,30 +243,32 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root.resolve() / 'mlflow.db'}"
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        models = register_model(uri, args.experts, args.hidden, args.tasks, args.bits, args.domain_rows)
-        model = models["domain" if args.domain_rows else "plain"]
+        models = register_model(uri, args.experts, args.hidden, args.tasks, args.bits, args.domain_rows,
+                                args.ensemble)
         rows = []
-        for size, cpus in itertools.product(args.sizes, args.cpus):
+        for size, cpus, members in itertools.product(args.sizes, args.cpus, args.ensemble):
+            model = models[f"ensemble-{members}" if members > 1 else "domain" if args.domain_rows else "plain"]
             library = root / f"library-{size}.csv"
             if not library.exists():
                 write_library(library, size)
             featurize_s, forward_s = limit_seconds(library, model, cpus, radius=2, n_bits=args.bits)
             for domain in args.domain:
-                out = root / f"screen-{size}-{cpus}cpu-{domain}"
+                out = root / f"screen-{size}-{cpus}cpu-{domain}-{members}"
                 wall, peak = screen(model, library, out, uri, cpus, domain)
                 rows.append(screen_row(size, cpus, domain, featurize_s, forward_s, wall, peak,
-                                       json.loads((out / "screening.json").read_text())["result"]))
+                                       json.loads((out / "screening.json").read_text())["result"], members))
                 print(format_table(rows[-1:]), flush=True)
     report(rows, f"screen: SMILES to hit lists, model {args.experts}x{args.hidden} experts, {args.tasks} "
                  f"assays, {args.bits} bits, domain of {args.domain_rows:,}", args.out)
 
 
 def screen_row(size: int, cpus: int, domain: str, featurize_s: float, forward_s: float, wall: float,
-               peak: tuple[int, int], result: dict) -> dict:
-    """One row of the table: a screen against its limit, and where its time went."""
+               peak: tuple[int, int], result: dict, members: int = 1) -> dict:
+    """One row of the table: a screen against its limit (for an ensemble,
+    the limit with its own forward pass), and where its time went."""
     limit = featurize_s + forward_s
     return {
-        "molecules": size, "CPUs": cpus, "--domain": domain,
+        "molecules": size, "CPUs": cpus, "--domain": domain, "networks": members,
         "limit s (RDKit + forward)": f"{limit:.1f} ({featurize_s:.1f} + {forward_s:.1f})",
         "screen s": round(wall, 1), "x limit": f"{wall / limit:.2f}x",
         "Ray Data pass s": round(result["streaming_s"], 1),

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from featurize.dataset import DatasetInfo, read_dataset_info
 from featurize.errors import InputDataError
 from featurize.reader import read_all
@@ -42,15 +40,16 @@ from models.factory import build_model
 from models.metrics import SELECTION_METRIC, TaskMetrics
 from models.networks.base import MultiTaskModel
 from pipelines.platform import tracking
-from pipelines.serving.bundle import ModelBundle
 from pipelines.training.callbacks import MlflowEpochLogger
 from pipelines.training.config import TrainConfig
-from pipelines.training.domain_cache import training_domain
-from pipelines.training.evaluation import (
-    CalibrationReport,
-    FinalEvaluation,
-    evaluate_bundle,
-    fit_bundle_calibration,
+from pipelines.training.evaluation import CalibrationReport
+from pipelines.training.run_end import (
+    NetworkFit,
+    calibrate_and_test,
+    log_member_table,
+    log_run_end,
+    run_summary,
+    test_means,
 )
 from pipelines.training.worker import TRAIN_SPLIT, VALID_SPLIT, restore_checkpoint, train_loop_per_worker
 
@@ -59,31 +58,6 @@ logger = logging.getLogger(__name__)
 #: CPUs a Ray Data read task asks for: reading Parquet is I/O, and the
 #: training workers hold the cores.
 DATA_TASK_CPUS = 0.25
-#: Metric prefix of the calibrated test scores (test_calibrated_mean_ece).
-CALIBRATED_TEST = "test_calibrated"
-
-
-@dataclass(frozen=True)
-class NetworkFit:
-    """One network's Ray Train run: where its checkpoints are and how it
-    went. ``reused``: an ensemble member an earlier attempt had finished."""
-
-    run_name: str
-    mlflow_run_id: str
-    storage_dir: str
-    best_checkpoint: str
-    latest_checkpoint: str
-    epochs_completed: int
-    best_epoch: int
-    best_valid_mean_ap: float
-    stopped_early: bool
-    samples_per_s_per_worker: float
-    reused: bool = False
-
-    def summary(self) -> dict[str, float]:
-        """The run-end metrics MLflow gets for this network."""
-        return {"epochs_completed": self.epochs_completed, "best_epoch": self.best_epoch,
-                "best_valid_mean_ap": self.best_valid_mean_ap, "stopped_early": float(self.stopped_early)}
 
 
 @dataclass(frozen=True)
@@ -262,10 +236,10 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
             networks = tuple(network for network, _, _ in fitted)
             members = Ensemble([model for _, model, _ in fitted])
             member_tests = tuple(test for _, _, test in fitted if test is not None)
-        bundle, evaluation = _calibrate_and_test(members, info)
-        _log_run_end(uri, run_id, config, info, _run_summary(networks), evaluation)
+        bundle, evaluation = calibrate_and_test(members, info)
+        log_run_end(uri, run_id, config, info, run_summary(networks), evaluation)
         if member_tests:
-            _log_member_table(uri, run_id, networks, member_tests, evaluation)
+            log_member_table(uri, run_id, networks, member_tests, evaluation)
         model_uri = log_scoring_model(uri, run_id, bundle)
     except BaseException:
         tracking.finish_run(uri, run_id, status="FAILED")
@@ -320,8 +294,8 @@ def _train_member(config: TrainConfig, info: DatasetInfo, parent_run_id: str, in
     try:
         tracking.log_params(uri, run_id, {**member.params(), **tracking.dataset_identity(info)})
         network, model = _fit_network(member, info, run_id, callbacks)
-        _, evaluation = _calibrate_and_test(model, info, with_domain=False)
-        _log_run_end(uri, run_id, member, info, network.summary(), evaluation)
+        _, evaluation = calibrate_and_test(model, info, with_domain=False)
+        log_run_end(uri, run_id, member, info, network.summary(), evaluation)
     except BaseException:
         tracking.finish_run(uri, run_id, status="FAILED")
         raise
@@ -363,54 +337,6 @@ class MemberStore:
         return NetworkFit(**{**record["network"], "reused": True}), model.eval(), record["test"]
 
 
-def _calibrate_and_test(model: MultiTaskModel | Ensemble, info: DatasetInfo, *,
-                        with_domain: bool = True) -> tuple[ModelBundle, FinalEvaluation | None]:
-    """The model as a bundle (with the training split's applicability domain
-    unless told not), its calibration fitted on the valid split, and its
-    evaluation on the test split (None without one)."""
-    bundle = ModelBundle(model=model.eval(), spec=info.spec, tasks=list(info.tasks),
-                         domain=training_domain(info) if with_domain else None)
-    bundle = dataclasses.replace(bundle, calibration=fit_bundle_calibration(bundle, info, VALID_SPLIT))
-    logger.info("calibration on %s: %s", VALID_SPLIT, ", ".join(
-        f"{count} {method}" for method, count in bundle.calibration.method_counts().items()))
-    evaluation = evaluate_bundle(bundle, info) if info.split_counts.get("test") else None
-    return bundle, evaluation
-
-
-def _run_summary(networks: Sequence[NetworkFit]) -> dict[str, float]:
-    """The run-end metrics of one network, or an ensemble's members' totals
-    (their own are in their nested runs)."""
-    if len(networks) == 1:
-        return networks[0].summary()
-    return {"ensemble_members": len(networks),
-            "epochs_completed": sum(network.epochs_completed for network in networks),
-            "members_mean_best_valid_mean_ap": float(np.mean([network.best_valid_mean_ap
-                                                                for network in networks]))}
-
-
-def test_means(evaluation: FinalEvaluation) -> dict[str, float]:
-    """A model's test means: AP, ROC-AUC, EF1% of its raw probabilities, ECE
-    and Brier score raw and calibrated (the per-member comparison)."""
-    means = evaluation.metrics.means("test")
-    report = evaluation.calibration
-    if report is not None:
-        means.update({**report.raw.means("test"), **report.calibrated.means(CALIBRATED_TEST)})
-    return means
-
-
-def _log_member_table(uri: str, run_id: str, networks: Sequence[NetworkFit],
-                      member_tests: Sequence[dict[str, float]], evaluation: FinalEvaluation | None) -> None:
-    """members/test_metrics.csv: each member's test means beside the
-    ensemble's; the members' own curves are in their nested runs."""
-    rows = [{"model": f"member {index} (seed + {index})", "run": network.mlflow_run_id, **test}
-            for index, (network, test) in enumerate(zip(networks, member_tests))]
-    if evaluation is not None:
-        rows.append({"model": "ensemble (mean probability)", "run": run_id, **test_means(evaluation)})
-    tracking.log_table_csv(uri, run_id, rows, "members/test_metrics.csv")
-    tracking.log_metrics(uri, run_id, {f"member_{index}_{key}": value for index, test
-                                       in enumerate(member_tests) for key, value in test.items()})
-
-
 def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(best checkpoint, latest checkpoint, latest metrics) of a finished fit;
     the best is the loop's best epoch (ties in the score resolved as the loop
@@ -421,52 +347,3 @@ def _checkpoints(fit: Any) -> tuple[Any, Any, dict[str, Any]]:
     by_epoch = {metrics["epoch"]: checkpoint for checkpoint, metrics in fit.best_checkpoints}
     best = by_epoch.get(best_epoch) or fit.get_best_checkpoint(SELECTION_METRIC, "max") or fit.checkpoint
     return best, fit.checkpoint, fit.metrics
-
-
-def _log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
-                 summary: dict[str, float], evaluation: FinalEvaluation | None) -> None:
-    """Final metrics and artifacts: test means + per-task table, calibration
-    (ECE and Brier score raw and calibrated, means and per task; the
-    calibrated scores' ranking means) + per-task table, diversity score +
-    heatmap, gate usage plot, exclusive-expert assignment, config,
-    fingerprint spec and dataset identity."""
-    summary = dict(summary)
-    tracking.log_json(uri, run_id, config.to_dict(), "config/train_config.json")
-    tracking.log_json(uri, run_id, {**tracking.dataset_identity(info), "tasks": info.tasks,
-                                    "fingerprint_spec": info.spec.to_json()},
-                      "config/dataset.json")
-    if evaluation is not None:
-        test = evaluation.metrics
-        summary.update({**test.means("test"), **test.per_task("test", info.tasks),
-                        "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
-        tracking.log_table_csv(uri, run_id, test.rows(info.tasks), "test/per_task_metrics.csv")
-        report = evaluation.calibration
-        if report is not None:
-            # Unprefixed names are the raw model's, like test_mean_ap;
-            # "test_calibrated" names what the model serves.
-            summary.update({**report.raw.means("test"), **report.raw.per_task("test", info.tasks),
-                            **report.calibrated.means(CALIBRATED_TEST),
-                            **report.calibrated.per_task(CALIBRATED_TEST, info.tasks),
-                            **report.calibrated_ranking.means(CALIBRATED_TEST),
-                            **{f"calibration_tasks_{method}": count for method, count
-                               in report.calibration.method_counts().items()}})
-            tracking.log_table_csv(uri, run_id, report.rows(), "test/per_task_calibration.csv")
-        if evaluation.spread is not None:
-            summary.update({f"test_spread_{name}": value for name, value in evaluation.spread.means().items()})
-            tracking.log_table_csv(uri, run_id, evaluation.spread.rows(info.tasks), "test/per_task_spread.csv")
-        exclusive = {f"expert_{expert}": info.tasks[task]
-                     for expert, task in evaluation.exclusive_expert_task.items()}
-        tracking.log_json(uri, run_id, {"exclusivity": config.model.exclusivity,
-                                        "expert_task": exclusive}, "experts/exclusive_experts.json")
-        if evaluation.distance_matrix is not None:
-            summary["diversity_score"] = evaluation.diversity
-            tracking.log_json(uri, run_id, np.round(evaluation.distance_matrix, 6).tolist(),
-                              "experts/distance_matrix.json")
-            tracking.log_figure(uri, run_id, tracking.diversity_heatmap(
-                evaluation.distance_matrix, evaluation.diversity, config.model.architecture),
-                "experts/diversity_heatmap.png")
-        if evaluation.gate_usage is not None:
-            tracking.log_figure(uri, run_id, tracking.gate_usage_plot(
-                evaluation.gate_usage, info.tasks, evaluation.exclusive_expert_task),
-                "experts/gate_usage.png")
-    tracking.log_metrics(uri, run_id, summary, step=summary["epochs_completed"])
