@@ -24,16 +24,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 SPEC = FingerprintSpec(radius=2, n_bits=1024)
 TASKS = [f"PCBA-{aid}" for aid in (686978, 686979, 720504, 1030)]
 MODEL = "models:/pcba-screen-test@champion"
+ENSEMBLE = "models:/pcba-screen-test@ensemble"
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, nci_smiles: list[str]) -> Iterator[str]:
     """A real SQLite MLflow registry with a small (untrained) MMoEEx as champion,
     carrying an HNSW training domain of NCI molecules 1000-1599 (the library's
-    rows 1000-1499 are training molecules)."""
+    rows 1000-1499 are training molecules), and a deep ensemble of 3 such
+    networks (perturbed, so they disagree) as @ensemble, without a domain."""
+    import torch
+
     from featurize.fingerprints import fingerprint_matrix
     from featurize.standardize import standardize_smiles
     from models.config import ModelConfig
+    from models.ensemble import Ensemble, member_config
     from models.factory import build_model
     from pipelines.platform import tracking
     from pipelines.serving.applicability_domain import TrainingDomain
@@ -46,8 +51,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory, nci_smiles: list[str]) ->
         # mlflow's SQL registry store resolves the logged model through the
         # process-wide tracking URI, so it must name the same store.
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        model = build_model(ModelConfig(n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=4,
-                                        expert_hidden=(32,), tower_hidden=8, seed=3)).eval()
+        config = ModelConfig(n_features=SPEC.n_bits, n_tasks=len(TASKS), n_experts=4,
+                             expert_hidden=(32,), tower_hidden=8, seed=3)
+        model = build_model(config).eval()
         train = fingerprint_matrix([standardize_smiles(s).mol for s in nci_smiles[1000:1600]], SPEC)
         domain = TrainingDomain.build(train, [f"train-{i}" for i in range(len(train))],
                                       n_bits=SPEC.n_bits, exact_max_rows=0)
@@ -55,6 +61,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory, nci_smiles: list[str]) ->
         log_scoring_model(uri, run_id, ModelBundle(model, SPEC, TASKS, domain=domain))
         tracking.finish_run(uri, run_id)
         register_model(run_id, "pcba-screen-test", alias="champion", tracking_uri=uri)
+        members = [build_model(member_config(config, index)) for index in range(3)]
+        with torch.no_grad():
+            for member in members:
+                for param in member.parameters():
+                    param.add_(0.2 * torch.randn_like(param))
+        run_id, _ = tracking.start_run(uri, "screen-tests", "untrained-ensemble")
+        log_scoring_model(uri, run_id, ModelBundle(Ensemble([member.eval() for member in members]), SPEC, TASKS))
+        tracking.finish_run(uri, run_id)
+        register_model(run_id, "pcba-screen-test", alias="ensemble", tracking_uri=uri)
         yield uri
 
 
@@ -71,7 +86,7 @@ def _screen(library: Path, out: Path, uri: str, **options):
     from pipelines.screening import Resources, ScreeningConfig, screen_library
 
     return screen_library(ScreeningConfig(
-        MODEL, library, out, tracking_uri=uri, top_k=7, id_col=options.pop("id_col", "name"),
+        options.pop("model", MODEL), library, out, tracking_uri=uri, top_k=7, id_col=options.pop("id_col", "name"),
         resources=Resources(num_actors=2, batch_size=500), progress=False, **options))
 
 
@@ -137,6 +152,38 @@ def test_screen_scores_every_row_like_the_registered_pyfunc(
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "all" / "hits.parquet"), hits)
     assert every.in_training_set == result.in_training_set
     assert "sample" not in every.similarity_histogram.splitlines()[0]
+
+
+def test_an_ensembles_hits_carry_the_spread_the_pyfunc_serves(
+        ray_local: None, registry: str, library: Path, tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    from pipelines.errors import UserError
+    from pipelines.serving.bundle import spread_column
+
+    result = _screen(library, tmp_path / "out", registry, model=ENSEMBLE)
+    scores = pd.read_parquet(tmp_path / "out" / "scores").sort_values("row")
+    frame = pd.read_csv(library, keep_default_na=False)
+    expected = mlflow.pyfunc.load_model(ENSEMBLE).predict(
+        frame.loc[scores["row"], ["smiles"]].reset_index(drop=True), params={"uncertainty": True})
+    np.testing.assert_allclose(scores[TASKS].to_numpy(), expected[TASKS].to_numpy(np.float32), atol=1e-6)
+    assert not any("spread" in column for column in scores.columns)  # score files: one column an assay
+
+    hits = pd.read_parquet(tmp_path / "out" / "hits.parquet")
+    by_smiles = expected.set_index(frame.loc[scores["row"], "smiles"].to_numpy())
+    by_smiles = by_smiles[~by_smiles.index.duplicated()]
+    served = [by_smiles.loc[smiles, spread_column(assay)] for smiles, assay in zip(hits["smiles"], hits["assay"])]
+    np.testing.assert_allclose(hits["spread"], np.array(served, np.float32), rtol=1e-5, atol=1e-7)
+    multi = pd.read_parquet(tmp_path / "out" / "multi_assay_hits.parquet")
+    assert multi["max_spread"].notna().all() and result.dropped_for_spread == 0
+
+    limit = float(np.median(hits["spread"]))
+    agreed = _screen(library, tmp_path / "agreed", registry, model=ENSEMBLE, max_spread=limit)
+    kept = pd.read_parquet(tmp_path / "agreed" / "hits.parquet")
+    pd.testing.assert_frame_equal(kept, hits[hits["spread"] <= limit].reset_index(drop=True))
+    assert agreed.dropped_for_spread == len(hits) - len(kept) > 0
+    with pytest.raises(UserError, match="needs an ensemble"):
+        _screen(library, tmp_path / "single", registry, max_spread=0.05)
 
 
 def _check_pictures(out: Path, result, names: list[str], registry: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 from featurize.dataset import DatasetInfo, read_dataset_info
 from featurize.errors import InputDataError
 from featurize.reader import read_all
+from models.config import ModelConfig
 from models.ensemble import Ensemble
 from models.factory import build_model
 from models.metrics import SELECTION_METRIC, TaskMetrics
@@ -229,14 +230,14 @@ def run_training(config: TrainConfig, *, callbacks: Sequence[Any] = (),
         tracking.set_tags(uri, run_id, tracking.system_info())
         if config.ensemble == 1:
             network, model = _fit_network(config, info, run_id, callbacks)
-            networks, members, member_tests = (network,), model, ()
+            networks, served, member_tests = (network,), model, ()
         else:
             fitted = [_train_member(config, info, run_id, index, callbacks)
                       for index in range(config.ensemble)]
             networks = tuple(network for network, _, _ in fitted)
-            members = Ensemble([model for _, model, _ in fitted])
+            served = Ensemble([model for _, model, _ in fitted])
             member_tests = tuple(test for _, _, test in fitted if test is not None)
-        bundle, evaluation = calibrate_and_test(members, info)
+        bundle, evaluation = calibrate_and_test(served, info)
         log_run_end(uri, run_id, config, info, run_summary(networks), evaluation)
         if member_tests:
             log_member_table(uri, run_id, networks, member_tests, evaluation)
@@ -328,7 +329,7 @@ class MemberStore:
         partial.write_text(json.dumps(record))
         partial.replace(self.record)  # last: its presence means the member is done
 
-    def load(self, config: Any) -> tuple[NetworkFit, MultiTaskModel, dict[str, float] | None]:
+    def load(self, config: ModelConfig) -> tuple[NetworkFit, MultiTaskModel, dict[str, float] | None]:
         from safetensors.torch import load_model
 
         record = json.loads(self.record.read_text())
