@@ -13,7 +13,7 @@ import pytest
 from models.config import ModelConfig, StepConfig
 from pipelines.cli import JOBS, build_parser, main
 from pipelines.errors import UserError
-from pipelines.options import TRAIN_CONFIG_GROUPS, build_train_config, resolve_options
+from pipelines.options import TRAIN_CONFIG_GROUPS, TRAINING, build_train_config, resolve_options
 from pipelines.training.config import TrainConfig
 
 
@@ -202,3 +202,20 @@ def test_the_shipped_config_files_parse() -> None:
     space = SearchSpace.from_file(folder / "spaces" / "pcba-subset.yaml")
     assert space.parameters["n_experts"].values == (4, 6, 8)
     assert "gate_lr_scale" in space.applicable_to(built.model, built.step).parameters
+
+
+def test_train_and_run_take_an_ensemble_and_a_sweep_skips_it_out_loud(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("ensemble: 5\nlr: 0.004\n")
+    for job, data in (("train", ("--data", "d")), ("run", ())):
+        args, module = _parse(job, *data, "--config", str(config))
+        assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").ensemble == 5
+    args, module = _parse("train", "--data", "d", "--ensemble", "3")
+    assert build_train_config(resolve_options(args, module.GROUPS), data_dir="d").ensemble == 3
+    args, module = _parse("tune", "--data", "d", "--num-samples", "1", "--config", str(config))
+    with caplog.at_level("WARNING", logger="pipelines.options"):
+        values = resolve_options(args, module.GROUPS, not_used=(TRAINING,))
+    assert values == {"lr": 0.004} and "ensemble left out" in caplog.text
+    with pytest.raises(SystemExit):
+        _parse("tune", "--data", "d", "--num-samples", "1", "--ensemble", "3")

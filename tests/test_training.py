@@ -51,6 +51,19 @@ def test_train_config_round_trips_and_rejects_bad_values() -> None:
         TrainConfig.from_dict({"data_dir": "d", "learning_rate": 1.0})
 
 
+def test_an_ensembles_members_are_the_run_with_the_next_seeds() -> None:
+    config = TrainConfig(data_dir="d", model=dataclasses.replace(TINY_MODEL, seed=7), seed=7, ensemble=3,
+                         run_name="night")
+    member = config.member(2, parent_run_id="parent")
+    assert (member.seed, member.model.seed, member.ensemble) == (9, 9, 1)
+    assert (member.run_name, member.mlflow_parent_run_id) == ("night-member-2", "parent")
+    assert dataclasses.replace(member, seed=7, model=config.model, ensemble=3, run_name="night",
+                               mlflow_parent_run_id=None) == config
+    assert config.params()["ensemble"] == 3 and TrainConfig.default_params()["ensemble"] == 1
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        TrainConfig(data_dir="d", ensemble=0)
+
+
 @pytest.mark.parametrize(("cpus", "workers", "expected"), [(16, 2, 7.0), (2, 1, 1.0), (2, 2, 2 / 3)])
 def test_worker_resources_leave_cpu_for_data_readers(cpus: float, workers: int, expected: float) -> None:
     config = TrainConfig(data_dir="d", num_workers=workers)
