@@ -2,6 +2,7 @@
 
     python benchmarks/scoring.py                 # docs/benchmarks.md (one thread)
     python benchmarks/scoring.py --threads 2 --experts 8 --hidden 256
+    python benchmarks/scoring.py --hidden 1500 --chunks 256 --members 5   # a deep ensemble of 5
 
 What a screening actor does per molecule once featurization is done: packed
 fingerprints -> model input -> probabilities. Rows are random fingerprints
@@ -9,7 +10,11 @@ with the on-bit density of drug-like Morgan fingerprints (2 %, ~40 of 2048
 bits); speed does not depend on which bits are on. "dense" unpacks to float
 bits and runs the first layers as matrix products (the path before
 models.networks.sparse_input); "sparse" is what pipelines.serving.scorer.Scorer runs
-on a CPU. Times are medians of --repeats runs, in microseconds per molecule.
+on a CPU. With ``--members N`` the rows are repeated for a deep ensemble of
+N such networks (models/ensemble.py): on dense input all members run as one
+stacked forward, on sparse rows member by member over the same batch (what
+the Scorer runs on a CPU). Times are medians of --repeats runs, in
+microseconds per molecule.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurize.spec import FingerprintSpec  # noqa: E402
 from featurize.tensors import unpack_fingerprints  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
+from models.ensemble import Ensemble, member_probabilities  # noqa: E402
 from models.factory import build_model  # noqa: E402
 from models.networks.sparse_input import SparseRows  # noqa: E402
 from pipelines.platform.torch_setup import use_huge_pages  # noqa: E402
@@ -44,12 +50,16 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.02)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--members", type=int, default=1, help="also time a deep ensemble of N networks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     spec = FingerprintSpec(n_bits=args.bits)
-    model = build_model(ModelConfig(architecture="mmoeex", n_features=args.bits, n_tasks=args.tasks,
-                                    n_experts=args.experts, expert_hidden=(args.hidden,))).eval()
+    config = ModelConfig(architecture="mmoeex", n_features=args.bits, n_tasks=args.tasks,
+                         n_experts=args.experts, expert_hidden=(args.hidden,))
+    models = {1: build_model(config).eval()}
+    if args.members > 1:
+        models[args.members] = Ensemble.initialised(config, args.members)
     bits = np.random.default_rng(0).random((args.molecules, args.bits)) < args.density
     packed = torch.from_numpy(np.packbits(bits, axis=1, bitorder="little"))
     inputs = {
@@ -58,11 +68,11 @@ def main() -> None:
     }
 
     rows, baseline = [], None
-    for chunk_rows in args.chunks:
+    for (networks, model), chunk_rows in ((item, chunk) for item in models.items() for chunk in args.chunks):
         for name, to_input in inputs.items():
             per_molecule = median_us_per_molecule(model, packed, to_input, chunk_rows, args.repeats)
             baseline = baseline or per_molecule
-            rows.append({"input": name, "rows per forward": f"{chunk_rows:,}",
+            rows.append({"networks": networks, "input": name, "rows per forward": f"{chunk_rows:,}",
                          "us / molecule": f"{per_molecule:.1f}",
                          "molecules/s": f"{1e6 / per_molecule:,.0f}",
                          "speed-up": f"{baseline / per_molecule:.2f}x"})
@@ -80,7 +90,7 @@ def median_us_per_molecule(model: torch.nn.Module, packed: torch.Tensor, to_inpu
     for _ in range(repeats):
         started = time.perf_counter()
         for start in range(0, len(packed), chunk_rows):
-            torch.sigmoid(model(to_input(packed[start:start + chunk_rows])))
+            member_probabilities(model, to_input(packed[start:start + chunk_rows])).mean(dim=0)
         times.append(time.perf_counter() - started)
     return float(np.median(times)) / len(packed) * 1e6
 

@@ -11,9 +11,9 @@ members in one forward: N x E experts in one stacked product, N x K gates
 in another. On a CPU's sparse rows each member's bag products run in turn
 over the same batch: a bag sum costs the same per index and group stacked
 or not, and one member's activations stay in cache where N members' do not
-(the stacked forward measured slower there, benchmarks/scoring.py). Either
-way the library is featurized and read once, and every other shape
-(towers with a hidden layer, single-task nets) runs member by member.
+(``benchmarks/scoring.py --members 5`` times both forms). Either way the
+library is featurized and read once, and every other shape (towers with a
+hidden layer, single-task nets) runs member by member.
 """
 from __future__ import annotations
 
