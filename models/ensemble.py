@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,36 +53,55 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: Sequence[MultiTaskModel]) -> None:
         super().__init__()
-        if not members:
+        self._stack_members(members, len(members))
+
+    @classmethod
+    def initialised(cls, config: ModelConfig, n_members: int) -> Ensemble:
+        """A freshly initialised ensemble (what loading weights fills in),
+        its members built one at a time: memory for the stack and one member."""
+        ensemble = cls.__new__(cls)
+        nn.Module.__init__(ensemble)
+        ensemble._stack_members((build_model(member_config(config, index)) for index in range(n_members)),
+                                n_members)
+        return ensemble
+
+    def _stack_members(self, members: Iterable[MultiTaskModel], n_members: int) -> None:
+        """Copy ``n_members`` members into stacked tensors: the first
+        member's module tree whose tensors are replaced by all members'
+        (state-dict keys are the member's, with "stack.")."""
+        if n_members < 1:
             raise ValueError("an ensemble needs at least one member")
-        config = members[0].config
+        stacked: dict[str, Tensor] = {}
         for index, member in enumerate(members):
-            if member.config != member_config(config, index):
+            if index == 0:
+                self.config: ModelConfig = member.config
+                self.n_members = n_members
+                self.stack = copy.deepcopy(member).eval()
+                stacked = self._allocate(member, n_members)
+            elif member.config != member_config(self.config, index):
                 raise ValueError(f"member {index} has config {member.config}, expected the first "
-                                 f"member's with seed {config.seed + index}")
-        self.config: ModelConfig = config
-        self.n_members = len(members)
-        # The first member's module tree, its tensors replaced by all
-        # members' stacked: state-dict keys are the member's, with "stack.".
-        self.stack = copy.deepcopy(members[0]).eval()
-        states = [member.state_dict() for member in members]
-        parameters = dict(self.stack.named_parameters())
-        for name in states[0]:
-            owner_name, _, leaf = name.rpartition(".")
-            owner = self.stack.get_submodule(owner_name)
-            stacked = torch.stack([state[name].detach() for state in states])
-            if name in parameters:
-                setattr(owner, leaf, nn.Parameter(stacked, requires_grad=False))
-            else:
-                owner.register_buffer(leaf, stacked)
+                                 f"member's with seed {self.config.seed + index}")
+            with torch.no_grad():
+                for name, tensor in member.state_dict().items():
+                    stacked[name][index].copy_(tensor)
         self.stacked_forward = (isinstance(self.stack, MixtureOfExpertsModel)
                                 and self.stack.towers.hidden is None)
         super().train(False)
 
-    @classmethod
-    def initialised(cls, config: ModelConfig, n_members: int) -> Ensemble:
-        """A freshly initialised ensemble (what loading weights fills in)."""
-        return cls([build_model(member_config(config, index)) for index in range(n_members)])
+    def _allocate(self, first: MultiTaskModel, n_members: int) -> dict[str, Tensor]:
+        """Replace the stack's tensors by empty ``[N, ...]`` ones, by name."""
+        parameters = dict(first.named_parameters())
+        stacked = {}
+        for name, tensor in first.state_dict().items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = self.stack.get_submodule(owner_name)
+            empty = torch.empty((n_members, *tensor.shape), dtype=tensor.dtype, device=tensor.device)
+            if name in parameters:
+                setattr(owner, leaf, nn.Parameter(empty, requires_grad=False))
+            else:
+                owner.register_buffer(leaf, empty)
+            stacked[name] = empty
+        return stacked
 
     def train(self, mode: bool = True) -> Ensemble:
         if mode:
