@@ -263,5 +263,6 @@ def test_spread_report_reads_the_top_of_each_ranking_by_spread_quartile() -> Non
     assert report.top_precision_high_spread[0] == 0.0  # the row at spread 0.3 is not
     assert np.isnan(report.top_precision[1]) and np.isnan(report.spearman_error[1])
     assert report.spearman_error[2] == pytest.approx(1.0)
+    assert report.spearman_error_top[2] == pytest.approx(1.0)  # the top 4 rows: spread is their error
     assert report.means()["top_precision"] == 0.5
     assert [row["task"] for row in report.rows(["a", "b", "c"])] == ["a", "b", "c"]
