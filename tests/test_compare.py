@@ -311,5 +311,5 @@ def test_ensembles_of_a_comparisons_seeds_score_their_members_mean(tiny_dataset:
     assert ensemble.evaluation.metrics.mean_ap == pytest.approx(expected.mean_ap, abs=1e-6)
     assert ensemble.evaluation.spread is not None
     rows = ensemble_rows(ensembles)
-    assert [(row["members"], row["repeats"], row["seeds"]) for row in rows] == [(1, 3, "0; 1; 2"), (3, 1, "0-2")]
-    assert rows[0]["low-spread quartile"] == "" and rows[1]["low-spread quartile"] != ""
+    assert [(row["members"], row["repeats"], row["seeds"]) for row in rows] == [(1, 3, "0-2, one each"), (3, 1, "0-2")]
+    assert rows[0]["low-spread quartile"] == rows[0]["gain"] == "" and rows[1]["low-spread quartile"] != ""

@@ -92,10 +92,11 @@ def ensemble_rows(ensembles: Sequence[EnsembleOutcome]) -> list[dict[str, object
         members = [float(np.mean(ensemble.members_ap)) for ensemble in group]
         row: dict[str, object] = {
             "configuration": name, "members": size, "repeats": len(group),
-            "seeds": "; ".join(_seed_range(ensemble.seeds) for ensemble in group),
+            "seeds": (f"{group[0].seeds[0]}-{group[-1].seeds[0]}, one each" if size == 1 and len(group) > 1
+                      else "; ".join(_seed_range(ensemble.seeds) for ensemble in group)),
             "test PR-AUC": _pm([test.mean_ap for test in tests]),
             "members' PR-AUC": _pm(members),
-            "gain": _pm([test.mean_ap - member for test, member in zip(tests, members)]),
+            "gain": "" if size == 1 else _pm([test.mean_ap - member for test, member in zip(tests, members)]),
             "test ROC-AUC": _pm([test.mean_roc_auc for test in tests]),
             "test EF1%": _pm([test.mean_ef1 for test in tests], digits=1),
             "test ECE (calibrated)": _pm([ensemble.evaluation.calibration.calibrated.mean_ece
