@@ -161,13 +161,8 @@ class Ensemble(nn.Module):
 
 def member_probabilities(model: nn.Module, x: Features) -> Tensor:
     """Probabilities ``[N, B, K]`` of an :class:`Ensemble`'s members, or
-    ``[1, B, K]`` of a single network."""
+    ``[1, B, K]`` of a single network: the ensemble's score is their mean,
+    its uncertainty their standard deviation (in the units of the score
+    served: pipelines/serving/calibration.py ``members_spread``)."""
     logits = model(x)
     return torch.sigmoid(logits if isinstance(model, Ensemble) else logits.unsqueeze(0))
-
-
-def mean_and_spread(probabilities: Tensor) -> tuple[Tensor, Tensor]:
-    """The ensemble's score (members' mean probability) and uncertainty (the
-    members' standard deviation, population form: 0 for one member) over
-    the member axis of ``[N, B, K]``."""
-    return probabilities.mean(dim=0), probabilities.std(dim=0, correction=0)

@@ -220,6 +220,7 @@ def evaluate_calibration(y_true: np.ndarray, y_prob: np.ndarray, mask: np.ndarra
 #: chemist would order (EF1%'s cut).
 TOP_FRACTION = 0.01
 SPREAD_FIGURES = ("top_precision", "top_precision_low_spread", "top_precision_high_spread",
+                  "top_precision_low_excess", "top_precision_high_excess",
                   "spearman_error", "spearman_error_top")
 
 
@@ -228,18 +229,22 @@ class SpreadReport:
     """Does an ensemble's spread tell right from wrong? Per task (NaN where
     the task has no positive, or too few rows): the precision (share of
     actives) of the top ``TOP_FRACTION`` of the ranking, of those top rows in
-    the lowest quartile of spread and in the highest, and the Spearman
-    correlation of spread with the absolute error |label - score| over all
-    present labels and over the top rows only. A spread that means
-    something puts more actives in the low quartile than in the high one,
-    and correlates positively. Over all labels, where nearly every label is
+    the lowest quartile of spread and in the highest, the same for the
+    quartiles of *excess* spread (the spread less its straight-line trend
+    with the rank inside the top rows: spread moves with the score, and the
+    score alone already predicts actives), and the Spearman correlation of
+    spread with the absolute error |label - score| over all present labels
+    and over the top rows only. A spread that tells right hits from wrong
+    ones puts more actives in the low quartiles than in the high ones, the
+    excess quartiles included. Over all labels, where nearly every label is
     inactive and its error is its score, the correlation mostly says that
-    spread grows with the score; over the top rows it asks the question a
-    chemist has about the hits."""
+    spread grows with the score."""
 
     top_precision: np.ndarray
     top_precision_low_spread: np.ndarray
     top_precision_high_spread: np.ndarray
+    top_precision_low_excess: np.ndarray
+    top_precision_high_excess: np.ndarray
     spearman_error: np.ndarray
     spearman_error_top: np.ndarray
 
@@ -273,10 +278,14 @@ def evaluate_spread(y_true: np.ndarray, y_score: np.ndarray, spread: np.ndarray,
         n_top = max(4, int(np.ceil(top_fraction * truth.size)))
         top = np.argsort(-scores, kind="mergesort")[:n_top]
         by_spread = top[np.argsort(deviation[top], kind="mergesort")]
+        rank = np.arange(n_top, dtype=np.float64)
+        excess = deviation[top] - np.polyval(np.polyfit(rank, deviation[top], 1), rank)
+        by_excess = top[np.argsort(excess, kind="mergesort")]
         quarter = max(1, n_top // 4)
         error = np.abs(truth - scores)
         figures[:, task] = (truth[top].mean(), truth[by_spread[:quarter]].mean(),
-                            truth[by_spread[-quarter:]].mean(), spearman(deviation, error),
+                            truth[by_spread[-quarter:]].mean(), truth[by_excess[:quarter]].mean(),
+                            truth[by_excess[-quarter:]].mean(), spearman(deviation, error),
                             spearman(deviation[top], error[top]))
     return SpreadReport(*figures)
 

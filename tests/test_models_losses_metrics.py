@@ -264,5 +264,10 @@ def test_spread_report_reads_the_top_of_each_ranking_by_spread_quartile() -> Non
     assert np.isnan(report.top_precision[1]) and np.isnan(report.spearman_error[1])
     assert report.spearman_error[2] == pytest.approx(1.0)
     assert report.spearman_error_top[2] == pytest.approx(1.0)  # the top 4 rows: spread is their error
+    # Excess spread: the spread less its linear trend with rank; here the
+    # top rows' spread is linear in rank (0.0, 0.1, 0.2, 0.3), so it leaves
+    # nothing to sort by but noise: both quartiles are one of the 4 rows.
+    assert {report.top_precision_low_excess[0], report.top_precision_high_excess[0]} <= {0.0, 1.0}
+    assert np.isnan(report.top_precision_low_excess[1])
     assert report.means()["top_precision"] == 0.5
     assert [row["task"] for row in report.rows(["a", "b", "c"])] == ["a", "b", "c"]

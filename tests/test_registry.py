@@ -493,7 +493,11 @@ def test_an_ensemble_scores_its_members_mean_and_serves_their_spread(
     members = [ensemble_bundle.model.member(index) for index in range(3)]
     with torch.no_grad():
         member_probs = np.stack([torch.sigmoid(member(bits)).numpy() for member in members])
-    raw_mean, spread = member_probs.mean(axis=0), member_probs.std(axis=0)
+    raw_mean, raw_spread = member_probs.mean(axis=0), member_probs.std(axis=0)
+    # The served spread is in the units of the served score: the members'
+    # probabilities through the same calibration maps.
+    calibrated_members = np.stack([CALIBRATION.apply(probs) for probs in member_probs])
+    spread = calibrated_members.std(axis=0)
 
     # The bundle on disk keeps the members (one stacked file), the scorer their mean and spread.
     directory = ensemble_bundle.save(tmp_path / "ensemble")
@@ -503,8 +507,11 @@ def test_an_ensemble_scores_its_members_mean_and_serves_their_spread(
     scorer = Scorer(loaded, device="cpu")
     scores = scorer.score_smiles(smiles, raw_scores=True, uncertainty=True)
     np.testing.assert_allclose(scores.probabilities[:30], raw_mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(scores.spread[:30], spread, rtol=1e-4, atol=1e-6)
-    assert np.isnan(scores.spread[30:]).all() and (spread > 1e-3).mean() > 0.5
+    np.testing.assert_allclose(scores.spread[:30], raw_spread, rtol=1e-4, atol=1e-6)
+    assert np.isnan(scores.spread[30:]).all() and (raw_spread > 1e-3).mean() > 0.5
+    calibrated = scorer.score_smiles(smiles, uncertainty=True)
+    np.testing.assert_allclose(calibrated.spread[:30], spread, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(spread[:, :2], raw_spread[:, :2])  # the Platt and isotonic maps move it
     np.testing.assert_allclose(scorer.score_smiles(smiles).probabilities[:30],
                                CALIBRATION.apply(raw_mean), rtol=1e-5, atol=1e-6)
 

@@ -201,7 +201,7 @@ def screen_library(config: ScreeningConfig) -> ScreeningResult:
                          threshold=config.threshold, min_active_assays=config.min_active_assays,
                          exclude_alerts=config.exclude_alerts, alerts=AlertCache(match_on_ray),
                          nearest=hit_neighbours(model) if config.domain == "hits" else None,
-                         spread=hit_spread(model, assays, config.max_spread))
+                         spread=hit_spread(model, assays, config.max_spread, config.raw_scores))
         phases.lap("hit lists and alerts")
     phases.lap("Ray shutdown")
     pictures = draw_hit_pictures(pq.read_table(staged.path / HITS_FILE), staged.path,
@@ -277,24 +277,27 @@ def hit_neighbours(model: ScreeningModel) -> Callable[[Sequence[str]], Neighbour
     return functools.partial(neighbours_of_smiles, spec=model.spec, domain=model.domain)
 
 
-def hit_spread(model: ScreeningModel, assays: list[str], limit: float | None) -> HitSpread | None:
-    """An ensemble's spread of its hits' scores on ``assays``, computed here
-    after the pass (a hit list is small; the score files stay one column an
-    assay); None for one network."""
+def hit_spread(model: ScreeningModel, assays: list[str], limit: float | None,
+               raw_scores: bool = False) -> HitSpread | None:
+    """An ensemble's spread of its hits' scores on ``assays`` (in the units
+    of the scores: raw with ``raw_scores``), computed here after the pass (a
+    hit list is small; the score files stay one column an assay); None for
+    one network."""
     if model.ensemble is None:
         return None
-    return HitSpread(functools.partial(spread_of_smiles, model.ensemble, model.assay_indices(assays)),
-                     len(assays), limit)
+    return HitSpread(functools.partial(spread_of_smiles, model.ensemble, model.assay_indices(assays),
+                                       raw_scores=raw_scores), len(assays), limit)
 
 
-def spread_of_smiles(scorer: Scorer, columns: list[int], smiles: Sequence[str]) -> np.ndarray:
+def spread_of_smiles(scorer: Scorer, columns: list[int], smiles: Sequence[str],
+                     raw_scores: bool = False) -> np.ndarray:
     """The ensemble's spread of each SMILES' score on ``columns``, float32
     [n, columns] (NaN rows where a SMILES does not featurize)."""
     fp, errors = scorer.featurize_smiles(smiles)
     out = np.full((len(smiles), len(columns)), np.nan, np.float32)
     ok = np.array([error is None for error in errors], dtype=bool)
     if ok.any():
-        out[ok] = scorer.score_packed_with_spread(fp)[1][:, columns]
+        out[ok] = scorer.score_packed_with_spread(fp, raw_scores)[1][:, columns]
     return out
 
 

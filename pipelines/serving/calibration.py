@@ -159,6 +159,15 @@ class Calibration:
             out[:, column] = task.map.apply(probs[:, column])
         return out
 
+    def members_spread(self, members: np.ndarray) -> np.ndarray:
+        """The standard deviation over an ensemble's members ``[N, B, K]``
+        of their calibrated probabilities, ``float32[B, K]``: a spread in the
+        units of the score it stands beside (class weighting inflates raw
+        probabilities, and their spread with them)."""
+        members = np.asarray(members)
+        calibrated = self.apply(members.reshape(-1, members.shape[-1])).reshape(members.shape)
+        return calibrated.std(axis=0).astype(np.float32)
+
     def method_counts(self) -> dict[str, int]:
         """How many tasks got each method (for logs and summaries)."""
         counts = dict.fromkeys(_MAPS, 0)

@@ -21,7 +21,7 @@ from featurize.fingerprints import FingerprintRows
 from featurize.spec import FingerprintSpec
 from featurize.standardize import standardize_smiles
 from featurize.tensors import unpack_fingerprints
-from models.ensemble import mean_and_spread, member_probabilities
+from models.ensemble import member_probabilities
 from models.networks.sparse_input import Features, SparseRows
 from pipelines.serving.applicability_domain import Neighbours, TrainingDomain
 from pipelines.serving.bundle import ModelBundle
@@ -61,7 +61,8 @@ class Scorer:
     model's own sigmoid outputs; a bundle without calibration scores raw.
     An ensemble's score is its members' mean probability, calibrated as one
     network's is; its spread (:meth:`score_packed_with_spread`) is the
-    standard deviation of the members' raw probabilities."""
+    standard deviation of the members' probabilities, each calibrated by the
+    same maps (raw with raw scores): a spread in the units of the score."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "auto",
                  batch_size: int | None = None, raw_scores: bool = False) -> None:
@@ -119,16 +120,19 @@ class Scorer:
                              f"({self.spec.describe()}), got {fp.dtype}{list(fp.shape)}")
         if spread:
             self.require_spread()
+        calibrates = self.calibrates(raw_scores)
         out = np.empty((len(fp), len(self.tasks)), dtype=np.float32)
         spreads = np.empty_like(out) if spread else None
         for start in range(0, len(fp), self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
             x = self._features(chunk.to(self.device, non_blocking=True))
-            mean, deviation = mean_and_spread(member_probabilities(self.model, x))
-            out[start:start + len(chunk)] = mean.float().cpu().numpy()
+            members = member_probabilities(self.model, x).float()
+            out[start:start + len(chunk)] = members.mean(dim=0).cpu().numpy()
             if spreads is not None:
-                spreads[start:start + len(chunk)] = deviation.float().cpu().numpy()
-        return (self.calibration.apply(out) if self.calibrates(raw_scores) else out), spreads
+                members_np = members.cpu().numpy()
+                spreads[start:start + len(chunk)] = (self.calibration.members_spread(members_np) if calibrates
+                                                     else members_np.std(axis=0))
+        return (self.calibration.apply(out) if calibrates else out), spreads
 
     def _features(self, packed: torch.Tensor) -> Features:
         """The model's input for packed fingerprints. On a CPU, bags of on-bits:

@@ -14,7 +14,7 @@ import torch
 from featurize.dataset import DatasetInfo
 from featurize.tensors import unpack_fingerprints
 from models.diversity import ExpertDistanceAccumulator, diversity_score
-from models.ensemble import mean_and_spread, member_probabilities
+from models.ensemble import member_probabilities
 from models.metrics import (
     CalibrationMetrics,
     SpreadReport,
@@ -74,14 +74,14 @@ class FinalEvaluation:
 
 def _split_outputs(bundle: ModelBundle, info: DatasetInfo, split: str,
                    device: torch.device | str) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]]:
-    """(model input, raw probabilities, their members' spread, labels) of
-    each batch of ``split``; an ensemble's probability is its members'
-    mean (one network's spread is zero)."""
+    """(model input, raw probabilities, the members' raw probabilities
+    ``[N, B, K]``, labels) of each batch of ``split``; an ensemble's
+    probability is its members' mean."""
     model = bundle.model.to(device).eval()
     for fp, labels in iter_dataset_batches(info, split, EVAL_BATCH_SIZE):
         x = unpack_fingerprints(torch.as_tensor(fp).to(device), bundle.spec)
-        mean, spread = mean_and_spread(member_probabilities(model, x))
-        yield x, mean.float().cpu().numpy(), spread.float().cpu().numpy(), labels
+        members = member_probabilities(model, x).float().cpu().numpy()
+        yield x, members.mean(axis=0), members, labels
 
 
 @torch.inference_mode()
@@ -115,10 +115,12 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
     distances = ExpertDistanceAccumulator()
     gate_sum: torch.Tensor | None = None
     probs, spreads, labels = [], [], []
-    for x, batch_probs, batch_spread, batch_labels in _split_outputs(bundle, info, split, device):
+    for x, batch_probs, members, batch_labels in _split_outputs(bundle, info, split, device):
         probs.append(batch_probs)
-        spreads.append(batch_spread)
         labels.append(batch_labels)
+        if bundle.n_members > 1:  # the spread a user reads: of calibrated probabilities where calibrated
+            spreads.append(members.std(axis=0) if bundle.calibration is None
+                           else bundle.calibration.members_spread(members))
         experts = model.expert_outputs(x)
         if experts is not None:
             distances.update(experts)

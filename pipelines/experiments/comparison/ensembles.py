@@ -109,12 +109,15 @@ def ensemble_rows(ensembles: Sequence[EnsembleOutcome]) -> list[dict[str, object
 
 
 def _spread_columns(reports: Sequence[SpreadReport]) -> dict[str, object]:
-    """Top-1 % precision overall, in the lowest and the highest spread
-    quartile, and Spearman(spread, |error|) over all labels and over the
-    top 1 %: means over assays, then over repeats ("" for single networks)."""
+    """Top-1 % precision overall, in the lowest and the highest quartile of
+    spread and of excess spread (its trend with the score removed), and
+    Spearman(spread, |error|) over all labels and over the top 1 %: means
+    over assays, then over repeats ("" for single networks)."""
     names = {"top 1% precision": "top_precision", "low-spread quartile": "top_precision_low_spread",
-             "high-spread quartile": "top_precision_high_spread", "Spearman(spread, error)": "spearman_error",
-             "Spearman in the top 1%": "spearman_error_top"}
+             "high-spread quartile": "top_precision_high_spread",
+             "low excess-spread quartile": "top_precision_low_excess",
+             "high excess-spread quartile": "top_precision_high_excess",
+             "Spearman(spread, error)": "spearman_error", "Spearman in the top 1%": "spearman_error_top"}
     if not reports:
         return dict.fromkeys(names, "")
     return {column: _pm([report.means()[key] for report in reports]) for column, key in names.items()}
