@@ -159,15 +159,6 @@ class Calibration:
             out[:, column] = task.map.apply(probs[:, column])
         return out
 
-    def members_spread(self, members: np.ndarray) -> np.ndarray:
-        """The standard deviation over an ensemble's members ``[N, B, K]``
-        of their calibrated probabilities, ``float32[B, K]``: a spread in the
-        units of the score it stands beside (class weighting inflates raw
-        probabilities, and their spread with them)."""
-        members = np.asarray(members)
-        calibrated = self.apply(members.reshape(-1, members.shape[-1])).reshape(members.shape)
-        return calibrated.std(axis=0).astype(np.float32)
-
     def method_counts(self) -> dict[str, int]:
         """How many tasks got each method (for logs and summaries)."""
         counts = dict.fromkeys(_MAPS, 0)
@@ -322,6 +313,17 @@ def fit_task(p: np.ndarray, y: np.ndarray, method: Method = "auto",
     else:
         raise ValueError(f"unknown calibration method {method!r} (auto, platt or isotonic)")
     return TaskCalibration(task_map, n_labels=int(y.size), n_positives=n_pos)
+
+
+def members_spread(members: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """The standard deviation over an ensemble's members' raw probabilities
+    ``[N, B, K]`` after ``calibration`` (None: raw), ``float32[B, K]``: a
+    spread in the units of the score it stands beside (class weighting
+    inflates raw probabilities, and their spread with them)."""
+    members = np.asarray(members)
+    if calibration is not None:
+        members = calibration.apply(members.reshape(-1, members.shape[-1])).reshape(members.shape)
+    return members.std(axis=0).astype(np.float32)
 
 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray, tasks: Sequence[str], *,

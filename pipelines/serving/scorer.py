@@ -25,7 +25,7 @@ from models.ensemble import member_probabilities
 from models.networks.sparse_input import Features, SparseRows
 from pipelines.serving.applicability_domain import Neighbours, TrainingDomain
 from pipelines.serving.bundle import ModelBundle
-from pipelines.serving.calibration import Calibration
+from pipelines.serving.calibration import Calibration, members_spread
 
 
 def resolve_device(device: torch.device | str = "auto") -> torch.device:
@@ -126,12 +126,11 @@ class Scorer:
         for start in range(0, len(fp), self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(fp[start:start + self.batch_size]))
             x = self._features(chunk.to(self.device, non_blocking=True))
-            members = member_probabilities(self.model, x).float()
-            out[start:start + len(chunk)] = members.mean(dim=0).cpu().numpy()
+            members = member_probabilities(self.model, x).float().cpu().numpy()
+            out[start:start + len(chunk)] = members.mean(axis=0)
             if spreads is not None:
-                members_np = members.cpu().numpy()
-                spreads[start:start + len(chunk)] = (self.calibration.members_spread(members_np) if calibrates
-                                                     else members_np.std(axis=0))
+                spreads[start:start + len(chunk)] = members_spread(
+                    members, self.calibration if calibrates else None)
         return (self.calibration.apply(out) if calibrates else out), spreads
 
     def _features(self, packed: torch.Tensor) -> Features:

@@ -24,7 +24,7 @@ from models.metrics import (
     evaluate_tasks,
 )
 from pipelines.serving.bundle import ModelBundle
-from pipelines.serving.calibration import Calibration, fit_calibration
+from pipelines.serving.calibration import Calibration, fit_calibration, members_spread
 from pipelines.training.engine import iter_dataset_batches
 
 EVAL_BATCH_SIZE = 4096
@@ -119,8 +119,7 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
         probs.append(batch_probs)
         labels.append(batch_labels)
         if bundle.n_members > 1:  # the spread a user reads: of calibrated probabilities where calibrated
-            spreads.append(members.std(axis=0) if bundle.calibration is None
-                           else bundle.calibration.members_spread(members))
+            spreads.append(members_spread(members, bundle.calibration))
         experts = model.expert_outputs(x)
         if experts is not None:
             distances.update(experts)
@@ -132,7 +131,6 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
         raise ValueError(f"{info.path}: the {split} split is empty")
     all_probs, all_labels = np.concatenate(probs), np.concatenate(labels)
     matrix = distances.distance_matrix() if distances.n_samples else None
-    served = all_probs if bundle.calibration is None else bundle.calibration.apply(all_probs)
     return FinalEvaluation(
         split=split,
         n_rows=len(all_labels),
@@ -143,9 +141,16 @@ def evaluate_bundle(bundle: ModelBundle, info: DatasetInfo, split: str = "test",
         exclusive_expert_task=exclusive_assignment(model),
         calibration=None if bundle.calibration is None else
         calibration_report(all_labels, all_probs, bundle.calibration),
-        spread=None if bundle.n_members == 1 else
-        evaluate_spread(all_labels > 0, served, np.concatenate(spreads), all_labels >= 0),
+        spread=None if bundle.n_members == 1 else spread_report(bundle, all_labels, all_probs, spreads),
     )
+
+
+def spread_report(bundle: ModelBundle, labels: np.ndarray, raw: np.ndarray,
+                  spreads: list[np.ndarray]) -> SpreadReport:
+    """An ensemble's spread report on the scores it serves (calibrated
+    where it has a calibration): do its members disagree on wrong hits?"""
+    served = raw if bundle.calibration is None else bundle.calibration.apply(raw)
+    return evaluate_spread(labels > 0, served, np.concatenate(spreads), labels >= 0)
 
 
 def exclusive_assignment(model: torch.nn.Module) -> dict[int, int]:

@@ -111,15 +111,14 @@ def log_run_end(uri: str, run_id: str, config: TrainConfig, info: DatasetInfo,
                       "config/dataset.json")
     if evaluation is not None:
         test = evaluation.metrics
-        summary.update({**test.means("test"), **test.per_task("test", info.tasks),
+        summary.update({**test_means(evaluation), **test.per_task("test", info.tasks),
                         "test_tasks_skipped": test.n_skipped, "test_rows": evaluation.n_rows})
         tracking.log_table_csv(uri, run_id, test.rows(info.tasks), "test/per_task_metrics.csv")
         report = evaluation.calibration
         if report is not None:
             # Unprefixed names are the raw model's, like test_mean_ap;
             # "test_calibrated" names what the model serves.
-            summary.update({**report.raw.means("test"), **report.raw.per_task("test", info.tasks),
-                            **report.calibrated.means(CALIBRATED_TEST),
+            summary.update({**report.raw.per_task("test", info.tasks),
                             **report.calibrated.per_task(CALIBRATED_TEST, info.tasks),
                             **report.calibrated_ranking.means(CALIBRATED_TEST),
                             **{f"calibration_tasks_{method}": count for method, count

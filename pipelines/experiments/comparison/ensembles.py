@@ -12,7 +12,6 @@ wrong ones.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import statistics
 from collections.abc import Sequence
@@ -27,8 +26,8 @@ from models.factory import build_model
 from models.metrics import SpreadReport
 from pipelines.experiments.comparison.checkpoints import RunCheckpoints, read_progress
 from pipelines.experiments.comparison.outcome import RunOutcome
-from pipelines.serving.bundle import ModelBundle
-from pipelines.training.evaluation import FinalEvaluation, evaluate_bundle, fit_bundle_calibration
+from pipelines.training.evaluation import FinalEvaluation
+from pipelines.training.run_end import calibrate_and_test
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,10 @@ def _evaluate(info: DatasetInfo, name: str, members: Sequence[RunOutcome],
         network = build_model(run.config.model)
         network.load_state_dict(best)
         networks.append(network.eval())
-    bundle = ModelBundle(model=Ensemble(networks), spec=info.spec, tasks=list(info.tasks))
-    bundle = dataclasses.replace(bundle, calibration=fit_bundle_calibration(bundle, info))
+    _, evaluation = calibrate_and_test(Ensemble(networks), info, with_domain=False)
     return EnsembleOutcome(configuration=name, seeds=tuple(run.seed for run in members),
                            members_ap=tuple(run.evaluation.metrics.mean_ap for run in members),
-                           evaluation=evaluate_bundle(bundle, info, "test"))
+                           evaluation=evaluation)
 
 
 def ensemble_rows(ensembles: Sequence[EnsembleOutcome]) -> list[dict[str, object]]:
